@@ -1,0 +1,1 @@
+"""Plugin module: importing it registers the classifier methods."""

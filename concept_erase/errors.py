@@ -1,0 +1,66 @@
+"""Error hierarchy.
+
+Every error the toolkit raises on purpose derives from :class:`ConceptEraseError` *and* from the builtin that
+describes it (``ValueError``, ``FileNotFoundError``, ...), so ``except ValueError`` keeps working for callers who do
+not know our classes. Messages are one line, name the problem and, where there is a closed set, the accepted values.
+The CLI prints ``str(error)`` on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+
+
+class ConceptEraseError(Exception):
+    """Base class of every error raised on purpose by concept-erase."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class ConfigError(ConceptEraseError, ValueError):
+    """A configuration value is malformed, has the wrong type or is out of range."""
+
+
+class UnknownConfigKeyError(ConfigError, KeyError):
+    """A configuration names a key the config class does not have."""
+
+
+class ConfigParseError(ConfigError):
+    """A configuration file is not valid YAML or not a mapping."""
+
+
+class RegistryError(ConceptEraseError, ValueError):
+    """A name cannot be registered (bad format or already taken)."""
+
+
+class UnknownNameError(ConceptEraseError, KeyError):
+    """A registry lookup used a name nobody registered."""
+
+
+class MaskError(ConceptEraseError, ValueError):
+    """A saliency mask is invalid or does not fit the model it is applied to."""
+
+
+class EmptyDataError(ConceptEraseError, ValueError):
+    """A data loader or dataset that must contain data is empty."""
+
+
+class CheckpointError(ConceptEraseError, ValueError):
+    """A checkpoint directory is corrupt or incomplete."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint to resume from does not exist."""
+
+
+class OutputExistsError(ConceptEraseError, FileExistsError):
+    """An output directory already exists and is not empty (pass ``overwrite`` to replace it)."""
+
+
+class PipelineError(ConceptEraseError, RuntimeError):
+    """A pipeline config is invalid or one of its steps failed."""
+
+
+class NotFittedError(ConceptEraseError, _SklearnNotFittedError):
+    """An estimator was used before ``fit``."""
