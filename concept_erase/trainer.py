@@ -394,8 +394,31 @@ class Trainer:
         self.global_step = int(state["global_step"])
         return int(state["micro_batches"]), str(path)
 
+    def _optimizer_step(self, accelerator, optimizer, trainable: list[torch.nn.Parameter]) -> None:
+        """Clip and step. Without a grad scaler or a sharding engine, step the wrapped optimizer directly: the
+        Accelerate wrapper adds a package look-up per call that costs ~10% on small models (see bench_trainer)."""
+        from accelerate.utils import DistributedType
+
+        plain = accelerator.scaler is None and accelerator.distributed_type in (
+            DistributedType.NO,
+            DistributedType.MULTI_CPU,
+            DistributedType.MULTI_GPU,
+        )
+        if self.config.max_grad_norm:
+            if plain:
+                torch.nn.utils.clip_grad_norm_(trainable, self.config.max_grad_norm)
+            else:
+                accelerator.clip_grad_norm_(trainable, self.config.max_grad_norm)
+        if plain:
+            optimizer.optimizer.step()
+        else:
+            optimizer.step()
+
     def _loop(self, accelerator, model, optimizer, dataloader, scheduler, sampler, trained_names) -> TrainResult:
         cfg = self.config
+        trainable = [p for group in optimizer.param_groups for p in group["params"]]
+        # a constant schedule without warm-up never changes the rate: skip its per-step bookkeeping
+        schedule_moves = not (cfg.lr_scheduler == "constant" and cfg.lr_warmup_steps == 0)
         accum = cfg.gradient_accumulation_steps
         micro_per_epoch = len(dataloader)
         updates_per_epoch = math.ceil(micro_per_epoch / accum)
@@ -427,11 +450,11 @@ class Trainer:
                         loss = self.compute_loss(model, batch)
                     accelerator.backward(loss)
                     step_loss += loss.detach() / accum
-                    if accelerator.sync_gradients and cfg.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    if accelerator.sync_gradients:
+                        self._optimizer_step(accelerator, optimizer, trainable)
+                        if schedule_moves:
+                            scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
                 if not accelerator.sync_gradients:
                     continue
                 self.global_step += 1
@@ -443,7 +466,8 @@ class Trainer:
                 if self.after_step is not None:
                     self.after_step(self)
                 bar.update(1)
-                bar.set_postfix(loss=f"{self.last_loss:.4f}", refresh=False)
+                if self.global_step % 10 == 0 or self.global_step == cfg.max_train_steps:
+                    bar.set_postfix(loss=f"{self.last_loss:.4f}", refresh=False)
                 if cfg.report_to:
                     accelerator.log({"loss": self.last_loss, "lr": scheduler.get_last_lr()[0]}, step=self.global_step)
                 if cfg.checkpointing_steps and cfg.output_dir and self.global_step % cfg.checkpointing_steps == 0:
