@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -274,6 +275,12 @@ def test_latest_without_checkpoints_starts_fresh(tmp_path):
     assert result.resumed_from is None and result.global_step == 2
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _run(args, env_extra=None):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=240)
@@ -286,7 +293,7 @@ def test_two_process_torchrun_matches_single_process(tmp_path):
     multi, single = tmp_path / "multi", tmp_path / "single"
     multi.mkdir(), single.mkdir()
     script = str(HERE / "dist_train.py")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
     proc = _run([*torchrun, script, str(multi), "4"])
     assert "rank 0 of 2" in proc.stdout and "rank 1 of 2" in proc.stdout
     _run([sys.executable, script, str(single), "8"])
