@@ -288,13 +288,23 @@ def _run(args, env_extra=None):
     return proc
 
 
-def test_two_process_torchrun_matches_single_process(tmp_path):
+LAUNCHERS = {
+    "torchrun": lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)],
+    # on CPU, ``--multi_gpu`` with ACCELERATE_USE_CPU=1 starts the same elastic launcher with gloo
+    "accelerate": lambda port: [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_match_single_process(tmp_path, launcher):
     """2 CPU processes (gloo) with 4 samples each == 1 process with 8: ranks identical, result matches."""
     multi, single = tmp_path / "multi", tmp_path / "single"
     multi.mkdir(), single.mkdir()
     script = str(HERE / "dist_train.py")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
-    proc = _run([*torchrun, script, str(multi), "4"])
+    proc = _run([*LAUNCHERS[launcher](free_port()), script, str(multi), "4"])
     assert "rank 0 of 2" in proc.stdout and "rank 1 of 2" in proc.stdout
     _run([sys.executable, script, str(single), "8"])
     rank0, rank1 = load_file(str(multi / "rank0.safetensors")), load_file(str(multi / "rank1.safetensors"))
