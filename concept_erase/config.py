@@ -172,7 +172,7 @@ def from_dict(cls: type, data: dict, prefix: str = ""):
     for key in data:
         if key not in fields:
             valid = ", ".join(sorted(fields))
-            raise UnknownConfigKeyError(f"unknown key {prefix}{key!r} for {cls.__name__}; valid keys: {valid}")
+            raise UnknownConfigKeyError(f"unknown key {prefix + key!r} for {cls.__name__}; valid keys: {valid}")
     kwargs = {key: _coerce(value, hints[key], f"{prefix}{key}") for key, value in data.items()}
     missing = [
         name

@@ -1,0 +1,192 @@
+"""Classifier architectures and their on-disk format.
+
+    model = build_model("mlp", num_classes=10, input_shape=(1, 8, 8))
+    save_model(model, "out/original")          # model.safetensors + model_config.json
+    model = load_model("out/original")
+
+A model directory holds exactly two files: the weights as safetensors and the :class:`ModelConfig` as JSON. Nothing
+is ever unpickled. Every model built here carries its config as ``model.config``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from concept_erase.config import config_to_dict, from_dict
+from concept_erase.errors import CheckpointError, ConfigError
+
+__all__ = [
+    "MODELS",
+    "ModelConfig",
+    "MLP",
+    "SmallCNN",
+    "build_model",
+    "save_model",
+    "load_model",
+    "is_model_dir",
+    "WEIGHTS_NAME",
+    "CONFIG_NAME",
+]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "model_config.json"
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a classifier. ``num_classes`` and ``input_shape`` are filled from the dataset when None."""
+
+    name: str = "mlp"
+    num_classes: int | None = None
+    input_shape: tuple[int, ...] | None = None  # (channels, height, width)
+    hidden_sizes: list[int] = field(default_factory=lambda: [64])  # mlp: widths of the hidden layers
+    channels: list[int] = field(default_factory=lambda: [16, 32])  # cnn: output channels of the conv blocks
+
+    def __post_init__(self) -> None:
+        if self.name not in MODELS:
+            raise ConfigError(f"unknown model {self.name!r}; accepted models: {', '.join(sorted(MODELS))}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}")
+        if any(w < 1 for w in [*self.hidden_sizes, *self.channels]):
+            raise ConfigError("hidden_sizes and channels must be positive")
+
+
+class MLP(nn.Module):
+    """Flatten -> (Linear -> ReLU) per hidden size -> Linear."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        widths = [_numel(config.input_shape), *config.hidden_sizes]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for w_in, w_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(w_in, w_out), nn.ReLU()]
+        layers.append(nn.Linear(widths[-1], config.num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """(Conv3x3 -> ReLU) blocks, the first at full resolution, the rest stride 2; global average pool; Linear."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        chans = [config.input_shape[0], *config.channels]
+        blocks: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:])):
+            blocks += [nn.Conv2d(c_in, c_out, 3, stride=1 if i == 0 else 2, padding=1), nn.ReLU()]
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Linear(chans[-1], config.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
+# name -> class taking a complete ModelConfig. New architectures register here.
+MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {"mlp": MLP, "cnn": SmallCNN}
+
+
+def build_model(
+    name: str | ModelConfig = "mlp",
+    num_classes: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build a model from a name (plus :class:`ModelConfig` fields) or a config; the config is kept as ``.config``.
+
+    Raises:
+        ConfigError: unknown model name (the message lists the accepted ones) or missing ``num_classes`` /
+            ``input_shape``.
+    """
+    config = name if isinstance(name, ModelConfig) else ModelConfig(name=name, **kwargs)
+    if num_classes is not None:
+        config = replace(config, num_classes=int(num_classes))
+    if input_shape is not None:
+        config = replace(config, input_shape=tuple(int(s) for s in input_shape))
+    if config.num_classes is None or config.input_shape is None:
+        raise ConfigError(f"model {config.name!r} needs num_classes and input_shape")
+    return MODELS[config.name](config)
+
+
+def is_model_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / WEIGHTS_NAME).is_file() and (path / CONFIG_NAME).is_file()
+
+
+def save_model(model: nn.Module, directory: str | Path) -> Path:
+    """Write ``model.safetensors`` and ``model_config.json`` into ``directory`` (created if needed)."""
+    from safetensors.torch import save_file
+
+    config = getattr(model, "config", None)
+    if not isinstance(config, ModelConfig):
+        raise TypeError("save_model needs a model built by classifiers.models.build_model (it has no ModelConfig)")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    (directory / CONFIG_NAME).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    return directory
+
+
+def load_model(directory: str | Path) -> nn.Module:
+    """Rebuild a model saved by :func:`save_model` (safetensors only; nothing is unpickled).
+
+    Raises:
+        ConfigError: the directory does not exist or is not a model directory.
+        CheckpointError: the files are corrupt or do not match the architecture they describe.
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"model directory not found: {directory}")
+    if not is_model_dir(directory):
+        raise ConfigError(
+            f"{directory} is not a classifier model directory: expected {WEIGHTS_NAME} and {CONFIG_NAME} "
+            "(written by `concept-erase unlearn` or a train_classifier / unlearn pipeline step)"
+        )
+    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    try:
+        model = build_model(from_dict(ModelConfig, json.loads(config_path.read_text())))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except ConfigError as exc:
+        raise CheckpointError(f"{config_path}: {exc}") from None
+    try:
+        state = load_file(str(weights_path))
+    except Exception as exc:  # safetensors raises its own error type for a damaged file
+        raise CheckpointError(f"{weights_path} is corrupt: {str(exc).splitlines()[0][:200]}") from None
+    _check_state(state, model.state_dict(), weights_path)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: Path) -> None:
+    """Name the first tensor that is missing, unexpected or of another shape than the config's architecture."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
+        raise CheckpointError(f"{path} does not match {CONFIG_NAME}: {detail}")
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"{path} does not match {CONFIG_NAME}: {name} has shape {tuple(state[name].shape)}, "
+                f"the config's architecture needs {tuple(tensor.shape)}"
+            )

@@ -1,0 +1,132 @@
+"""Training classifiers with the shared trainer: the original model and the retrain-from-scratch oracle.
+
+    model, info = train_classifier(TrainConfig(model=ModelConfig("mlp"), epochs=20))
+    oracle, _ = train_classifier(TrainConfig(model=ModelConfig("mlp"), epochs=20, exclude_classes=[7]))
+
+``exclude_classes`` drops those classes' training samples: with the same recipe and seed, that is the gold standard
+of exact unlearning every method is compared with.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from classifiers.data import load_dataset, subset_by_class
+from classifiers.models import ModelConfig, build_model
+from concept_erase.errors import ConfigError, EmptyDataError
+
+__all__ = ["TrainConfig", "train_classifier", "fit", "cross_entropy"]
+
+
+@dataclass
+class TrainConfig:
+    """Recipe for training a classifier from scratch on a dataset's training split."""
+
+    dataset: str = "digits"
+    test_size: float = 0.25
+    data_seed: int = 0  # seed of the train/test split (keep it fixed across original, retrain and evaluation)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 20
+    max_train_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    weight_decay: float = 0.0
+    exclude_classes: list[int] = field(default_factory=list)  # train without these classes (the retrain oracle)
+    checkpointing_steps: int | None = None  # checkpoint into the work directory, when one is given
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.max_train_steps is not None and self.max_train_steps < 1:
+            raise ConfigError(f"max_train_steps must be >= 1 or null, got {self.max_train_steps}")
+
+
+def cross_entropy(model: nn.Module, batch) -> torch.Tensor:
+    inputs, labels = batch
+    return nn.functional.cross_entropy(model(inputs), labels)
+
+
+def fit(
+    model: nn.Module,
+    dataset: TensorDataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    optimizer: str = "adamw",
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    seed: int = 0,
+    max_train_steps: int | None = None,
+    work_dir: str | Path | None = None,
+    checkpointing_steps: int | None = None,
+    loss_fn=cross_entropy,
+    after_step=None,
+    extra_state: dict | None = None,
+):
+    """Train ``model`` in place on ``dataset`` with the shared :class:`~concept_erase.trainer.Trainer`.
+
+    With a ``work_dir`` and ``checkpointing_steps`` the run checkpoints there and resumes from the latest
+    checkpoint when restarted (the pipeline runner keeps the work directory across failures).
+    """
+    from concept_erase.trainer import Trainer, TrainerConfig
+
+    if len(dataset) == 0:
+        raise EmptyDataError("the training set is empty: there is nothing to train on")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    checkpointing = work_dir is not None and checkpointing_steps is not None
+    config = TrainerConfig(
+        output_dir=str(work_dir) if checkpointing else None,
+        max_train_steps=max_train_steps or epochs * len(loader),
+        learning_rate=learning_rate,
+        optimizer=optimizer,
+        adam_weight_decay=weight_decay,
+        sgd_momentum=momentum,
+        checkpointing_steps=checkpointing_steps if checkpointing else None,
+        checkpoints_total_limit=2 if checkpointing else None,
+        resume_from_checkpoint="latest" if checkpointing else None,
+        seed=seed,
+        show_progress=sys.stderr.isatty(),
+    )
+    trainer = Trainer(model, config, loader, compute_loss=loss_fn, after_step=after_step, extra_state=extra_state)
+    return trainer.train()
+
+
+def train_classifier(config: TrainConfig, work_dir: str | Path | None = None) -> tuple[nn.Module, dict]:
+    """Build and train the model ``config`` describes; return it and a JSON-serialisable summary."""
+    splits = load_dataset(config.dataset, config.data_seed, config.test_size)
+    train_set = (
+        subset_by_class(splits.train, config.exclude_classes, keep=False) if config.exclude_classes else splits.train
+    )
+    torch.manual_seed(config.seed)  # initial weights
+    model = build_model(replace(config.model, num_classes=splits.num_classes, input_shape=splits.input_shape))
+    result = fit(
+        model,
+        train_set,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        optimizer=config.optimizer,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        max_train_steps=config.max_train_steps,
+        work_dir=work_dir,
+        checkpointing_steps=config.checkpointing_steps,
+    )
+    info = {
+        "train_samples": len(train_set),
+        "global_step": result.global_step,
+        "final_loss": result.final_loss,
+        "train_seconds": round(result.seconds, 4),
+        "resumed_from": result.resumed_from,
+    }
+    return model.eval(), info

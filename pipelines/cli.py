@@ -1,0 +1,329 @@
+"""The ``concept-erase`` command line.
+
+    concept-erase unlearn --method finetune --output_dir out/ft --set epochs=3
+    concept-erase evaluate --model out/ft --output_dir out/ft-eval
+    concept-erase run quickstart --output_dir out/quickstart
+    concept-erase list
+
+Errors the user can fix exit with status 2 and one line on stderr; an unexpected exception exits with status 1 and
+one line (``--debug`` prints the traceback). Every command writes its output directory atomically and refuses an
+existing non-empty one unless ``--overwrite`` is given (``run`` resumes its own earlier output instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import traceback
+from pathlib import Path
+
+from concept_erase import __version__
+from concept_erase.errors import ConceptEraseError, ConfigError, UnknownNameError
+
+PROG = "concept-erase"
+CONFIGS_DIR = Path(__file__).parent / "configs"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (status 2), like every other error of the command."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _has_field(config_cls: type | None, name: str) -> bool:
+    return config_cls is not None and name in {f.name for f in dataclasses.fields(config_cls)}
+
+
+def _method_config(entry, args: argparse.Namespace):
+    """The method's config from ``--config`` YAML and ``--set`` overrides; ``--seed`` sets its ``seed`` field."""
+    from concept_erase.config import load_config
+
+    overrides = list(args.set or [])
+    if args.seed is not None and _has_field(entry.config_cls, "seed"):
+        overrides.append(f"seed={args.seed}")
+    if entry.config_cls is None:
+        return entry.make_config(None, overrides)
+    return load_config(entry.config_cls, args.config, overrides)
+
+
+def _check_output(args: argparse.Namespace) -> Path:
+    from concept_erase.io import check_output_dir
+
+    return check_output_dir(args.output_dir, args.overwrite)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+# ---------------------------------------------------------------------------------------------------- unlearn
+
+
+def cmd_unlearn(args: argparse.Namespace) -> int:
+    from classifiers.data import load_dataset, make_class_task
+    from classifiers.methods import get_classifier_method
+    from classifiers.models import load_model
+    from concept_erase.io import atomic_output_dir
+
+    entry = get_classifier_method(args.method)
+    config = _method_config(entry, args)
+    out = _check_output(args)
+    original = load_model(args.model) if args.model else None  # fail on a bad --model before any work
+    task = make_class_task(load_dataset(args.dataset), args.forget_classes)
+    with atomic_output_dir(out, args.overwrite) as tmp:
+        metrics = _unlearn_into(tmp, entry.name, config, task, original, args)
+    after, before, retrain = metrics["unlearned"], metrics["original"], metrics["retrain"]
+    classes = ", ".join(map(str, task.forget_classes))
+    _say(f"unlearned class {classes} with {entry.name}")
+    for key, label in (("forget_accuracy", "forget accuracy"), ("test_accuracy", "test accuracy (remaining classes)")):
+        ref = f" (retrained model: {_pct(retrain[key])})" if retrain else ""
+        _say(f"  {label}: {_pct(before[key])} -> {_pct(after[key])}{ref}")
+    _say(f"wrote {out}")
+    return 0
+
+
+def _unlearn_into(tmp: Path, method: str, config, task, original, args: argparse.Namespace) -> dict:
+    """Train (or use) the original model, unlearn it, compare with the retrained oracle; write everything to ``tmp``."""
+    from classifiers.metrics import evaluate_classifier, plot_per_class
+    from classifiers.training import TrainConfig, train_classifier
+    from concept_erase.config import dump_config
+    from concept_erase.io import RunRecorder, write_json
+    from pipelines.steps import run_unlearning
+
+    seed = args.seed if args.seed is not None else 0
+    with RunRecorder("unlearn", config, seed=seed, method=method, forget_classes=list(task.forget_classes)) as recorder:
+        retrain = None
+        if original is None:  # the default task: train the original and the retrained oracle with one recipe
+            recipe = TrainConfig(dataset=task.dataset, seed=seed)
+            original, _ = train_classifier(recipe)
+            oracle, _ = train_classifier(dataclasses.replace(recipe, exclude_classes=list(task.forget_classes)))
+            retrain = evaluate_classifier(oracle, task)
+            recorder.record["original_recipe"] = dataclasses.asdict(recipe)
+        before = evaluate_classifier(original, task)
+        run_unlearning(original, task, method, config, tmp)
+        after = evaluate_classifier(original, task)
+    metrics = {"method": method, "forget_classes": list(task.forget_classes), "unlearned": after, "original": before}
+    metrics["retrain"] = retrain
+    if retrain is not None:
+        keys = ("forget_accuracy", "retain_accuracy", "test_accuracy", "forget_test_accuracy")
+        metrics["gap_to_retrain"] = {k: after[k] - retrain[k] for k in keys}
+    write_json(tmp / "metrics.json", metrics)
+    plot_per_class(after, tmp / "per_class_accuracy.png", title=f"{method}: per-class test accuracy")
+    if config is not None:
+        dump_config(config, tmp / "config.yaml")
+    recorder.write(tmp)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------- erase
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    from concept_erase.registry import get_method, list_methods
+
+    names = list_methods("diffusion")
+    if args.method not in names:
+        hint = (
+            " (a classifier method: use `concept-erase unlearn`)" if args.method in list_methods("classifier") else ""
+        )
+        raise UnknownNameError(
+            f"unknown method {args.method!r}{hint}; registered diffusion methods: "
+            f"{', '.join(names) or '(none yet: concept erasure methods are not installed in this version)'}"
+        )
+    entry = get_method(args.method)
+    _method_config(entry, args)
+    concepts = [c.strip() for c in args.concept if c.strip()]
+    if not concepts:
+        raise ConfigError("--concept is empty: name the concept(s) to erase")
+    model = args.pretrained_model_name_or_path
+    if (model.startswith((".", "/", "~")) or Path(model).exists()) and not Path(model).expanduser().is_dir():
+        raise ConfigError(f"model directory not found: {model}")
+    _check_output(args)
+    raise ConceptEraseError(
+        f"diffusion method {args.method!r} is registered but `concept-erase erase` cannot run it yet"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- evaluate
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from classifiers.metrics import EvaluateConfig, evaluate_model_dir
+    from classifiers.models import is_model_dir
+    from concept_erase.io import RunRecorder, atomic_output_dir
+
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise ConfigError(f"model directory not found: {model_dir}")
+    if (model_dir / "model_index.json").is_file():
+        raise ConceptEraseError(
+            f"{model_dir} is a diffusion pipeline; evaluating diffusion models is not available yet"
+        )
+    if not is_model_dir(model_dir):
+        raise ConfigError(
+            f"{model_dir} is not a classifier model directory: expected model.safetensors and model_config.json"
+        )
+    out = _check_output(args)
+    config = EvaluateConfig(model_dir=str(model_dir), forget_classes=list(args.forget_classes), dataset=args.dataset)
+    with atomic_output_dir(out, args.overwrite) as tmp:
+        with RunRecorder("evaluate", config) as recorder:
+            metrics = evaluate_model_dir(config, tmp)
+        recorder.write(tmp)
+    classes = ", ".join(map(str, metrics["forget_classes"]))
+    _say(
+        f"forget accuracy (class {classes}): {_pct(metrics['forget_accuracy'])}, retain accuracy: "
+        f"{_pct(metrics['retain_accuracy'])}, test accuracy (remaining classes): {_pct(metrics['test_accuracy'])}"
+    )
+    _say(f"wrote {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- run / list
+
+
+def _find_pipeline(spec: str) -> Path:
+    """A pipeline file path, or the name of a bundled pipeline (``quickstart``)."""
+    path = Path(spec)
+    if path.exists() or "/" in spec or spec.endswith((".yaml", ".yml")):
+        return path
+    bundled = CONFIGS_DIR / f"{spec}.yaml"
+    if bundled.is_file():
+        return bundled
+    names = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+    raise ConfigError(f"pipeline config not found: {spec!r} is neither a file nor a bundled pipeline ({names})")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.runner import load_pipeline
+
+    pipeline = load_pipeline(_find_pipeline(args.config), args.set, output_dir=args.output_dir)
+    manifest = pipeline.run(overwrite=args.overwrite, log=_say)
+    ran, skipped = manifest["last_run"]["ran"], manifest["last_run"]["skipped"]
+    for record in manifest["steps"].values():
+        report = (record.get("outputs") or {}).get("report_path")
+        if report and str(report).endswith(".md") and Path(report).is_file():
+            _say("")
+            _say(Path(report).read_text().rstrip())
+    _say("")
+    _say(f"pipeline {manifest['pipeline']!r} completed: {len(ran)} step(s) ran, {len(skipped)} skipped")
+    _say(f"wrote {manifest['output_dir']} (manifest.json lists every step)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from concept_erase.registry import METHODS, STEPS
+
+    _say("methods:")
+    for entry in METHODS:
+        _say(f"  {entry.name:<22} [{', '.join(entry.tags) or '-'}] {entry.description}")
+    _say("pipeline steps:")
+    for entry in STEPS:
+        _say(f"  {entry.name:<22} {entry.description}")
+    _say("bundled pipelines (concept-erase run NAME):")
+    for path in sorted(CONFIGS_DIR.glob("*.yaml")):
+        _say(f"  {path.stem}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- parser
+
+
+def _add_common(p: argparse.ArgumentParser, *, config_help: str) -> None:
+    p.add_argument("--config", metavar="YAML", help=config_help)
+    p.add_argument(
+        "--set", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help="override config keys (dotted)"
+    )
+    p.add_argument("--output_dir", required=True, help="output directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
+    p.add_argument("--seed", type=int, default=None, help="random seed (sets the method config's seed)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Make trained models forget: concept erasure and classifier unlearning.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
+    debug = _Parser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("unlearn", parents=[debug], help="unlearn classes from a classifier with a registered method")
+    p.add_argument("--method", required=True, help="a registered classifier method (concept-erase list)")
+    p.add_argument("--model", default=None, help="model directory to unlearn (default: train the default model)")
+    p.add_argument("--forget_classes", type=int, nargs="+", default=[7], help="classes to forget (default: 7)")
+    p.add_argument("--dataset", default="digits", help="dataset (default: digits)")
+    _add_common(p, config_help="method config (YAML mapping of the method's config keys)")
+    p.set_defaults(func=cmd_unlearn)
+
+    p = sub.add_parser("erase", parents=[debug], help="erase a concept from a text-to-image diffusion model")
+    p.add_argument("--method", required=True, help="a registered diffusion method (concept-erase list)")
+    p.add_argument("--concept", required=True, nargs="+", action="extend", help="concept(s) to erase")
+    p.add_argument(
+        "--pretrained_model_name_or_path", "--model", required=True, help="diffusers pipeline: local dir or hub id"
+    )
+    _add_common(p, config_help="method config (YAML)")
+    p.set_defaults(func=cmd_erase)
+
+    p = sub.add_parser("evaluate", parents=[debug], help="evaluate a model directory; writes metrics.json")
+    p.add_argument("--model", required=True, help="classifier model directory (model.safetensors + model_config.json)")
+    p.add_argument("--forget_classes", type=int, nargs="+", default=[7], help="forgotten classes (default: 7)")
+    p.add_argument("--dataset", default="digits", help="dataset (default: digits)")
+    p.add_argument("--output_dir", required=True, help="output directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("run", parents=[debug], help="run a pipeline config (resumable)")
+    p.add_argument("config", metavar="CONFIG", help="pipeline YAML, or the name of a bundled pipeline (quickstart)")
+    p.add_argument("--output_dir", default=None, help="output directory (default: the config's output_dir)")
+    p.add_argument(
+        "--set", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help="override: steps.<id>.<key>=value"
+    )
+    p.add_argument("--overwrite", action="store_true", help="start again, replacing the output directory")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("list", parents=[debug], help="list registered methods, pipeline steps and bundled pipelines")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status (0 ok, 1 unexpected error, 2 usage or input error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors (already printed)
+        return exc.code if isinstance(exc.code, int) else 0
+    debug = getattr(args, "debug", False)
+    try:
+        return int(args.func(args) or 0)
+    except (ConceptEraseError, OSError) as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (rerun with --debug for the traceback)"
+        print(f"{PROG}: internal error: {type(exc).__name__}: {_one_line(exc)}{hint}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
