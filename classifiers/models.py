@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from concept_erase.config import config_to_dict, from_dict
-from concept_erase.errors import CheckpointError, ConfigError
+from concept_erase.errors import CheckpointError, ConfigError, InputNotFoundError
 
 __all__ = [
     "MODELS",
@@ -155,7 +155,7 @@ def load_model(directory: str | Path) -> nn.Module:
 
     directory = Path(directory)
     if not directory.is_dir():
-        raise ConfigError(f"model directory not found: {directory}")
+        raise InputNotFoundError(f"model directory not found: {directory}")
     if not is_model_dir(directory):
         raise ConfigError(
             f"{directory} is not a classifier model directory: expected {WEIGHTS_NAME} and {CONFIG_NAME} "

@@ -19,7 +19,7 @@ import yaml
 
 from concept_erase.errors import ConfigError, ConfigParseError, UnknownConfigKeyError
 
-__all__ = ["load_config", "from_dict", "config_to_dict", "read_yaml", "parse_overrides", "dump_config"]
+__all__ = ["merge_dicts", "load_config", "from_dict", "config_to_dict", "read_yaml", "parse_overrides", "dump_config"]
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -63,11 +63,12 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
     return out
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_dicts(base: dict, extra: dict) -> dict:
+    """Deep-merge ``extra`` into a copy of ``base`` (nested mappings merge, everything else is replaced)."""
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_dicts(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -82,7 +83,7 @@ def load_config(cls: type, source: str | Path | dict | None = None, overrides: l
     else:
         data = read_yaml(source)
     if overrides:
-        data = _merge(data, parse_overrides(overrides))
+        data = merge_dicts(data, parse_overrides(overrides))
     return from_dict(cls, data)
 
 

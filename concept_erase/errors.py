@@ -30,6 +30,10 @@ class ConfigParseError(ConfigError):
     """A configuration file is not valid YAML or not a mapping."""
 
 
+class InputNotFoundError(ConfigError, FileNotFoundError):
+    """A model directory, data file or other input named by the user does not exist."""
+
+
 class RegistryError(ConceptEraseError, ValueError):
     """A name cannot be registered (bad format or already taken)."""
 

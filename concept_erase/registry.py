@@ -87,13 +87,16 @@ class Registry:
         """Remove ``name`` (for tests and interactive use)."""
         self._entries.pop(name, None)
 
-    def get(self, name: str) -> Entry:
+    def get(self, name: str, tag: str | None = None) -> Entry:
+        """The entry called ``name``; with ``tag``, only entries carrying that tag (e.g. ``"diffusion"``) qualify."""
         load_plugins()
-        try:
-            return self._entries[name]
-        except KeyError:
-            known = ", ".join(sorted(self._entries)) or "(none registered)"
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; registered {self.kind}s: {known}") from None
+        entry = self._entries.get(name)
+        if entry is not None and (tag is None or tag in entry.tags):
+            return entry
+        scope = f"{tag} " if tag else ""
+        hint = f" ({name!r} is a {'/'.join(entry.tags) or 'untagged'} {self.kind})" if entry is not None else ""
+        known = ", ".join(self.names(tag)) or "(none registered)"
+        raise UnknownNameError(f"unknown {scope}{self.kind} {name!r}{hint}; registered {scope}{self.kind}s: {known}")
 
     def names(self, tag: str | None = None) -> list[str]:
         load_plugins()
@@ -141,9 +144,10 @@ def register_step(name: str, config_cls: type | None = None, **kwargs: Any) -> C
     return STEPS.register(name, config_cls, **kwargs)
 
 
-def get_method(name: str) -> Entry:
-    """Look up a method; unknown names raise :class:`UnknownNameError` listing the registered ones."""
-    return METHODS.get(name)
+def get_method(name: str, tag: str | None = None) -> Entry:
+    """Look up a method (optionally only among those tagged ``tag``); unknown names raise
+    :class:`UnknownNameError` listing the registered ones."""
+    return METHODS.get(name, tag)
 
 
 def get_step(name: str) -> Entry:

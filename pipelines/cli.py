@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from concept_erase import __version__
-from concept_erase.errors import ConceptEraseError, ConfigError, UnknownNameError
+from concept_erase.errors import ConceptEraseError, ConfigError, InputNotFoundError, UnknownNameError
 
 PROG = "concept-erase"
 CONFIGS_DIR = Path(__file__).parent / "configs"
@@ -130,23 +130,20 @@ def _unlearn_into(tmp: Path, method: str, config, task, original, args: argparse
 def cmd_erase(args: argparse.Namespace) -> int:
     from concept_erase.registry import get_method, list_methods
 
-    names = list_methods("diffusion")
-    if args.method not in names:
+    try:
+        entry = get_method(args.method, tag="diffusion")
+    except UnknownNameError as exc:
         hint = (
-            " (a classifier method: use `concept-erase unlearn`)" if args.method in list_methods("classifier") else ""
+            "; classifier methods run with `concept-erase unlearn`" if args.method in list_methods("classifier") else ""
         )
-        raise UnknownNameError(
-            f"unknown method {args.method!r}{hint}; registered diffusion methods: "
-            f"{', '.join(names) or '(none yet: concept erasure methods are not installed in this version)'}"
-        )
-    entry = get_method(args.method)
+        raise UnknownNameError(f"{exc}{hint}") from None
     _method_config(entry, args)
     concepts = [c.strip() for c in args.concept if c.strip()]
     if not concepts:
         raise ConfigError("--concept is empty: name the concept(s) to erase")
     model = args.pretrained_model_name_or_path
     if (model.startswith((".", "/", "~")) or Path(model).exists()) and not Path(model).expanduser().is_dir():
-        raise ConfigError(f"model directory not found: {model}")
+        raise InputNotFoundError(f"model directory not found: {model}")
     _check_output(args)
     raise ConceptEraseError(
         f"diffusion method {args.method!r} is registered but `concept-erase erase` cannot run it yet"
@@ -163,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model_dir = Path(args.model)
     if not model_dir.is_dir():
-        raise ConfigError(f"model directory not found: {model_dir}")
+        raise InputNotFoundError(f"model directory not found: {model_dir}")
     if (model_dir / "model_index.json").is_file():
         raise ConceptEraseError(
             f"{model_dir} is a diffusion pipeline; evaluating diffusion models is not available yet"

@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from concept_erase.config import config_to_dict, dump_config, from_dict, parse_overrides, read_yaml
+from concept_erase.config import config_to_dict, dump_config, from_dict, merge_dicts, parse_overrides, read_yaml
 from concept_erase.errors import ConceptEraseError, ConfigError, OutputExistsError, PipelineError
 from concept_erase.io import RunRecorder, atomic_output_dir, check_output_dir
 from concept_erase.registry import Entry, get_step
@@ -93,20 +93,11 @@ class StepContext:
 # ---------------------------------------------------------------------------------------------------- loading
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
-    merged = dict(base)
-    for key, value in extra.items():
-        merged[key] = (
-            _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-        )
-    return merged
-
-
 def _apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Top-level ``key=value`` and ``steps.<id>.<config key>=value`` overrides (steps are a list, matched by id)."""
     parsed = parse_overrides(overrides)
     step_overrides = parsed.pop("steps", None)
-    data = _deep_merge(data, parsed)
+    data = merge_dicts(data, parsed)
     if step_overrides is None:
         return data
     steps = data.get("steps")
@@ -120,7 +111,7 @@ def _apply_overrides(data: dict, overrides: list[str]) -> dict:
         if not isinstance(values, dict):
             raise ConfigError(f"override steps.{step_id} must name a config key: steps.{step_id}.<key>=value")
         spec = steps[ids.index(step_id)]
-        spec["config"] = _deep_merge(spec.get("config") or {}, values)
+        spec["config"] = merge_dicts(spec.get("config") or {}, values)
     data["steps"] = steps
     return data
 
@@ -275,7 +266,7 @@ class Pipeline:
         steps = []
         for p in self.steps:
             defaults = config_to_dict(p.entry.make_config(_strip_references(p.raw))) if p.entry.config_cls else {}
-            steps.append({"name": p.spec.name, "step": p.spec.step, "config": _deep_merge(defaults or {}, p.raw)})
+            steps.append({"name": p.spec.name, "step": p.spec.step, "config": merge_dicts(defaults or {}, p.raw)})
         return {**config_to_dict(self.config), "steps": steps}
 
     def run(

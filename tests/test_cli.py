@@ -161,7 +161,7 @@ def _bad_yaml(tmp_path: Path) -> Path:
     [
         (
             lambda d, m: ["unlearn", "--method", "nope"],
-            ["unknown method 'nope'", "registered classifier methods: finetune"],
+            ["unknown classifier method 'nope'", "registered classifier methods: finetune"],
         ),
         (
             lambda d, m: ["unlearn", "--method", "finetune", "--config", _bad_yaml(d)],
@@ -190,11 +190,11 @@ def _bad_yaml(tmp_path: Path) -> Path:
         (lambda d, m: ["evaluate", "--model", d], ["is not a classifier model directory"]),
         (
             lambda d, m: ["erase", "--method", "esd", "--concept", "cat", "--model", "x/y"],
-            ["unknown method 'esd'", "registered diffusion methods: (none yet"],
+            ["unknown diffusion method 'esd'", "registered diffusion methods: (none registered)"],
         ),
         (
             lambda d, m: ["erase", "--method", "finetune", "--concept", "cat", "--model", "x/y"],
-            ["use `concept-erase unlearn`"],
+            ["classifier methods run with `concept-erase unlearn`"],
         ),
         (lambda d, m: ["run", "no_such_pipeline"], ["pipeline config not found: 'no_such_pipeline'"]),
         (lambda d, m: ["run", _bad_yaml(d)], ["bad.yaml is not valid YAML"]),

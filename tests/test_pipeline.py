@@ -260,7 +260,7 @@ def _steps(*specs):
             "unknown model 'resnet'; accepted models: cnn, mlp",
         ),
         (_steps(("t", "train_classifier", {"epochs": "ten"})), ConfigError, "epochs: expected int"),
-        (_steps(("u", "unlearn", {"method": "nope"})), UnknownNameError, "unknown method 'nope'"),
+        (_steps(("u", "unlearn", {"method": "nope"})), UnknownNameError, "unknown classifier method 'nope'"),
         (
             _steps(("u", "unlearn", {"method_config": {"epochz": 1}})),
             UnknownConfigKeyError,

@@ -18,8 +18,7 @@ from typing import Any
 from torch import nn
 
 from classifiers.data import UnlearningTask
-from concept_erase.errors import UnknownNameError
-from concept_erase.registry import Entry, get_method, list_methods
+from concept_erase.registry import Entry, get_method
 
 __all__ = ["TAG", "get_classifier_method", "unlearn"]
 
@@ -28,15 +27,7 @@ TAG = "classifier"
 
 def get_classifier_method(name: str) -> Entry:
     """Look up a method registered with the ``"classifier"`` tag; other names fail listing the accepted ones."""
-    names = list_methods(TAG)
-    if name not in names:
-        hint = ""
-        if name in list_methods():
-            hint = f" ({name!r} is registered for {', '.join(get_method(name).tags) or 'no'} models)"
-        raise UnknownNameError(
-            f"unknown method {name!r}{hint}; registered classifier methods: {', '.join(names) or '(none)'}"
-        )
-    return get_method(name)
+    return get_method(name, tag=TAG)
 
 
 def unlearn(
