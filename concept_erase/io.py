@@ -62,6 +62,7 @@ def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Pat
     With ``overwrite`` an existing directory is replaced only after the new one is complete.
     """
     final = check_output_dir(path, overwrite).absolute()
+    created = [p for p in final.parents if not p.exists()]  # parents this call creates, deepest first
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -69,6 +70,9 @@ def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Pat
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for parent in created:  # leave the file system as we found it
+            with contextlib.suppress(OSError):
+                parent.rmdir()
         raise
     old = None
     if final.exists():

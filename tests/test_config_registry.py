@@ -221,6 +221,12 @@ def test_atomic_output_dir_renames_on_success_and_leaves_nothing_on_error(tmp_pa
             raise ZeroDivisionError
     assert not failed.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
+    nested = tmp_path / "new" / "deeper" / "run"
+    with pytest.raises(KeyError):
+        with atomic_output_dir(nested):
+            raise KeyError("boom")
+    assert not (tmp_path / "new").exists()  # parents created for the failed run are removed too
+
 
 def test_atomic_overwrite_replaces_only_after_success(tmp_path):
     out = tmp_path / "out"
