@@ -94,6 +94,40 @@ def plot_per_class(metrics: dict, path: str | Path, title: str | None = None) ->
     return Path(path)
 
 
+def plot_per_class_comparison(runs: dict[str, dict], path: str | Path, title: str | None = None) -> Path:
+    """Grouped bars of per-class test accuracy, one colour per run (e.g. original, unlearned, retrained); the
+    forgotten classes' ticks are marked in red."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    first = next(iter(runs.values()))
+    classes = list(first["per_class_accuracy"])
+    forget = {str(c) for c in first["forget_classes"]}
+    width = 0.8 / max(len(runs), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes) * max(len(runs), 1) ** 0.5), 3.2), dpi=100)
+    x = np.arange(len(classes))
+    for i, (label, metrics) in enumerate(runs.items()):
+        values = [metrics["per_class_accuracy"].get(c) or 0.0 for c in classes]
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, values, width, label=label)
+    ax.set_xticks(x, classes)
+    for tick, cls in zip(ax.get_xticklabels(), classes):
+        if cls in forget:
+            tick.set_color("tab:red")
+            tick.set_fontweight("bold")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("class (red: forgotten)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title or "per-class test accuracy")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 @dataclass
 class EvaluateConfig:
     """Evaluate a saved classifier (a model directory) on a full-class forgetting task."""

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from classifiers.data import load_dataset, make_class_task
 from classifiers.methods import get_classifier_method
-from classifiers.metrics import EvaluateConfig, accuracy, evaluate_model_dir
+from classifiers.metrics import EvaluateConfig, accuracy, evaluate_model_dir, plot_per_class_comparison
 from classifiers.models import load_model, save_model
 from classifiers.training import TrainConfig, cross_entropy, train_classifier
 from concept_erase.config import config_to_dict
@@ -194,7 +194,13 @@ def report_step(context, config: ReportConfig) -> dict:
     report = {"title": config.title or context.pipeline, "reference": config.reference, "rows": table}
     write_json(context.step_dir / "report.json", report)
     (context.step_dir / "report.md").write_text(_markdown(report, context.output_dir))
-    return {"report_path": str(context.step_dir / "report.md"), "report_json": str(context.step_dir / "report.json")}
+    plot = context.step_dir / "per_class_accuracy.png"
+    plot_per_class_comparison(rows, plot, title=report["title"])
+    return {
+        "report_path": str(context.step_dir / "report.md"),
+        "report_json": str(context.step_dir / "report.json"),
+        "plot_path": str(plot),
+    }
 
 
 def _pct(value: float | None) -> str:
@@ -219,4 +225,5 @@ def _markdown(report: dict, root: Path) -> str:
         except ValueError:
             pass
         lines.append(f"- {row['step']}: `{model_dir}`")
+    lines += ["", "![per-class test accuracy](per_class_accuracy.png)"]
     return "\n".join(lines) + "\n"

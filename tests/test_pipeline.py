@@ -114,6 +114,7 @@ def test_quickstart_runs_end_to_end_and_a_rerun_skips_every_step(tmp_path, capsy
     assert rows["eval_retrain"]["forget_accuracy"] == 0.0
     assert rows["eval_unlearned"]["forget_accuracy"] < rows["eval_original"]["forget_accuracy"]
     assert "| eval_unlearned |" in stdout and "avg gap to eval_retrain" in stdout
+    assert (out / "steps/report/per_class_accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
     # a second run skips everything and changes no step record
     assert main(["run", "quickstart", "--output_dir", str(out)]) == 0
