@@ -29,6 +29,9 @@ def main() -> None:
     tensors = {k: v.detach().contiguous() for k, v in trainer.model.state_dict().items()}
     save_file(tensors, str(out / f"rank{rank}.safetensors"), metadata={"steps": str(result.global_step)})
     print(f"rank {rank} of {trainer.accelerator.num_processes} done after {result.global_step} steps")
+    if torch.distributed.is_initialized():  # tear gloo down before exit, or a rank may abort at shutdown
+        trainer.accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
