@@ -17,6 +17,7 @@ run bit for bit on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -394,16 +395,9 @@ class Trainer:
         self.global_step = int(state["global_step"])
         return int(state["micro_batches"]), str(path)
 
-    def _optimizer_step(self, accelerator, optimizer, trainable: list[torch.nn.Parameter]) -> None:
-        """Clip and step. Without a grad scaler or a sharding engine, step the wrapped optimizer directly: the
-        Accelerate wrapper adds a package look-up per call that costs ~10% on small models (see bench_trainer)."""
-        from accelerate.utils import DistributedType
-
-        plain = accelerator.scaler is None and accelerator.distributed_type in (
-            DistributedType.NO,
-            DistributedType.MULTI_CPU,
-            DistributedType.MULTI_GPU,
-        )
+    def _optimizer_step(self, accelerator, optimizer, trainable: list[torch.nn.Parameter], plain: bool) -> None:
+        """Clip and step. In a plain run, step the wrapped optimizer directly: the Accelerate wrapper adds a package
+        look-up per call that costs ~10% on small models (see scripts/bench_trainer.py)."""
         if self.config.max_grad_norm:
             if plain:
                 torch.nn.utils.clip_grad_norm_(trainable, self.config.max_grad_norm)
@@ -417,6 +411,8 @@ class Trainer:
     def _loop(self, accelerator, model, optimizer, dataloader, scheduler, sampler, trained_names) -> TrainResult:
         cfg = self.config
         trainable = [p for group in optimizer.param_groups for p in group["params"]]
+        plain = _is_plain(accelerator)
+        autocast = accelerator.autocast if cfg.mixed_precision != "no" else contextlib.nullcontext
         # a constant schedule without warm-up never changes the rate: skip its per-step bookkeeping
         schedule_moves = not (cfg.lr_scheduler == "constant" and cfg.lr_warmup_steps == 0)
         accum = cfg.gradient_accumulation_steps
@@ -446,20 +442,24 @@ class Trainer:
                 sampler.set_epoch(epoch)
             for micro, batch in enumerate(batches, start=skip):
                 with accelerator.accumulate(model):
-                    with accelerator.autocast():
+                    with autocast():
                         loss = self.compute_loss(model, batch)
-                    accelerator.backward(loss)
-                    step_loss += loss.detach() / accum
+                    if plain:  # what Accelerate's backward does here, minus a division by 1 in the graph
+                        (loss / accum if accum > 1 else loss).backward()
+                    else:
+                        accelerator.backward(loss)
+                    step_loss += loss.detach()
                     if accelerator.sync_gradients:
-                        self._optimizer_step(accelerator, optimizer, trainable)
+                        self._optimizer_step(accelerator, optimizer, trainable, plain)
                         if schedule_moves:
                             scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
+                        # the wrapper's zero_grad inspects the optimizer's signature on every call
+                        (optimizer.optimizer if plain else optimizer).zero_grad(set_to_none=True)
                 if not accelerator.sync_gradients:
                     continue
                 self.global_step += 1
-                self.last_loss = float(
-                    accelerator.reduce(step_loss, "mean") if accelerator.num_processes > 1 else step_loss
+                self.last_loss = (
+                    float(accelerator.reduce(step_loss, "mean") if accelerator.num_processes > 1 else step_loss) / accum
                 )
                 losses.append(self.last_loss)
                 step_loss.zero_()
@@ -492,6 +492,15 @@ class Trainer:
             samples_seen=len(losses) * accum * batch_size * accelerator.num_processes,
             extra={"updates_per_epoch": updates_per_epoch, "num_processes": accelerator.num_processes},
         )
+
+
+def _is_plain(accelerator) -> bool:
+    """No grad scaler and no sharding engine (DeepSpeed, FSDP, XLA, Megatron): single process or DDP, where
+    Accelerate's backward and optimizer step reduce to the plain PyTorch calls."""
+    from accelerate.utils import DistributedType
+
+    plain_types = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    return accelerator.scaler is None and accelerator.distributed_type in plain_types
 
 
 def _flat_config(cfg: TrainerConfig) -> dict[str, Any]:
