@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import traceback
 from pathlib import Path
@@ -170,7 +171,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{model_dir} is not a classifier model directory: expected model.safetensors and model_config.json"
         )
     out = _check_output(args)
-    config = EvaluateConfig(model_dir=str(model_dir), forget_classes=list(args.forget_classes), dataset=args.dataset)
+    forget = args.forget_classes
+    if forget is None:
+        record = model_dir / "unlearn.json"
+        forget = json.loads(record.read_text()).get("forget_classes", [7]) if record.is_file() else [7]
+    config = EvaluateConfig(model_dir=str(model_dir), forget_classes=list(forget), dataset=args.dataset)
     with atomic_output_dir(out, args.overwrite) as tmp:
         with RunRecorder("evaluate", config) as recorder:
             metrics = evaluate_model_dir(config, tmp)
@@ -271,7 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", parents=[debug], help="evaluate a model directory; writes metrics.json")
     p.add_argument("--model", required=True, help="classifier model directory (model.safetensors + model_config.json)")
-    p.add_argument("--forget_classes", type=int, nargs="+", default=[7], help="forgotten classes (default: 7)")
+    p.add_argument(
+        "--forget_classes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="forgotten classes (default: those recorded in the directory's unlearn.json, else 7)",
+    )
     p.add_argument("--dataset", default="digits", help="dataset (default: digits)")
     p.add_argument("--output_dir", required=True, help="output directory (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")

@@ -86,8 +86,9 @@ def test_list_shows_methods_steps_and_bundled_pipelines(capsys):
 def test_unlearn_end_to_end_then_evaluate_the_output(tmp_path, capsys):
     out = tmp_path / "ft"
     code, stdout, err = run_main(
-        capsys, "unlearn", "--method", "finetune", "--set", "epochs=3", "--output_dir", out, "--seed", "1"
-    )
+        capsys, "unlearn", "--method", "finetune", "--set", "epochs=3", "--output_dir", out, "--seed", "1",
+        "--forget_classes", "3",
+    )  # fmt: skip
     assert code == 0, err
     assert "forget accuracy" in stdout and str(out) in stdout
     names = {p.name for p in out.iterdir()}
@@ -100,7 +101,7 @@ def test_unlearn_end_to_end_then_evaluate_the_output(tmp_path, capsys):
         "unlearn.json",
     } <= names
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["retrain"]["forget_accuracy"] == 0.0  # the oracle never saw a 7
+    assert metrics["retrain"]["forget_accuracy"] == 0.0  # the oracle never saw a 3
     assert metrics["unlearned"]["forget_accuracy"] < metrics["original"]["forget_accuracy"]
     assert metrics["unlearned"]["test_accuracy"] > 0.85
     run = json.loads((out / "run.json").read_text())
@@ -111,19 +112,20 @@ def test_unlearn_end_to_end_then_evaluate_the_output(tmp_path, capsys):
     code, stdout, err = run_main(capsys, "evaluate", "--model", out, "--output_dir", evaluated)
     assert code == 0, err
     again = json.loads((evaluated / "metrics.json").read_text())
+    assert again["forget_classes"] == [3]  # read from the directory's unlearn.json
     for key in ("forget_accuracy", "retain_accuracy", "test_accuracy", "per_class_accuracy"):
         assert again[key] == metrics["unlearned"][key]
     assert (evaluated / "per_class_accuracy.png").stat().st_size > 1000
 
     # an existing output is refused, then replaced with --overwrite
-    code, _, err = run_main(capsys, "evaluate", "--model", out, "--output_dir", evaluated, "--forget_classes", "3")
+    code, _, err = run_main(capsys, "evaluate", "--model", out, "--output_dir", evaluated, "--forget_classes", "5")
     assert code == 2
     assert_one_line_error(err, "exists and is not empty", "--overwrite")
-    assert json.loads((evaluated / "metrics.json").read_text())["forget_classes"] == [7]
+    assert json.loads((evaluated / "metrics.json").read_text())["forget_classes"] == [3]
     code, _, _ = run_main(
-        capsys, "evaluate", "--model", out, "--output_dir", evaluated, "--forget_classes", "3", "--overwrite"
+        capsys, "evaluate", "--model", out, "--output_dir", evaluated, "--forget_classes", "5", "--overwrite"
     )
-    assert code == 0 and json.loads((evaluated / "metrics.json").read_text())["forget_classes"] == [3]
+    assert code == 0 and json.loads((evaluated / "metrics.json").read_text())["forget_classes"] == [5]
 
 
 def test_unlearn_a_given_model_dir_leaves_the_input_untouched(tmp_path, capsys, model_dir):
