@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from classifiers.models import build_model, load_model, save_model
 from concept_erase import __version__
@@ -158,9 +159,37 @@ def _bad_yaml(tmp_path: Path) -> Path:
     return path
 
 
+def _bad_mask(tmp_path: Path) -> Path:
+    """A valid mask file for a different model (a 3x3 layer where the MLP has 64x64)."""
+    from concept_erase.saliency import SaliencyMask
+
+    path = tmp_path / "other_model_mask.safetensors"
+    SaliencyMask.from_scores({"net.1.weight": torch.rand(3, 3)}, ratio=0.5).save(path)
+    return path
+
+
+def _ratio_pipeline(tmp_path: Path) -> Path:
+    path = tmp_path / "ratio.yaml"
+    steps = [
+        {"name": "train", "step": "train_classifier", "config": {"epochs": 1}},
+        {"name": "mask", "step": "saliency_mask", "config": {"model_dir": "${steps.train.model_dir}", "ratio": 1.5}},
+    ]
+    path.write_text(yaml.safe_dump({"name": "ratio", "steps": steps}))
+    return path
+
+
 @pytest.mark.parametrize(
     "make_args, fragments",
     [
+        (
+            lambda d, m: ["unlearn", "--method", "finetune", "--model", m, "--set", f"mask_path={_bad_mask(d)}"],
+            ["mask for 'net.1.weight' has shape (3, 3) but the model parameter has shape"],
+        ),
+        (
+            lambda d, m: ["unlearn", "--method", "finetune", "--model", m, "--forget_classes", *map(str, range(10))],
+            ["nothing would be retained"],
+        ),
+        (lambda d, m: ["run", _ratio_pipeline(d)], ["ratio must be in (0, 1], got 1.5"]),
         (
             lambda d, m: ["unlearn", "--method", "nope"],
             ["unknown classifier method 'nope'", "registered classifier methods: finetune"],

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import DEVNULL
 from typing import Any
 
 import pytest
@@ -305,3 +309,69 @@ def test_output_dir_of_something_else_is_refused_and_overwrite_starts_again(tmp_
 def test_missing_output_dir_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="no output directory"):
         load_pipeline(probe_pipeline({})).run()
+
+
+# ---------------------------------------------------------------------------------------------------- kill -9 and resume
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipelines.cli", *args]
+
+
+def _start_and_kill_after_first_checkpoint(config: Path, out: Path) -> None:
+    """Start ``concept-erase run`` and kill -9 it as soon as its training step has written a checkpoint."""
+    proc = subprocess.Popen(_cli("run", str(config), "--output_dir", str(out)), stdout=DEVNULL, stderr=DEVNULL)
+    work = out / ".work" / "train"
+    deadline = time.monotonic() + 120
+    while not (work.is_dir() and any(p.name.startswith("checkpoint-") for p in work.iterdir())):
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert not (out / "steps" / "train").exists()  # the step never completed
+
+
+@pytest.fixture()
+def long_training(tmp_path) -> Path:
+    config = tmp_path / "long.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "long",
+                "steps": [
+                    {
+                        "name": "train",
+                        "step": "train_classifier",
+                        "config": {"max_train_steps": 1500, "checkpointing_steps": 50},
+                    }
+                ],
+            }
+        )
+    )
+    return config
+
+
+def test_killed_pipeline_resumes_from_its_checkpoint_bit_identically(tmp_path, long_training):
+    reference = tmp_path / "reference"
+    subprocess.run(_cli("run", str(long_training), "--output_dir", str(reference)), check=True, capture_output=True)
+    out = tmp_path / "out"
+    _start_and_kill_after_first_checkpoint(long_training, out)
+    proc = subprocess.run(_cli("run", str(long_training), "--output_dir", str(out)), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((out / "steps/train/run.json").read_text())
+    assert "checkpoint-" in json.dumps(record)  # it resumed instead of starting over
+    model = "steps/train/model.safetensors"
+    assert (out / model).read_bytes() == (reference / model).read_bytes()
+
+
+def test_corrupt_checkpoint_on_resume_fails_clearly(tmp_path, long_training):
+    out = tmp_path / "out"
+    _start_and_kill_after_first_checkpoint(long_training, out)
+    for checkpoint in (out / ".work" / "train").glob("checkpoint-*"):
+        (checkpoint / "model.safetensors").write_bytes(b"garbage")
+    proc = subprocess.run(_cli("run", str(long_training), "--output_dir", str(out)), capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "corrupt" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert not (out / "steps" / "train").exists()
