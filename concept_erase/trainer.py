@@ -410,88 +410,124 @@ class Trainer:
 
     def _loop(self, accelerator, model, optimizer, dataloader, scheduler, sampler, trained_names) -> TrainResult:
         cfg = self.config
-        trainable = [p for group in optimizer.param_groups for p in group["params"]]
-        plain = _is_plain(accelerator)
-        autocast = accelerator.autocast if cfg.mixed_precision != "no" else contextlib.nullcontext
-        # a constant schedule without warm-up never changes the rate: skip its per-step bookkeeping
-        schedule_moves = not (cfg.lr_scheduler == "constant" and cfg.lr_warmup_steps == 0)
-        accum = cfg.gradient_accumulation_steps
-        micro_per_epoch = len(dataloader)
-        updates_per_epoch = math.ceil(micro_per_epoch / accum)
+        run = _LoopState(
+            accelerator=accelerator,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            trainable=[p for group in optimizer.param_groups for p in group["params"]],
+            plain=_is_plain(accelerator),
+            autocast=accelerator.autocast if cfg.mixed_precision != "no" else contextlib.nullcontext,
+            # a constant schedule without warm-up never changes the rate: skip its per-step bookkeeping
+            schedule_moves=not (cfg.lr_scheduler == "constant" and cfg.lr_warmup_steps == 0),
+            step_loss=torch.zeros((), device=accelerator.device),
+        )
         self.global_step = 0
         consumed, resumed_from = self._resume(accelerator)
         if cfg.report_to and accelerator.is_main_process:
             accelerator.init_trackers(cfg.tracker_project_name, config=_flat_config(cfg))
-        bar = tqdm(
+        run.bar = tqdm(
             total=cfg.max_train_steps,
             initial=self.global_step,
             desc="training",
             disable=not (cfg.show_progress and accelerator.is_local_main_process),
         )
-        losses: list[float] = []
         start = time.perf_counter()
-        epoch, skip = divmod(consumed, micro_per_epoch)
-        step_loss = torch.zeros((), device=accelerator.device)
-        done = self.global_step >= cfg.max_train_steps
-        while not done:
-            batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
-            # the prepared loader re-sets its sampler's epoch from its own iteration counter on every __iter__,
-            # so the epoch is set on the loader (and on our sampler, which it may not reach after skipping)
-            batches.set_epoch(epoch)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            for micro, batch in enumerate(batches, start=skip):
-                with accelerator.accumulate(model):
-                    with autocast():
-                        loss = self.compute_loss(model, batch)
-                    if plain:  # what Accelerate's backward does here, minus a division by 1 in the graph
-                        (loss / accum if accum > 1 else loss).backward()
-                    else:
-                        accelerator.backward(loss)
-                    step_loss += loss.detach()
-                    if accelerator.sync_gradients:
-                        self._optimizer_step(accelerator, optimizer, trainable, plain)
-                        if schedule_moves:
-                            scheduler.step()
-                        # the wrapper's zero_grad inspects the optimizer's signature on every call
-                        (optimizer.optimizer if plain else optimizer).zero_grad(set_to_none=True)
-                if not accelerator.sync_gradients:
-                    continue
-                self.global_step += 1
-                self.last_loss = (
-                    float(accelerator.reduce(step_loss, "mean") if accelerator.num_processes > 1 else step_loss) / accum
-                )
-                losses.append(self.last_loss)
-                step_loss.zero_()
-                if self.after_step is not None:
-                    self.after_step(self)
-                bar.update(1)
-                if self.global_step % 10 == 0 or self.global_step == cfg.max_train_steps:
-                    bar.set_postfix(loss=f"{self.last_loss:.4f}", refresh=False)
-                if cfg.report_to:
-                    accelerator.log({"loss": self.last_loss, "lr": scheduler.get_last_lr()[0]}, step=self.global_step)
-                if cfg.checkpointing_steps and cfg.output_dir and self.global_step % cfg.checkpointing_steps == 0:
-                    self._save_checkpoint(
-                        accelerator, {"epoch": epoch, "micro_batches": epoch * micro_per_epoch + micro + 1}
-                    )
-                if self.global_step >= cfg.max_train_steps:
-                    done = True
-                    break
-            epoch, skip = epoch + 1, 0
-        bar.close()
+        if self.global_step < cfg.max_train_steps:
+            for micro_batches, batch in _batches(accelerator, dataloader, sampler, consumed):
+                if self._micro_step(run, batch):
+                    self._after_update(run, micro_batches)
+                    if self.global_step >= cfg.max_train_steps:
+                        break
+        run.bar.close()
         accelerator.wait_for_everyone()
         self.model = accelerator.unwrap_model(model)
-        seconds = time.perf_counter() - start
-        batch_size = self.train_dataloader.batch_size or 1
+        per_update = cfg.gradient_accumulation_steps * (self.train_dataloader.batch_size or 1)
         return TrainResult(
             global_step=self.global_step,
-            losses=losses,
-            seconds=seconds,
+            losses=run.losses,
+            seconds=time.perf_counter() - start,
             trained_parameters=trained_names,
             resumed_from=resumed_from,
-            samples_seen=len(losses) * accum * batch_size * accelerator.num_processes,
-            extra={"updates_per_epoch": updates_per_epoch, "num_processes": accelerator.num_processes},
+            samples_seen=len(run.losses) * per_update * accelerator.num_processes,
+            extra={
+                "updates_per_epoch": math.ceil(len(dataloader) / cfg.gradient_accumulation_steps),
+                "num_processes": accelerator.num_processes,
+            },
         )
+
+    def _micro_step(self, run: _LoopState, batch: Any) -> bool:
+        """Forward and backward one micro-batch; step the optimizer at the end of an accumulation cycle.
+        Returns whether an optimizer step happened."""
+        accelerator, accum = run.accelerator, self.config.gradient_accumulation_steps
+        with accelerator.accumulate(run.model):
+            with run.autocast():
+                loss = self.compute_loss(run.model, batch)
+            if run.plain:  # what Accelerate's backward does here, minus a division by 1 in the graph
+                (loss / accum if accum > 1 else loss).backward()
+            else:
+                accelerator.backward(loss)
+            run.step_loss += loss.detach()
+            if not accelerator.sync_gradients:
+                return False
+            self._optimizer_step(accelerator, run.optimizer, run.trainable, run.plain)
+            if run.schedule_moves:
+                run.scheduler.step()
+            # the wrapper's zero_grad inspects the optimizer's signature on every call
+            (run.optimizer.optimizer if run.plain else run.optimizer).zero_grad(set_to_none=True)
+        return True
+
+    def _after_update(self, run: _LoopState, micro_batches: int) -> None:
+        """Bookkeeping after an optimizer step: loss, hook, progress bar, trackers, checkpoint."""
+        cfg, accelerator = self.config, run.accelerator
+        self.global_step += 1
+        loss = accelerator.reduce(run.step_loss, "mean") if accelerator.num_processes > 1 else run.step_loss
+        self.last_loss = float(loss) / cfg.gradient_accumulation_steps
+        run.losses.append(self.last_loss)
+        run.step_loss.zero_()
+        if self.after_step is not None:
+            self.after_step(self)
+        run.bar.update(1)
+        if self.global_step % 10 == 0 or self.global_step == cfg.max_train_steps:
+            run.bar.set_postfix(loss=f"{self.last_loss:.4f}", refresh=False)
+        if cfg.report_to:
+            accelerator.log({"loss": self.last_loss, "lr": run.scheduler.get_last_lr()[0]}, step=self.global_step)
+        if cfg.checkpointing_steps and cfg.output_dir and self.global_step % cfg.checkpointing_steps == 0:
+            self._save_checkpoint(accelerator, {"micro_batches": micro_batches})
+
+
+@dataclass
+class _LoopState:
+    """What one call of :meth:`Trainer.train` carries from step to step."""
+
+    accelerator: Any
+    model: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    trainable: list[torch.nn.Parameter]
+    plain: bool
+    autocast: Callable[[], Any]
+    schedule_moves: bool
+    step_loss: torch.Tensor
+    losses: list[float] = field(default_factory=list)
+    bar: Any = None
+
+
+def _batches(accelerator, dataloader, sampler, consumed: int) -> Iterator[tuple[int, Any]]:
+    """Endless ``(micro-batches consumed including this one, batch)`` pairs, epoch after epoch, starting after the
+    ``consumed`` micro-batches a resumed run has already seen."""
+    per_epoch = len(dataloader)
+    epoch, skip = divmod(consumed, per_epoch)
+    while True:
+        batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+        # the prepared loader re-sets its sampler's epoch from its own iteration counter on every __iter__,
+        # so the epoch is set on the loader (and on our sampler, which it may not reach after skipping)
+        batches.set_epoch(epoch)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        for micro, batch in enumerate(batches, start=skip):
+            yield epoch * per_epoch + micro + 1, batch
+        epoch, skip = epoch + 1, 0
 
 
 def _is_plain(accelerator) -> bool:
