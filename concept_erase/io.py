@@ -24,6 +24,7 @@ from typing import Any
 from concept_erase.errors import OutputExistsError
 
 __all__ = [
+    "atomic_file",
     "atomic_output_dir",
     "check_output_dir",
     "package_versions",
@@ -81,6 +82,18 @@ def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Pat
     tmp.rename(final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def package_versions() -> dict[str, str]:

@@ -20,9 +20,6 @@ import bisect
 import contextlib
 import json
 import math
-import os
-import re
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +30,12 @@ import torch
 from torch import nn
 
 from concept_erase.errors import ConfigError, EmptyDataError, MaskError
+from concept_erase.io import atomic_file
+from concept_erase.parameters import Selection, select_parameters, unwrap_model
 
 __all__ = ["compute_saliency", "select_parameters", "kth_largest", "num_kept", "SaliencyMask", "MaskApplier", "MODES"]
 
 MODES = ("global", "per_layer", "absolute")
-ParamSelection = Iterable[str] | str | Callable[[str, nn.Parameter], bool] | None
 
 _FORMAT = "concept-erase/saliency-mask"
 _FORMAT_VERSION = "1"
@@ -49,38 +47,6 @@ _VALUE_BITS = 0x7FFFFFFF  # clears the sign bit, so -0.0 counts as 0.0
 # ---------------------------------------------------------------------------------------------------- selection
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module under DistributedDataParallel / torch.compile wrappers (parameter names are taken from it)."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def select_parameters(model: nn.Module, params: ParamSelection = None) -> dict[str, nn.Parameter]:
-    """Parameters chosen by ``params``: None (all that require grad), regex patterns (``re.search`` on the name;
-    any pattern may match) or ``fn(name, param) -> bool``. Nothing selected raises :class:`ConfigError`."""
-    named = list(_unwrap(model).named_parameters())
-    if params is None:
-        chosen = {n: p for n, p in named if p.requires_grad}
-    elif callable(params):
-        chosen = {n: p for n, p in named if params(n, p)}
-    else:
-        patterns = [params] if isinstance(params, str) else list(params)
-        try:
-            regexes = [re.compile(p) for p in patterns]
-        except (re.error, TypeError) as exc:
-            raise ConfigError(f"params: invalid regex pattern in {patterns!r}: {exc}") from None
-        chosen = {n: p for n, p in named if any(r.search(n) for r in regexes)}
-    if not chosen:
-        sample = ", ".join(n for n, _ in named[:5]) or "(the model has no parameters)"
-        raise ConfigError(f"no parameters selected by params={params!r}; parameter names look like: {sample}")
-    return chosen
-
-
 # ---------------------------------------------------------------------------------------------------- saliency
 
 
@@ -88,7 +54,7 @@ def compute_saliency(
     model: nn.Module,
     dataloader: Iterable,
     loss_fn: Callable[[nn.Module, Any], torch.Tensor],
-    params: ParamSelection = None,
+    params: Selection = None,
     accelerator: Any = None,
     show_progress: bool = True,
 ) -> dict[str, torch.Tensor]:
@@ -102,7 +68,7 @@ def compute_saliency(
     """
     selected = select_parameters(model, params)
     chosen = {id(p) for p in selected.values()}
-    all_params = [p for _, p in _unwrap(model).named_parameters()]
+    all_params = [p for _, p in unwrap_model(model).named_parameters()]
     saved = [(p, p.requires_grad, p.grad) for p in all_params]
     modes = [(m, m.training) for m in model.modules()]
     try:
@@ -373,7 +339,7 @@ class SaliencyMask:
     # ------------------------------------------------------------------ checking against a model
     def validate(self, model: nn.Module) -> SaliencyMask:
         """Raise :class:`MaskError` naming the first mask tensor missing from ``model`` or of another shape."""
-        params = dict(_unwrap(model).named_parameters())
+        params = dict(unwrap_model(model).named_parameters())
         for name, mask in self.masks.items():
             param = params.get(name)
             if param is None:
@@ -405,12 +371,8 @@ class SaliencyMask:
             params.append({"name": name, "shape": list(mask.shape), "kept": int(mask.sum())})
         info = json.dumps({"metadata": self.metadata, "parameters": params})
         header = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "mask": info}
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
+        with atomic_file(path) as tmp:
             save_file(tensors, str(tmp), metadata=header)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -483,7 +445,7 @@ class MaskApplier:
 
     def __init__(self, mask: SaliencyMask, model: nn.Module):
         mask.validate(model)
-        params = dict(_unwrap(model).named_parameters())
+        params = dict(unwrap_model(model).named_parameters())
         self._entries: list[_Frozen] = []
         self._hooks: list[Any] = []
         self.num_total = self.num_frozen = 0

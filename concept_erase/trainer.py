@@ -24,7 +24,7 @@ import math
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 
 from concept_erase.config import config_to_dict
 from concept_erase.errors import CheckpointError, CheckpointNotFoundError, ConfigError, EmptyDataError
+from concept_erase.parameters import Selection, select_parameters
 
-__all__ = ["Trainer", "TrainerConfig", "TrainResult", "EpochSampler", "select_trainable", "find_checkpoint"]
+__all__ = ["Trainer", "TrainerConfig", "TrainResult", "EpochSampler", "find_checkpoint"]
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _STATE_FILE = "trainer_state.json"
@@ -139,28 +140,6 @@ class EpochSampler(Sampler[int]):
         return self.num_samples
 
 
-def select_trainable(
-    model: torch.nn.Module, selection: Iterable[str] | Callable[[str, torch.nn.Module], bool] | None
-) -> dict[str, torch.nn.Parameter]:
-    """Parameters to train: all that require grad (None), those whose name matches a regex, or the parameters of
-    modules for which ``selection(module_name, module)`` is true."""
-    if selection is None:
-        chosen = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    elif callable(selection):
-        chosen = {}
-        for mod_name, module in model.named_modules():
-            if selection(mod_name, module):
-                for p_name, p in module.named_parameters(recurse=False):
-                    chosen[f"{mod_name}.{p_name}" if mod_name else p_name] = p
-    else:
-        patterns = [re.compile(p) for p in selection]
-        chosen = {n: p for n, p in model.named_parameters() if any(r.search(n) for r in patterns)}
-    if not chosen:
-        sample = ", ".join(n for n, _ in list(model.named_parameters())[:5])
-        raise ConfigError(f"no trainable parameters selected by {selection!r}; parameter names look like: {sample}")
-    return chosen
-
-
 def find_checkpoint(output_dir: str | Path | None, spec: str) -> Path | None:
     """Resolve ``"latest"`` (highest ``checkpoint-{step}`` in ``output_dir``; None when there is none) or a path."""
     if spec == "latest":
@@ -198,7 +177,7 @@ class Trainer:
         train_dataloader: DataLoader,
         compute_loss: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
         after_step: Callable[[Trainer], None] | None = None,
-        trainable: Iterable[str] | Callable[[str, torch.nn.Module], bool] | None = None,
+        trainable: Selection = None,
         extra_state: dict[str, Any] | None = None,
     ):
         if not isinstance(config, TrainerConfig):
@@ -285,7 +264,7 @@ class Trainer:
         )
 
     def _select(self) -> dict[str, torch.nn.Parameter]:
-        chosen = select_trainable(self.model, self.trainable)
+        chosen = select_parameters(self.model, self.trainable, what="trainable parameters")
         self._saved_requires_grad = {n: p.requires_grad for n, p in self.model.named_parameters()}
         chosen_ids = {id(p) for p in chosen.values()}
         for p in self.model.parameters():

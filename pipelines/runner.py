@@ -30,7 +30,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -44,7 +43,7 @@ import yaml
 
 from concept_erase.config import config_to_dict, dump_config, from_dict, merge_dicts, parse_overrides, read_yaml
 from concept_erase.errors import ConceptEraseError, ConfigError, OutputExistsError, PipelineError
-from concept_erase.io import RunRecorder, atomic_output_dir, check_output_dir
+from concept_erase.io import RunRecorder, atomic_file, atomic_output_dir, check_output_dir
 from concept_erase.registry import Entry, get_step
 
 __all__ = ["PipelineConfig", "StepSpec", "StepContext", "Pipeline", "load_pipeline", "run_pipeline", "MANIFEST_NAME"]
@@ -463,9 +462,8 @@ def _path_to_str(obj: Any) -> str:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def run_pipeline(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -275,12 +274,6 @@ def test_latest_without_checkpoints_starts_fresh(tmp_path):
     assert result.resumed_from is None and result.global_step == 2
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _run(args, env_extra=None):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=240)
@@ -299,12 +292,12 @@ LAUNCHERS = {
 
 
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
-def test_two_processes_match_single_process(tmp_path, launcher):
+def test_two_processes_match_single_process(tmp_path, launcher, free_port):
     """2 CPU processes (gloo) with 4 samples each == 1 process with 8: ranks identical, result matches."""
     multi, single = tmp_path / "multi", tmp_path / "single"
     multi.mkdir(), single.mkdir()
     script = str(HERE / "dist_train.py")
-    proc = _run([*LAUNCHERS[launcher](free_port()), script, str(multi), "4"])
+    proc = _run([*LAUNCHERS[launcher](free_port), script, str(multi), "4"])
     assert "rank 0 of 2" in proc.stdout and "rank 1 of 2" in proc.stdout
     _run([sys.executable, script, str(single), "8"])
     rank0, rank1 = load_file(str(multi / "rank0.safetensors")), load_file(str(multi / "rank1.safetensors"))
