@@ -34,11 +34,9 @@ class DatasetSplits:
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    from concept_erase.digits import load_digit_arrays
 
-    digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)[:, None, :, :]  # (N, 1, 8, 8), pixel values 0..16
-    return images, digits.target.astype(np.int64)
+    return load_digit_arrays("digits")  # (N, 1, 8, 8) in [0, 1]: the same arrays the diffusion side uses
 
 
 # name -> loader returning (images (N, C, H, W) float32 in [0, 1], labels int64). Issue-5 datasets add entries here.

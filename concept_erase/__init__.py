@@ -7,6 +7,7 @@ saliency-mask utility, the registry, the config loader, output handling and the 
 __version__ = "0.1.0"
 
 from concept_erase.errors import (  # noqa: E402
+    AdapterError,
     CheckpointError,
     CheckpointNotFoundError,
     ConceptEraseError,
@@ -15,6 +16,7 @@ from concept_erase.errors import (  # noqa: E402
     EmptyDataError,
     InputNotFoundError,
     MaskError,
+    ModelLoadError,
     NotFittedError,
     OutputExistsError,
     PipelineError,
@@ -25,6 +27,7 @@ from concept_erase.errors import (  # noqa: E402
 
 __all__ = [
     "__version__",
+    "AdapterError",
     "CheckpointError",
     "CheckpointNotFoundError",
     "ConceptEraseError",
@@ -33,6 +36,7 @@ __all__ = [
     "EmptyDataError",
     "InputNotFoundError",
     "MaskError",
+    "ModelLoadError",
     "NotFittedError",
     "OutputExistsError",
     "PipelineError",

@@ -66,5 +66,13 @@ class PipelineError(ConceptEraseError, RuntimeError):
     """A pipeline config is invalid or one of its steps failed."""
 
 
+class ModelLoadError(ConceptEraseError, ValueError):
+    """A model path or hub id is not a loadable pipeline of the expected kind, or misses a component."""
+
+
+class AdapterError(ConceptEraseError, ValueError):
+    """An erasure adapter (LoRA or weight delta) is malformed or does not match the model it is applied to."""
+
+
 class NotFittedError(ConceptEraseError, _SklearnNotFittedError):
     """An estimator was used before ``fit``."""

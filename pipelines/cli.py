@@ -154,18 +154,59 @@ def cmd_erase(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------- evaluate
 
 
+def _is_diffusion_model(args: argparse.Namespace) -> bool:
+    path = Path(args.model)
+    if (path / "model_index.json").is_file():
+        return True
+    diffusion_flags = args.forget is not None or args.adapter is not None or args.retain is not None
+    looks_like_hub_id = not path.exists() and args.model.count("/") == 1 and not args.model.startswith((".", "/", "~"))
+    return diffusion_flags or looks_like_hub_id
+
+
+def cmd_evaluate_diffusion(args: argparse.Namespace) -> int:
+    from concept_erase.evaluation import EvaluationConfig, evaluate_erasure
+
+    if args.forget_classes is not None:
+        raise ConfigError(
+            "--forget_classes is for classifiers; name the erased concepts of a diffusion model with --forget"
+        )
+    fields = ("num_images", "num_inference_steps", "guidance_scale", "batch_size", "seed")
+    settings = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
+    config = EvaluationConfig(forget=list(args.forget or []), retain=args.retain, **settings)
+    out = _check_output(args)
+    metrics = evaluate_erasure(
+        args.model,
+        config,
+        adapter=args.adapter,
+        original=args.original,
+        oracle=None if args.oracle == "none" else args.oracle,
+        judge=args.judge,
+        output_dir=out,
+        overwrite=args.overwrite,
+    )
+    rows = [("model", metrics), ("original", metrics["original"]), ("oracle", metrics["oracle"])]
+    for name, m in rows:
+        if m is not None:
+            _say(
+                f"{name:>8}: forget accuracy {_pct(m['forget_accuracy'])}, retain accuracy {_pct(m['retain_accuracy'])}"
+            )
+    if metrics["oracle"] is None:
+        _say(f"  oracle: {metrics['oracle_source']}")
+    _say(f"evaluated {metrics['images_per_model']} images per model in {metrics['seconds']:.1f} s")
+    _say(f"wrote {out} (metrics.json, grid.png, report.md)")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from classifiers.metrics import EvaluateConfig, evaluate_model_dir
     from classifiers.models import is_model_dir
     from concept_erase.io import RunRecorder, atomic_output_dir
 
+    if _is_diffusion_model(args):
+        return cmd_evaluate_diffusion(args)
     model_dir = Path(args.model)
     if not model_dir.is_dir():
         raise InputNotFoundError(f"model directory not found: {model_dir}")
-    if (model_dir / "model_index.json").is_file():
-        raise ConceptEraseError(
-            f"{model_dir} is a diffusion pipeline; evaluating diffusion models is not available yet"
-        )
     if not is_model_dir(model_dir):
         raise ConfigError(
             f"{model_dir} is not a classifier model directory: expected model.safetensors and model_config.json"
@@ -186,6 +227,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{_pct(metrics['retain_accuracy'])}, test accuracy (remaining classes): {_pct(metrics['test_accuracy'])}"
     )
     _say(f"wrote {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- oracle
+
+
+def cmd_oracle(args: argparse.Namespace) -> int:
+    import shutil
+
+    from concept_erase.diffusion import load_pipeline
+    from concept_erase.digits import concept_index
+    from concept_erase.io import atomic_output_dir
+    from concept_erase.judge import load_judge
+    from concept_erase.oracle import find_oracle, get_oracle, oracle_recipe
+    from concept_erase.tiny_sd import DEFAULT_MODEL
+
+    model = args.model or str(DEFAULT_MODEL)
+    load_pipeline(model)  # a clear error for anything that is not a complete pipeline
+    concepts = [c.strip().lower() for c in args.concept]
+    judge = load_judge(args.judge)
+    for concept in concepts:
+        concept_index(concept, judge.labels)
+    oracle_recipe(model, concepts)
+    out = _check_output(args) if args.output_dir else None
+    cached = find_oracle(model, concepts)
+    path = cached or get_oracle(model, concepts)
+    _say(
+        f"retrain oracle without {', '.join(sorted(set(concepts)))}: {path}" + (" (found)" if cached else " (trained)")
+    )
+    if out is not None:
+        with atomic_output_dir(out, args.overwrite) as tmp:
+            shutil.copytree(path, tmp, dirs_exist_ok=True)
+        _say(f"copied to {out}")
     return 0
 
 
@@ -274,19 +348,50 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, config_help="method config (YAML)")
     p.set_defaults(func=cmd_erase)
 
-    p = sub.add_parser("evaluate", parents=[debug], help="evaluate a model directory; writes metrics.json")
-    p.add_argument("--model", required=True, help="classifier model directory (model.safetensors + model_config.json)")
+    p = sub.add_parser(
+        "evaluate",
+        parents=[debug],
+        help="evaluate a classifier or a diffusion model (with --forget / --adapter); writes metrics.json",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="classifier model directory, or a diffusers pipeline (directory or hub id) for concept erasure",
+    )
     p.add_argument(
         "--forget_classes",
         type=int,
         nargs="+",
         default=None,
-        help="forgotten classes (default: those recorded in the directory's unlearn.json, else 7)",
+        help="classifier: forgotten classes (default: those recorded in the directory's unlearn.json, else 7)",
     )
-    p.add_argument("--dataset", default="digits", help="dataset (default: digits)")
-    p.add_argument("--output_dir", required=True, help="output directory (written atomically)")
+    p.add_argument("--dataset", default="digits", help="classifier: dataset (default: digits)")
+    p.add_argument("--forget", nargs="+", default=None, help="diffusion: erased concepts (e.g. seven)")
+    p.add_argument("--retain", nargs="+", default=None, help="diffusion: retained concepts (default: all others)")
+    p.add_argument("--adapter", default=None, help="diffusion: erasure adapter (LoRA or weights safetensors/dir)")
+    p.add_argument("--original", default=None, help="diffusion: the model before erasure (default: --model)")
+    p.add_argument(
+        "--oracle", default="auto", help="diffusion: retrain oracle: auto (shipped/cached/trained), none, or DIR"
+    )
+    p.add_argument("--judge", default=None, help="diffusion: evaluation classifier directory (default: embedded)")
+    p.add_argument("--num_images", type=int, default=None, help="diffusion: images per concept (default 64)")
+    p.add_argument("--num_inference_steps", type=int, default=None, help="diffusion: sampler steps (default 20)")
+    p.add_argument("--guidance_scale", type=float, default=None, help="diffusion: CFG scale (default 3.0)")
+    p.add_argument("--batch_size", type=int, default=None, help="diffusion: images per pipeline call (default 128)")
+    p.add_argument("--seed", type=int, default=None, help="diffusion: first seed (default 0)")
+    p.add_argument("--output_dir", "--output", required=True, help="output directory (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "oracle", parents=[debug], help="the retrain oracle of a tiny-SD model without the given concepts (cached)"
+    )
+    p.add_argument("--concept", required=True, nargs="+", action="extend", help="concept(s) removed from training")
+    p.add_argument("--model", default=None, help="the model trained with the full data (default: embedded tiny SD)")
+    p.add_argument("--judge", default=None, help="evaluation classifier whose labels are the concepts")
+    p.add_argument("--output_dir", default=None, help="also copy the oracle here (default: print the cached path)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
+    p.set_defaults(func=cmd_oracle)
 
     p = sub.add_parser("run", parents=[debug], help="run a pipeline config (resumable)")
     p.add_argument("config", metavar="CONFIG", help="pipeline YAML, or the name of a bundled pipeline (quickstart)")
