@@ -83,6 +83,13 @@ def _quiet_loading():
                 lib.enable_progress_bar()
 
 
+def pipeline_class():
+    """``diffusers.StableDiffusionPipeline``, imported without transformers' notices about torchvision."""
+    with _quiet_loading():
+        from diffusers import StableDiffusionPipeline
+    return StableDiffusionPipeline
+
+
 def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None, device: str | None = None):
     """``StableDiffusionPipeline.from_pretrained`` on a local directory or a hub id, with clear errors.
 
@@ -100,9 +107,7 @@ def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None, dev
         kwargs["torch_dtype"] = torch_dtype
     try:
         with _quiet_loading():
-            from diffusers import StableDiffusionPipeline
-
-            pipe = StableDiffusionPipeline.from_pretrained(str(model), **kwargs)
+            pipe = pipeline_class().from_pretrained(str(model), **kwargs)
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         where = "directory" if is_local else "hub id"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

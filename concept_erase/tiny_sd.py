@@ -386,10 +386,12 @@ def train_tiny_sd(config: TinySDConfig | None = None, show_progress: bool = True
 
 
 def _assemble(tokenizer, text_encoder, vae, unet, noise_scheduler):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler
+
+    from concept_erase.diffusion import pipeline_class
 
     scheduler = DDIMScheduler.from_config(noise_scheduler.config, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(
+    pipe = pipeline_class()(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
