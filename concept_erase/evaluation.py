@@ -19,6 +19,7 @@ scoring many erasures of one model pays for them once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -282,9 +283,11 @@ def evaluate_erasure(
     judge: str | Path | None = None,
     output_dir: str | Path | None = None,
     overwrite: bool = False,
+    atomic: bool = True,
 ) -> dict[str, Any]:
     """Score ``model`` (plus ``adapter``) against ``original`` (default: ``model`` without the adapter) and the
-    retrain oracle; with ``output_dir`` also write ``metrics.json``, ``grid.png``, ``report.md`` and ``run.json``.
+    retrain oracle; with ``output_dir`` also write ``metrics.json``, ``grid.png``, ``report.md`` and ``run.json``
+    (atomically; ``atomic=False`` writes into an existing directory that its owner already made atomic).
 
     ``oracle``: ``"auto"`` finds the shipped or cached oracle of the original model's recipe (training and caching
     it if needed), a path uses that pipeline, ``None`` skips it. Everything is validated before anything is generated.
@@ -293,8 +296,12 @@ def evaluate_erasure(
     from concept_erase.io import RunRecorder, atomic_output_dir, check_output_dir, peak_memory_bytes, write_json
     from concept_erase.judge import load_judge
     from concept_erase.oracle import resolve_oracle
+    from concept_erase.tiny_sd import resolve_model
 
-    if output_dir is not None:
+    model, original = resolve_model(model), resolve_model(original)
+    if oracle not in (None, "auto", "none"):
+        oracle = resolve_model(oracle)
+    if output_dir is not None and atomic:
         check_output_dir(output_dir, overwrite)
     start = time.perf_counter()
     with RunRecorder("evaluate-erasure", config, seed=config.seed, model=str(model), adapter=str(adapter)) as record:
@@ -320,7 +327,7 @@ def evaluate_erasure(
         metrics["seconds"] = round(time.perf_counter() - start, 3)
         metrics["peak_memory"] = peak_memory_bytes()
     if output_dir is not None:
-        with atomic_output_dir(output_dir, overwrite) as tmp:
+        with atomic_output_dir(output_dir, overwrite) if atomic else contextlib.nullcontext(Path(output_dir)) as tmp:
             write_json(tmp / "metrics.json", metrics)
             plot_grid(panels, forget + retain, forget, config, tmp / "grid.png")
             (tmp / "report.md").write_text(render_report(metrics))

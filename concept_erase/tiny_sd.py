@@ -39,6 +39,7 @@ __all__ = [
     "build_pipeline",
     "build_tokenizer",
     "read_recipe",
+    "resolve_model",
     "save_pipeline",
     "train_tiny_sd",
 ]
@@ -423,6 +424,14 @@ def save_pipeline(pipe, directory: str | Path) -> None:
     recipe = getattr(pipe, "tiny_sd_recipe", None)
     if recipe is not None:
         (directory / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
+
+
+def resolve_model(spec: str | Path) -> str | Path:
+    """``spec`` itself, unless no such path exists and it names a shipped asset (``tiny-sd``, ...)."""
+    if spec is None or Path(spec).exists():
+        return spec
+    asset = ASSETS / str(spec)
+    return asset if (asset / "model_index.json").is_file() else spec
 
 
 def read_recipe(model_dir: str | Path) -> TinySDConfig | None:

@@ -155,7 +155,9 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def _is_diffusion_model(args: argparse.Namespace) -> bool:
-    path = Path(args.model)
+    from concept_erase.tiny_sd import resolve_model
+
+    path = Path(resolve_model(args.model))
     if (path / "model_index.json").is_file():
         return True
     diffusion_flags = args.forget is not None or args.adapter is not None or args.retain is not None
@@ -241,9 +243,9 @@ def cmd_oracle(args: argparse.Namespace) -> int:
     from concept_erase.io import atomic_output_dir
     from concept_erase.judge import load_judge
     from concept_erase.oracle import find_oracle, get_oracle, oracle_recipe
-    from concept_erase.tiny_sd import DEFAULT_MODEL
+    from concept_erase.tiny_sd import DEFAULT_MODEL, resolve_model
 
-    model = args.model or str(DEFAULT_MODEL)
+    model = resolve_model(args.model or str(DEFAULT_MODEL))
     load_pipeline(model)  # a clear error for anything that is not a complete pipeline
     concepts = [c.strip().lower() for c in args.concept]
     judge = load_judge(args.judge)

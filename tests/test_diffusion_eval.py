@@ -230,3 +230,18 @@ def test_cli_oracle_reports_the_shipped_oracle_and_refuses_unknown_recipes(tmp_p
     save_pipeline(build_pipeline(), untrained)
     code, _, err = _run(capsys, "oracle", "--concept", "seven", "--model", untrained)
     assert code == 2 and "training recipe is unknown" in err
+
+
+def test_pipeline_step_scores_shipped_assets_by_name(tmp_path, capsys):
+    config = tmp_path / "p.yaml"
+    config.write_text(
+        "name: t\nsteps:\n  - name: ev\n    step: evaluate_erasure\n    config:\n"
+        "      model: tiny-sd-without-seven\n      original: tiny-sd\n      oracle: none\n"
+        "      evaluation: {forget: [seven], retain: [one], num_images: 8, num_inference_steps: 10}\n"
+    )
+    code, _, err = _run(capsys, "run", config, "--output_dir", tmp_path / "out")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "out" / "steps" / "ev" / "metrics.json").read_text())
+    assert metrics["forget_accuracy"] < metrics["original"]["forget_accuracy"]
+    assert metrics["oracle"] is None and "oracle=none" in metrics["oracle_source"]
+    assert (tmp_path / "out" / "steps" / "ev" / "grid.png").is_file()
