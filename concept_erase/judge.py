@@ -14,7 +14,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -148,8 +147,3 @@ def train_judge(config: JudgeConfig | None = None, show_progress: bool = True) -
     logits, _ = judge.classify(torch.from_numpy(images[test_idx]))
     config.test_accuracy = float((logits.argmax(1).numpy() == labels[test_idx]).mean())
     return judge.eval()
-
-
-def judge_accuracy(judge: DigitJudge, images: np.ndarray, labels: np.ndarray) -> float:
-    logits, _ = judge.classify(torch.from_numpy(images))
-    return float((logits.argmax(1).numpy() == labels).mean())
