@@ -33,6 +33,7 @@ __all__ = [
     "concept_token_ids",
     "find_adapter_file",
     "load_pipeline",
+    "looks_like_hub_id",
     "save_weights_adapter",
 ]
 
@@ -90,6 +91,12 @@ def pipeline_class():
     return StableDiffusionPipeline
 
 
+def looks_like_hub_id(model: str | Path) -> bool:
+    """``owner/name`` that is not an existing local path: ``from_pretrained`` would ask the Hub for it."""
+    text = str(model)
+    return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))
+
+
 def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None, device: str | None = None):
     """``StableDiffusionPipeline.from_pretrained`` on a local directory or a hub id, with clear errors.
 
@@ -97,7 +104,7 @@ def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None, dev
     progress bar is disabled because callers show one over whole batches.
     """
     path = Path(model)
-    is_local = path.exists() or str(model).startswith((".", "/", "~")) or str(model).count("/") != 1
+    is_local = not looks_like_hub_id(model)
     if is_local:
         if not path.exists():
             raise ModelLoadError(f"model {model} does not exist (give a diffusers pipeline directory or a hub id)")

@@ -290,7 +290,7 @@ def evaluate_erasure(
     (atomically; ``atomic=False`` writes into an existing directory that its owner already made atomic).
 
     ``oracle``: ``"auto"`` finds the shipped or cached oracle of the original model's recipe (training and caching
-    it if needed), a path uses that pipeline, ``None`` skips it. Everything is validated before anything is generated.
+    it if needed), a path uses that pipeline, ``None`` or ``"none"`` skips it. Everything is validated before anything is generated.
     """
     from concept_erase.diffusion import apply_adapter, load_pipeline
     from concept_erase.io import RunRecorder, atomic_output_dir, check_output_dir, peak_memory_bytes, write_json

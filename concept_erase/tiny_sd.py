@@ -183,6 +183,14 @@ def build_tokenizer(directory: str | Path, max_length: int = 16):
     )
 
 
+def _tokenizer(config: TinySDConfig, work_dir: str | Path | None = None):
+    """The tokenizer, built from BPE files in a temporary directory (it keeps its vocabulary in memory)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        return build_tokenizer(tmp, config.max_length)
+
+
 def _text_encoder(config: TinySDConfig, tokenizer):
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -364,13 +372,10 @@ def train_tiny_sd(config: TinySDConfig | None = None, show_progress: bool = True
     The recipe (with measured wall time and final losses) is attached as ``pipe.tiny_sd_recipe``;
     :func:`save_pipeline` writes it next to the components.
     """
-    import tempfile
-
     config = config or TinySDConfig()
     start = time.perf_counter()
     images, labels = _training_data(config)
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        tokenizer = build_tokenizer(tmp, config.max_length)
+    tokenizer = _tokenizer(config, work_dir)
     text_encoder = _text_encoder(config, tokenizer)
     vae, mean, std = _train_vae(config, images, show_progress)
     data = {"mean": mean, "std": std, "labels": labels, "encoder": _PromptEncoder(config, tokenizer, text_encoder)}
@@ -408,11 +413,8 @@ def _assemble(tokenizer, text_encoder, vae, unet, noise_scheduler):
 
 def build_pipeline(config: TinySDConfig | None = None, work_dir: str | Path | None = None):
     """An untrained pipeline with the recipe's architecture (random weights): for tests and shape checks."""
-    import tempfile
-
     config = config or TinySDConfig()
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        tokenizer = build_tokenizer(tmp, config.max_length)
+    tokenizer = _tokenizer(config, work_dir)
     return _assemble(tokenizer, _text_encoder(config, tokenizer), _vae(config), _unet(config), _noise_scheduler(config))
 
 

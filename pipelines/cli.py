@@ -155,14 +155,14 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def _is_diffusion_model(args: argparse.Namespace) -> bool:
+    from concept_erase.diffusion import looks_like_hub_id
     from concept_erase.tiny_sd import resolve_model
 
-    path = Path(resolve_model(args.model))
-    if (path / "model_index.json").is_file():
+    model = resolve_model(args.model)
+    if (Path(model) / "model_index.json").is_file():
         return True
     diffusion_flags = args.forget is not None or args.adapter is not None or args.retain is not None
-    looks_like_hub_id = not path.exists() and args.model.count("/") == 1 and not args.model.startswith((".", "/", "~"))
-    return diffusion_flags or looks_like_hub_id
+    return diffusion_flags or looks_like_hub_id(model)
 
 
 def cmd_evaluate_diffusion(args: argparse.Namespace) -> int:
@@ -181,7 +181,7 @@ def cmd_evaluate_diffusion(args: argparse.Namespace) -> int:
         config,
         adapter=args.adapter,
         original=args.original,
-        oracle=None if args.oracle == "none" else args.oracle,
+        oracle=args.oracle,
         judge=args.judge,
         output_dir=out,
         overwrite=args.overwrite,

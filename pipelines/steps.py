@@ -177,7 +177,7 @@ def evaluate_erasure_step(context, config: EvaluateErasureStepConfig) -> dict:
         config.evaluation,
         adapter=config.adapter,
         original=config.original,
-        oracle=None if config.oracle == "none" else config.oracle,
+        oracle=config.oracle,
         judge=config.judge,
         output_dir=context.step_dir,
         atomic=False,  # the step directory is already written atomically by the runner
