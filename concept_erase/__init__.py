@@ -21,6 +21,7 @@ from concept_erase.errors import (  # noqa: E402
     OutputExistsError,
     PipelineError,
     RegistryError,
+    TrainingError,
     UnknownConfigKeyError,
     UnknownNameError,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "OutputExistsError",
     "PipelineError",
     "RegistryError",
+    "TrainingError",
     "UnknownConfigKeyError",
     "UnknownNameError",
 ]

@@ -74,5 +74,9 @@ class AdapterError(ConceptEraseError, ValueError):
     """An erasure adapter (LoRA or weight delta) is malformed or does not match the model it is applied to."""
 
 
+class TrainingError(ConceptEraseError, RuntimeError):
+    """Training diverged (a NaN or infinite loss) or cannot proceed."""
+
+
 class NotFittedError(ConceptEraseError, _SklearnNotFittedError):
     """An estimator was used before ``fit``."""

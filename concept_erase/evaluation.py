@@ -293,12 +293,19 @@ def evaluate_erasure(
     it if needed), a path uses that pipeline, ``None`` or ``"none"`` skips it. Everything is validated before anything is generated.
     """
     from concept_erase.diffusion import apply_adapter, load_pipeline
+    from concept_erase.erasure import read_erasure, resolve_erasure
     from concept_erase.io import RunRecorder, atomic_output_dir, check_output_dir, peak_memory_bytes, write_json
     from concept_erase.judge import load_judge
     from concept_erase.oracle import resolve_oracle
     from concept_erase.tiny_sd import resolve_model
 
     model, original = resolve_model(model), resolve_model(original)
+    erasure = read_erasure(model) if adapter is None else None
+    if erasure is not None:  # an erasure output directory: a full pipeline, or an adapter on its base model
+        model, adapter, base = resolve_erasure(model)
+        original = original if original is not None else base
+        if not config.forget:
+            config = dataclasses.replace(config, forget=list(erasure["concepts"]))
     if oracle not in (None, "auto", "none"):
         oracle = resolve_model(oracle)
     if output_dir is not None and atomic:

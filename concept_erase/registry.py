@@ -123,6 +123,7 @@ def load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
+    importlib.import_module("concept_erase.methods")  # the core's own diffusion methods
     names = {ep.value for ep in entry_points(group=PLUGIN_GROUP)}
     if not names:  # running from a source tree that was never installed
         names = {"classifiers.plugin", "pipelines.steps"}

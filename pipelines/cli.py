@@ -159,7 +159,7 @@ def _is_diffusion_model(args: argparse.Namespace) -> bool:
     from concept_erase.tiny_sd import resolve_model
 
     model = resolve_model(args.model)
-    if (Path(model) / "model_index.json").is_file():
+    if (Path(model) / "model_index.json").is_file() or (Path(model) / "erasure.json").is_file():
         return True
     diffusion_flags = args.forget is not None or args.adapter is not None or args.retain is not None
     return diffusion_flags or looks_like_hub_id(model)
