@@ -20,6 +20,7 @@ dataset: the same code runs on the embedded tiny model and on a real checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -330,13 +331,15 @@ def erase(
     config: ErasureConfig | dict | None = None,
     output_dir: str | Path | None = None,
     overwrite: bool = False,
+    atomic: bool = True,
 ) -> dict[str, Any]:
     """Erase ``concepts`` from ``model`` (a pipeline directory, hub id or shipped asset name; None: the embedded tiny
     model) with the registered diffusion ``method``; write the artifact and ``erasure.json`` to ``output_dir``
-    (atomically). Returns the erasure record. Everything is validated before any work starts."""
+    (atomically; ``atomic=False`` writes into an existing directory its owner already made atomic). Returns the
+    erasure record. Everything is validated before any work starts."""
     from concept_erase.config import config_to_dict
     from concept_erase.diffusion import load_pipeline
-    from concept_erase.io import RunRecorder, atomic_output_dir, check_output_dir, peak_memory_bytes
+    from concept_erase.io import RunRecorder, atomic_output_dir, check_output_dir, peak_memory_bytes, write_json
     from concept_erase.registry import get_method
     from concept_erase.tiny_sd import DEFAULT_MODEL, resolve_model
 
@@ -345,7 +348,7 @@ def erase(
         config = entry.make_config(config or {})
     if not isinstance(config, entry.config_cls):
         raise ConfigError(f"config for {entry.name!r} must be a {entry.config_cls.__name__}, got {type(config).__name__}")
-    if output_dir is not None:
+    if output_dir is not None and atomic:
         check_output_dir(output_dir, overwrite)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     _check_precision(config.mixed_precision, device)
@@ -376,10 +379,9 @@ def erase(
         "versions": recorder.record["versions"],
     }
     if output_dir is not None:
-        with atomic_output_dir(output_dir, overwrite) as tmp:
+        target = atomic_output_dir(output_dir, overwrite) if atomic else contextlib.nullcontext(Path(output_dir))
+        with target as tmp:
             record["artifact"] = _write_artifact(tmp, pipe, outcome, record, config.output_format)
-            from concept_erase.io import write_json
-
             write_json(tmp / ERASURE_FILE, record)
     return record
 

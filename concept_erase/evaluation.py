@@ -301,6 +301,7 @@ def evaluate_erasure(
 
     model, original = resolve_model(model), resolve_model(original)
     erasure = read_erasure(model) if adapter is None else None
+    erasure_dir = Path(model) if erasure is not None else None
     if erasure is not None:  # an erasure output directory: a full pipeline, or an adapter on its base model
         model, adapter, base = resolve_erasure(model)
         original = original if original is not None else base
@@ -328,6 +329,8 @@ def evaluate_erasure(
             "model": str(model),
             "adapter": adapter_info,
             "original": str(original),
+            "erasure": str(erasure_dir) if erasure_dir is not None else None,
+            "oracle": str(oracle_path) if oracle_path is not None else None,
             "judge": str(judge or "embedded digit judge"),
             "judge_test_accuracy": judge_model.config.test_accuracy,
         }
@@ -337,6 +340,7 @@ def evaluate_erasure(
         with atomic_output_dir(output_dir, overwrite) if atomic else contextlib.nullcontext(Path(output_dir)) as tmp:
             write_json(tmp / "metrics.json", metrics)
             plot_grid(panels, forget + retain, forget, config, tmp / "grid.png")
+            save_samples(panels, tmp / SAMPLES_FILE)
             (tmp / "report.md").write_text(render_report(metrics))
             record.write(tmp)
     return metrics
@@ -407,6 +411,27 @@ def plot_grid(panels: dict[str, _Generations], concepts: list[str], forget: list
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+SAMPLES_FILE = "samples.safetensors"
+
+
+def save_samples(panels: dict[str, _Generations], path: Path) -> None:
+    """The generated images (uint8), keyed ``<model>/<concept>``: reports re-plot them without generating again."""
+    from safetensors.torch import save_file
+
+    save_file({f"{name}/{c}": img.contiguous() for name, gen in panels.items() for c, img in gen.images.items()}, path)
+
+
+def load_samples(path: str | Path) -> dict[str, _Generations]:
+    """Inverse of :func:`save_samples`: ``{model: generations}`` (images only)."""
+    from safetensors.torch import load_file
+
+    panels: dict[str, _Generations] = {}
+    for key, images in load_file(str(path)).items():
+        name, _, concept = key.partition("/")
+        panels.setdefault(name, _Generations({})).images[concept] = images
+    return panels
 
 
 def _fmt(value: float | None, pct: bool = True) -> str:

@@ -2,6 +2,9 @@
 
     concept-erase unlearn --method finetune --output_dir out/ft --set epochs=3
     concept-erase evaluate --model out/ft --output_dir out/ft-eval
+    concept-erase erase --method fmn --concept seven --output_dir out/fmn-seven
+    concept-erase evaluate --model out/fmn-seven --output_dir out/fmn-seven-eval
+    concept-erase demo --output_dir outputs/demo
     concept-erase run quickstart --output_dir out/quickstart
     concept-erase list
 
@@ -129,6 +132,7 @@ def _unlearn_into(tmp: Path, method: str, config, task, original, args: argparse
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
+    from concept_erase.erasure import erase
     from concept_erase.registry import get_method, list_methods
 
     try:
@@ -138,17 +142,31 @@ def cmd_erase(args: argparse.Namespace) -> int:
             "; classifier methods run with `concept-erase unlearn`" if args.method in list_methods("classifier") else ""
         )
         raise UnknownNameError(f"{exc}{hint}") from None
-    _method_config(entry, args)
+    if args.mixed_precision is not None:
+        args.set = [*args.set, f"mixed_precision={args.mixed_precision}"]
+    if args.quiet:
+        args.set = [*args.set, "show_progress=false"]
+    config = _method_config(entry, args)
     concepts = [c.strip() for c in args.concept if c.strip()]
     if not concepts:
         raise ConfigError("--concept is empty: name the concept(s) to erase")
     model = args.pretrained_model_name_or_path
-    if (model.startswith((".", "/", "~")) or Path(model).exists()) and not Path(model).expanduser().is_dir():
+    if model and (model.startswith((".", "/", "~")) or Path(model).exists()) and not Path(model).expanduser().is_dir():
         raise InputNotFoundError(f"model directory not found: {model}")
-    _check_output(args)
-    raise ConceptEraseError(
-        f"diffusion method {args.method!r} is registered but `concept-erase erase` cannot run it yet"
+    out = _check_output(args)
+    record = erase(model, entry.name, concepts, config, output_dir=out, overwrite=args.overwrite)
+    artifact = record["artifact"]
+    _say(f"erased {', '.join(record['concepts'])} from {record['base_model']} with {entry.name}")
+    _say(
+        f"  {record['steps']} steps in {record['seconds']:.1f} s; loss {record['loss_first']:.4g} -> "
+        f"{record['loss_last']:.4g}"
     )
+    _say(
+        f"  artifact: {artifact['format']} ({artifact['path']}, {artifact['bytes'] / 1024:.0f} KiB, "
+        f"{100 * artifact['fraction_of_unet']:.1f}% of the UNet)"
+    )
+    _say(f"wrote {out}; score it with: {PROG} evaluate --model {out} --output_dir {out}-eval")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------- evaluate
@@ -297,6 +315,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: the bundled ``demo`` pipeline (erase "seven" with every method, evaluate, report)."""
+    args.config = "demo"
+    return cmd_run(args)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from concept_erase.registry import METHODS, STEPS
 
@@ -320,7 +344,7 @@ def _add_common(p: argparse.ArgumentParser, *, config_help: str) -> None:
     p.add_argument(
         "--set", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help="override config keys (dotted)"
     )
-    p.add_argument("--output_dir", required=True, help="output directory (written atomically)")
+    p.add_argument("--output_dir", "--output", required=True, help="output directory (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
     p.add_argument("--seed", type=int, default=None, help="random seed (sets the method config's seed)")
 
@@ -342,12 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_unlearn)
 
     p = sub.add_parser("erase", parents=[debug], help="erase a concept from a text-to-image diffusion model")
-    p.add_argument("--method", required=True, help="a registered diffusion method (concept-erase list)")
+    p.add_argument("--method", required=True, help="a registered diffusion method: fmn, salun, esd")
     p.add_argument("--concept", required=True, nargs="+", action="extend", help="concept(s) to erase")
     p.add_argument(
-        "--pretrained_model_name_or_path", "--model", required=True, help="diffusers pipeline: local dir or hub id"
+        "--pretrained_model_name_or_path",
+        "--model",
+        default=None,
+        help="diffusers pipeline: local dir, hub id or shipped asset name (default: the embedded tiny SD)",
     )
-    _add_common(p, config_help="method config (YAML)")
+    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="autocast precision")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_common(p, config_help="method config (YAML mapping of the method's config keys)")
     p.set_defaults(func=cmd_erase)
 
     p = sub.add_parser(
@@ -403,6 +432,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="start again, replacing the output directory")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "demo",
+        parents=[debug],
+        help="the main job: erase 'seven' from the embedded tiny SD with fmn, salun and esd; evaluate; report",
+    )
+    p.add_argument("--output_dir", "--output", default="outputs/demo", help="report directory (default: outputs/demo)")
+    p.add_argument(
+        "--set", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help="override: steps.<id>.<key>=value"
+    )
+    p.add_argument("--overwrite", action="store_true", help="start again, replacing the output directory")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("list", parents=[debug], help="list registered methods, pipeline steps and bundled pipelines")
     p.set_defaults(func=cmd_list)

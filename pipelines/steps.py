@@ -7,8 +7,10 @@ Each step is ``fn(context, config) -> dict`` of outputs and writes only into ``c
 - ``saliency_mask``: SalUn saliency of the cross-entropy on the forget set -> ``mask_path``;
 - ``unlearn``: run a registered classifier method on a model directory -> ``model_dir``;
 - ``evaluate_classifier``: forget / retain / test accuracies -> ``metrics_path``;
-- ``evaluate_erasure``: the concept-erasure harness on a diffusion model -> ``erasure_metrics_path``;
 - ``report``: a table of every evaluation (with gaps to a reference, normally the retrained model) -> ``report_path``.
+
+The diffusion steps (``erase``, ``evaluate_erasure``, ``erasure_report``) live in :mod:`pipelines.diffusion_steps`,
+imported at the end of this module so the one plugin entry point registers every step.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from classifiers.models import load_model, save_model
 from classifiers.training import TrainConfig, cross_entropy, train_classifier
 from concept_erase.config import config_to_dict
 from concept_erase.errors import ConfigError
-from concept_erase.evaluation import EvaluationConfig, evaluate_erasure
 from concept_erase.io import write_json
 from concept_erase.registry import register_step
 
@@ -155,37 +156,6 @@ def evaluate_classifier_step(context, config: EvaluateConfig) -> dict:
     return {"metrics_path": str(context.step_dir / "metrics.json"), **{k: metrics[k] for k in keys}}
 
 
-@dataclass
-class EvaluateErasureStepConfig:
-    """Score a diffusion model (plus an erasure adapter) against the original and the retrain oracle."""
-
-    model: str = ""  # diffusers pipeline directory or hub id; empty: the embedded tiny SD
-    adapter: str | None = None
-    original: str | None = None  # the model before erasure (default: model)
-    oracle: str | None = "auto"  # auto | none | a pipeline directory
-    judge: str | None = None  # evaluation classifier directory (default: the embedded digit judge)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-
-
-@register_step("evaluate_erasure", EvaluateErasureStepConfig)
-def evaluate_erasure_step(context, config: EvaluateErasureStepConfig) -> dict:
-    """Forget / retain accuracy, Frechet distances, gaps to the oracle; metrics.json, grid.png, report.md."""
-    from concept_erase.tiny_sd import DEFAULT_MODEL
-
-    metrics = evaluate_erasure(
-        config.model or str(DEFAULT_MODEL),
-        config.evaluation,
-        adapter=config.adapter,
-        original=config.original,
-        oracle=config.oracle,
-        judge=config.judge,
-        output_dir=context.step_dir,
-        atomic=False,  # the step directory is already written atomically by the runner
-    )
-    keys = ("forget_accuracy", "retain_accuracy", "frechet_to_real", "seconds")
-    return {"erasure_metrics_path": str(context.step_dir / "metrics.json"), **{k: metrics.get(k) for k in keys}}
-
-
 # ---------------------------------------------------------------------------------------------------- report
 
 _COLUMNS = ("forget_accuracy", "forget_test_accuracy", "retain_accuracy", "test_accuracy")
@@ -260,3 +230,6 @@ def _markdown(report: dict, root: Path) -> str:
         lines.append(f"- {row['step']}: `{model_dir}`")
     lines += ["", "![per-class test accuracy](per_class_accuracy.png)"]
     return "\n".join(lines) + "\n"
+
+
+import pipelines.diffusion_steps  # noqa: E402,F401  (registers the diffusion steps)

@@ -1,0 +1,104 @@
+"""Pipeline steps for concept erasure on diffusion models (imported by :mod:`pipelines.steps`).
+
+- ``erase``: run a registered diffusion method (``fmn``, ``salun``, ``esd``) -> ``output_dir`` (an erasure directory);
+- ``evaluate_erasure``: the harness on a pipeline or an erasure directory -> ``erasure_metrics_path``;
+- ``erasure_report``: compare several evaluated erasures -> ``report_path`` (report.md, comparison.png, grid.png).
+
+The logic lives in :mod:`concept_erase.erasure`, :mod:`concept_erase.evaluation` and
+:mod:`concept_erase.erasure_report`; a step only connects it to files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from concept_erase.config import config_to_dict
+from concept_erase.errors import ConfigError
+from concept_erase.evaluation import EvaluationConfig, evaluate_erasure
+from concept_erase.registry import get_method, register_step
+
+__all__ = ["EraseStepConfig", "EvaluateErasureStepConfig", "ErasureReportStepConfig"]
+
+
+@dataclass
+class EraseStepConfig:
+    """Erase concepts from a diffusion model with a registered method; the erasure directory is the step's output."""
+
+    method: str = ""
+    concepts: list[str] = field(default_factory=list)
+    model: str = ""  # diffusers pipeline directory, hub id or shipped asset name; empty: the embedded tiny SD
+    config: dict[str, Any] = field(default_factory=dict)  # the method's config keys (concept-erase list shows methods)
+
+    def __post_init__(self) -> None:
+        if not self.method:
+            raise ConfigError("method is empty: name a diffusion method (fmn, salun, esd)")
+        if not [c for c in self.concepts if str(c).strip()]:
+            raise ConfigError("concepts is empty: name at least one concept to erase")
+        # validate the method and its config now, and record its defaults (they enter the step's config hash)
+        self.config = config_to_dict(get_method(self.method, tag="diffusion").make_config(self.config))
+
+
+@register_step("erase", EraseStepConfig)
+def erase_step(context, config: EraseStepConfig) -> dict:
+    """Erase concepts from a diffusion model (artifact + erasure.json in the step directory)."""
+    from concept_erase.erasure import erase
+
+    record = erase(config.model or None, config.method, config.concepts, dict(config.config), context.step_dir, atomic=False)
+    artifact = record["artifact"]
+    return {"output_dir": str(context.step_dir), "seconds": record["seconds"], "artifact_bytes": artifact["bytes"]}
+
+
+@dataclass
+class EvaluateErasureStepConfig:
+    """Score a diffusion model (plus an erasure adapter) against the original and the retrain oracle."""
+
+    model: str = ""  # pipeline directory, hub id, shipped asset name or erasure directory; empty: the embedded tiny SD
+    adapter: str | None = None
+    original: str | None = None  # the model before erasure (default: model, or an erasure's base model)
+    oracle: str | None = "auto"  # auto | none | a pipeline directory
+    judge: str | None = None  # evaluation classifier directory (default: the embedded digit judge)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+
+@register_step("evaluate_erasure", EvaluateErasureStepConfig)
+def evaluate_erasure_step(context, config: EvaluateErasureStepConfig) -> dict:
+    """Forget / retain accuracy, Frechet distances, gaps to the oracle; metrics.json, grid.png, report.md."""
+    from concept_erase.tiny_sd import DEFAULT_MODEL
+
+    metrics = evaluate_erasure(
+        config.model or str(DEFAULT_MODEL),
+        config.evaluation,
+        adapter=config.adapter,
+        original=config.original,
+        oracle=config.oracle,
+        judge=config.judge,
+        output_dir=context.step_dir,
+        atomic=False,  # the step directory is already written atomically by the runner
+    )
+    keys = ("forget_accuracy", "retain_accuracy", "frechet_to_real", "seconds")
+    return {"erasure_metrics_path": str(context.step_dir / "metrics.json"), **{k: metrics.get(k) for k in keys}}
+
+
+@dataclass
+class ErasureReportStepConfig:
+    """Compare evaluated erasures: a table against the original and the oracle, a plot and one image grid."""
+
+    title: str = ""
+    evaluations: list[str] = field(default_factory=list)  # evaluate_erasure step ids; empty: every earlier one
+
+
+@register_step("erasure_report", ErasureReportStepConfig)
+def erasure_report_step(context, config: ErasureReportStepConfig) -> dict:
+    """Tabulate forget / retain accuracy, distance, time, memory and artifact size per erasure; plot; grid."""
+    from concept_erase.erasure_report import summarize_evaluation, write_erasure_report
+
+    ids = config.evaluations or [s for s, out in context.outputs.items() if "erasure_metrics_path" in out]
+    missing = [s for s in ids if "erasure_metrics_path" not in context.outputs.get(s, {})]
+    if missing or not ids:
+        raise ConfigError(
+            f"no evaluate_erasure outputs for {', '.join(missing) or 'the report'}; "
+            f"earlier steps: {', '.join(context.outputs)}"
+        )
+    rows = [summarize_evaluation(s.removeprefix("eval_"), context.outputs[s]["erasure_metrics_path"]) for s in ids]
+    return write_erasure_report(rows, context.step_dir, config.title)
