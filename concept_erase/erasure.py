@@ -347,7 +347,9 @@ def erase(
     if config is None or isinstance(config, dict):
         config = entry.make_config(config or {})
     if not isinstance(config, entry.config_cls):
-        raise ConfigError(f"config for {entry.name!r} must be a {entry.config_cls.__name__}, got {type(config).__name__}")
+        raise ConfigError(
+            f"config for {entry.name!r} must be a {entry.config_cls.__name__}, got {type(config).__name__}"
+        )
     if output_dir is not None and atomic:
         check_output_dir(output_dir, overwrite)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -422,7 +424,9 @@ def _write_artifact(out: Path, pipe, outcome: ErasureOutcome, record: dict, outp
         pipeline_class = type(pipe)
         pipeline_class.save_lora_weights(str(out), unet_lora_layers=layers, safe_serialization=True)
         return _describe(out / LORA_FILE, "lora", unet_bytes)
-    tensors = {f"unet.{n}": p.detach() for n, p in pipe.unet.named_parameters() if n in set(record["changed_parameters"])}
+    tensors = {
+        f"unet.{n}": p.detach() for n, p in pipe.unet.named_parameters() if n in set(record["changed_parameters"])
+    }
     size = sum(t.numel() * t.element_size() for t in tensors.values())
     small = size <= ADAPTER_MAX_FRACTION * unet_bytes
     if output_format == "adapter" or (output_format == "auto" and small):

@@ -76,7 +76,9 @@ def summarize_evaluation(name: str, metrics_path: str | Path) -> dict[str, Any]:
 
 def _goals(row: dict[str, Any]) -> dict[str, bool | None]:
     oracle = row["oracle"]
-    forget_ok = None if oracle is None else row["forget_accuracy"] - oracle["forget_accuracy"] <= GOALS["forget_gap_to_oracle"]
+    forget_ok = (
+        None if oracle is None else row["forget_accuracy"] - oracle["forget_accuracy"] <= GOALS["forget_gap_to_oracle"]
+    )
     retain_ok = row["original"]["retain_accuracy"] - row["retain_accuracy"] <= GOALS["retain_drop"]
     time_ok = None
     share_goal = GOALS["time_share"].get(row.get("method") or "")
@@ -188,7 +190,10 @@ def _grid(rows: list[dict[str, Any]], path: Path) -> bool:
         panels["oracle"] = loaded[0]["oracle"]
     settings = rows[0]["settings"]
     config = EvaluationConfig(
-        forget=rows[0]["forget"], templates=settings["templates"], num_images=settings["num_images"], seed=settings["seed"]
+        forget=rows[0]["forget"],
+        templates=settings["templates"],
+        num_images=settings["num_images"],
+        seed=settings["seed"],
     )
     plot_grid(panels, rows[0]["forget"] + rows[0]["retain"], rows[0]["forget"], config, path)
     return True

@@ -44,7 +44,9 @@ def erase_step(context, config: EraseStepConfig) -> dict:
     """Erase concepts from a diffusion model (artifact + erasure.json in the step directory)."""
     from concept_erase.erasure import erase
 
-    record = erase(config.model or None, config.method, config.concepts, dict(config.config), context.step_dir, atomic=False)
+    record = erase(
+        config.model or None, config.method, config.concepts, dict(config.config), context.step_dir, atomic=False
+    )
     artifact = record["artifact"]
     return {"output_dir": str(context.step_dir), "seconds": record["seconds"], "artifact_bytes": artifact["bytes"]}
 
