@@ -222,3 +222,19 @@ def test_pipeline_step_validates_the_method_config_before_running():
     }
     with pytest.raises(ConfigError, match="unknown key"):
         load_pipeline_config(spec)
+
+
+def test_weights_adapter_loads_into_a_plain_diffusers_pipeline(tmp_path):
+    """The README's recipe: no concept-erase code needed to apply a weights adapter."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    out = tmp_path / "erased"
+    erase("tiny-sd", "probe", ["seven"], _config(), output_dir=out)
+    pipe = StableDiffusionPipeline.from_pretrained(str(DEFAULT_MODEL), safety_checker=None)
+    weights = {k.removeprefix("unet."): v for k, v in load_file(out / "erasure.safetensors").items()}
+    missing, unexpected = pipe.unet.load_state_dict(weights, strict=False)
+    assert not unexpected
+    reference = load_erased(out)
+    for name, param in pipe.unet.named_parameters():
+        assert torch.equal(param, reference.unet.get_parameter(name)), name
