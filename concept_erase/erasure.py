@@ -95,7 +95,7 @@ class ErasureConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "num_images"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:  # a method may derive None steps
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.generation_steps < 1:
             raise ConfigError(f"generation_steps must be >= 1, got {self.generation_steps}")

@@ -3,6 +3,17 @@
 import socket
 
 import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The models under test are tiny: one thread is as fast as two, and on a shared 2-core machine spin-waiting
+    OpenMP threads made the diffusion tests several times slower. Multi-process tests start their own interpreters."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture()

@@ -220,8 +220,8 @@ def _ratio_pipeline(tmp_path: Path) -> Path:
         (lambda d, m: ["evaluate", "--model", d / "missing"], ["model directory not found", "missing"]),
         (lambda d, m: ["evaluate", "--model", d], ["is not a classifier model directory"]),
         (
-            lambda d, m: ["erase", "--method", "esd", "--concept", "cat", "--model", "x/y"],
-            ["unknown diffusion method 'esd'", "registered diffusion methods: (none registered)"],
+            lambda d, m: ["erase", "--method", "esdx", "--concept", "cat", "--model", "x/y"],
+            ["unknown diffusion method 'esdx'", "registered diffusion methods: esd, fmn, salun"],
         ),
         (
             lambda d, m: ["erase", "--method", "finetune", "--concept", "cat", "--model", "x/y"],

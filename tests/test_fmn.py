@@ -22,16 +22,6 @@ TEMPLATES = ["the number {}", "a handwritten digit {}", "{}"]
 FAST = {"num_images": 3, "generation_steps": 2, "max_train_steps": 8, "show_progress": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is as fast, and two spin-waiting threads on a busy 2-core machine are ~10x
-    slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture()
 def pipe():
     torch.manual_seed(0)

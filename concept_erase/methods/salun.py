@@ -1,12 +1,13 @@
 """SalUn for diffusion (Fan et al., "SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency",
 ICLR 2024): saliency-masked fine-tuning that re-labels the concept.
 
-    erase("tiny-sd", "salun", ["seven"], {"learning_rate": 1e-3, "max_train_steps": 60}, output_dir="out/salun")
+    erase("tiny-sd", "salun", ["seven"], {"learning_rate": 2e-4, "max_train_steps": 150, "alpha": 4.0}, output_dir="out")
 
 1. **Saliency.** ``|sum over the forget data of d loss / d w|`` of the ordinary denoising loss on latents the model
    generates for the concept's prompts (:func:`concept_erase.saliency.compute_saliency`). The top ``mask_ratio`` of
    all UNet weights (one global threshold) are salient; ``random_mask`` keeps as many weights per tensor at random
-   positions instead (the paper's ablation); ``mask_path`` loads a mask saved with ``SaliencyMask.save``.
+   positions instead (the paper's ablation); ``mask_path`` loads a mask saved with ``SaliencyMask.save`` (or by an
+   earlier run's ``save_mask_path``), as the paper computes the mask once and reuses it.
 2. **Forgetting by random labelling.** On a noised concept latent the UNet's prediction for the concept prompt is
    pulled to its own (stop-gradient) prediction for a misaligned prompt: the same template with a retain concept,
    drawn at random every step. ``alpha`` times the ordinary denoising loss on latents generated for the retain
@@ -59,11 +60,10 @@ class SalUnConfig(ErasureConfig):
     mask_ratio: float = 0.5  # fraction of UNet weights that may change (global top-k of the saliency)
     random_mask: bool = False  # ablation: the same number of weights per tensor at random positions
     mask_path: str | None = None  # a saved SaliencyMask to use instead of computing one
+    save_mask_path: str | None = None  # write the mask trained through here (bit-packed safetensors) for reuse
 
     def __post_init__(self) -> None:
-        steps, self.max_train_steps = self.max_train_steps, self.max_train_steps or 1  # the base checks an int
         super().__post_init__()
-        self.max_train_steps = steps
         if self.num_train_epochs < 1:
             raise ConfigError(f"num_train_epochs must be >= 1, got {self.num_train_epochs}")
         if not 0 < self.mask_ratio <= 1:
@@ -95,7 +95,10 @@ def saliency_mask(request: ErasureRequest, config: SalUnConfig, forget) -> Salie
         loader = DataLoader(TensorDataset(forget.latents, forget.embeddings), batch_size=config.train_batch_size)
         generator = torch.Generator().manual_seed(config.seed)
         scores = compute_saliency(
-            unet, loader, _denoising_loss(noise_scheduler(request.pipe), generator), params=".",
+            unet,
+            loader,
+            _denoising_loss(noise_scheduler(request.pipe), generator),
+            params=".",
             show_progress=config.show_progress,
         )
         mask = SaliencyMask.from_scores(scores, ratio=config.mask_ratio, loss_name="denoising_mse")
@@ -107,8 +110,6 @@ def _misaligned_states(request: ErasureRequest, config: SalUnConfig) -> tuple[to
     """Text states of every (template, retain concept) prompt, shape (T, R, L, D), and each forget row's template
     index (rows follow ``concept_data``: the templates take turns within each concept)."""
     templates, retain = request.templates, request.retain_concepts
-    if not retain:
-        raise ConfigError("salun needs at least one retain concept to re-label the erased concept with")
     prompts = [template.format(concept) for template in templates for concept in retain]
     states = encode_prompts(request.pipe, prompts)
     states = states.view(len(templates), len(retain), *states.shape[1:])
@@ -140,23 +141,40 @@ def _salun_loss(request: ErasureRequest, config: SalUnConfig, retain, misaligned
     return loss
 
 
-@register_method("salun", SalUnConfig, tags=("diffusion",), description="SalUn (Fan et al., ICLR 2024): saliency-masked fine-tuning")
+@register_method(
+    "salun", SalUnConfig, tags=("diffusion",), description="SalUn (Fan et al., ICLR 2024): saliency-masked fine-tuning"
+)
 def salun(request: ErasureRequest, config: SalUnConfig) -> ErasureOutcome:
     """Erase ``request.concepts`` from ``request.unet`` in place (see the module docstring)."""
+    if not request.retain_concepts:
+        raise ConfigError("salun needs at least one retain concept (retain_concepts) to re-label the concept with")
     forget = concept_data(request, request.concepts, config, desc="forget images")
-    retain = concept_data(request, request.retain_concepts, config, seed_offset=len(forget.prompts), desc="retain images")
+    retain = concept_data(
+        request, request.retain_concepts, config, seed_offset=len(forget.prompts), desc="retain images"
+    )
     mask = saliency_mask(request, config, forget)
+    if config.save_mask_path is not None:
+        mask.save(config.save_mask_path)
     misaligned, template_ids = _misaligned_states(request, config)
     dataset = TensorDataset(forget.latents, forget.embeddings, template_ids)
     steps = config.max_train_steps or config.num_train_epochs * math.ceil(len(dataset) / config.train_batch_size)
     salient = [name for name, keep in mask.masks.items() if keep.any()]
     applier = mask.applier(request.unet)
     trainer = make_trainer(
-        request, replace_config(config, max_train_steps=steps), dataset, _salun_loss(request, config, retain, misaligned),
-        trainable=[f"^{re.escape(name)}$" for name in salient], after_step=applier, method="salun",
+        request,
+        replace_config(config, max_train_steps=steps),
+        dataset,
+        _salun_loss(request, config, retain, misaligned),
+        trainable=[f"^{re.escape(name)}$" for name in salient],
+        after_step=applier,
+        method="salun",
     )
     result = _train_with_hooks(trainer, applier, request.unet, salient)
-    details = {"salient_tensors": len(salient), "forget_images": len(forget.prompts), "retain_images": len(retain.prompts)}
+    details = {
+        "salient_tensors": len(salient),
+        "forget_images": len(forget.prompts),
+        "retain_images": len(retain.prompts),
+    }
     return ErasureOutcome(result, mask=mask.summary() | {"metadata": mask.metadata}, details=details)
 
 
