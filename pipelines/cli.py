@@ -465,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stderr.close()
+        return 0
     except (ConceptEraseError, OSError) as exc:
         if debug:
             traceback.print_exc()

@@ -284,3 +284,9 @@ def test_not_fitted_error_is_sklearns():
     from sklearn.exceptions import NotFittedError
 
     assert issubclass(errors.NotFittedError, NotFittedError)
+
+
+def test_exponent_without_a_dot_is_a_float():
+    """YAML 1.1 reads ``1e-3`` as a string; a float field takes it as the number a user means."""
+    assert load_config(Outer, {}, ["lr=1e-3"]).lr == 1e-3
+    assert load_config(Outer, {"lr": "2E+2"}).lr == 200.0

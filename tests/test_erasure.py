@@ -238,3 +238,24 @@ def test_weights_adapter_loads_into_a_plain_diffusers_pipeline(tmp_path):
     reference = load_erased(out)
     for name, param in pipe.unet.named_parameters():
         assert torch.equal(param, reference.unet.get_parameter(name)), name
+
+
+def test_erasure_prompts_never_include_the_evaluation_paraphrases(tmp_path):
+    from concept_erase.tiny_sd import EVAL_TEMPLATES
+
+    record = erase("tiny-sd", "probe", ["seven"], _config())
+    assert record["templates"] and set(record["templates"]).isdisjoint(EVAL_TEMPLATES)
+    assert record["retain_concepts"] == ["zero", "one", "two", "three", "four", "five", "six", "eight", "nine"]
+
+
+def test_bundled_demo_is_a_valid_pipeline_of_every_method(capsys):
+    from pipelines.cli import CONFIGS_DIR
+    from pipelines.runner import load_pipeline as load_pipeline_config
+
+    steps = load_pipeline_config(CONFIGS_DIR / "demo.yaml").config.steps
+    assert sorted(s.config["method"] for s in steps if s.step == "erase") == ["esd", "fmn", "salun"]
+    assert [s.step for s in steps][-1] == "erasure_report"
+    # `concept-erase demo` runs that pipeline: a bad override names its steps
+    assert main(["demo", "--output_dir", "unused", "--set", "steps.nope.x=1"]) == 2
+    err = capsys.readouterr().err
+    assert "no step named 'nope'" in err and "erase_fmn" in err
