@@ -308,7 +308,7 @@ def _recorded_model(model: str | Path) -> str:
     return str(path)
 
 
-def _defaults_for(model: str | Path, pipe, concepts: list[str], config: ErasureConfig) -> tuple[list[str], list[str]]:
+def _defaults_for(model: str | Path, concepts: list[str], config: ErasureConfig) -> tuple[list[str], list[str]]:
     """Training templates and retain concepts: the config's, else the tiny model's, else generic ones."""
     from concept_erase.digits import CONCEPTS
     from concept_erase.tiny_sd import TRAIN_TEMPLATES, read_recipe
@@ -357,9 +357,10 @@ def erase(
     model = resolve_model(model or DEFAULT_MODEL)
     pipe = load_pipeline(model, device=str(device))
     concepts = _check_concepts(concepts, pipe.tokenizer)
-    templates, retain = _defaults_for(model, pipe, concepts, config)
+    templates, retain = _defaults_for(model, concepts, config)
     request = ErasureRequest(pipe, concepts, _recorded_model(model), retain, templates, device)
-    reference = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    # the UNet before erasure, on the host (a second copy on the accelerator would double its memory)
+    reference = {n: p.detach().to("cpu", copy=True) for n, p in pipe.unet.named_parameters()}
     with RunRecorder("erase", config, seed=config.seed, method=entry.name, concepts=concepts) as recorder:
         start = time.perf_counter()
         outcome = entry.target(request, config)
@@ -390,7 +391,9 @@ def erase(
 
 def _training_summary(outcome: ErasureOutcome, unet, reference: dict[str, torch.Tensor]) -> dict[str, Any]:
     result = outcome.train_result
-    changed = [n for n, p in unet.named_parameters() if n in reference and not torch.equal(p.detach(), reference[n])]
+    changed = [
+        n for n, p in unet.named_parameters() if n in reference and not torch.equal(p.detach().cpu(), reference[n])
+    ]
     losses = list(result.losses)
     return {
         "trained_parameters": list(result.trained_parameters),
