@@ -84,6 +84,18 @@ def _quiet_loading():
                 lib.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _diffusers_errors_only():
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+
+
 def pipeline_class():
     """``diffusers.StableDiffusionPipeline``, imported without transformers' notices about torchvision."""
     with _quiet_loading():
@@ -230,7 +242,8 @@ def apply_adapter(pipe, adapter: str | Path) -> dict[str, Any]:
     if any("lora" in key for key in tensors):
         _check_lora(pipe, tensors)
         try:
-            pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name="erasure")
+            with _diffusers_errors_only():  # "no LoRA keys for the text encoder" is expected: erasures train the UNet
+                pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name="erasure")
             pipe.fuse_lora(adapter_names=["erasure"])
         except (ValueError, RuntimeError, KeyError) as exc:
             raise AdapterError(f"adapter {file} could not be loaded as a LoRA: {str(exc).splitlines()[0]}") from None
