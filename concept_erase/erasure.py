@@ -391,15 +391,14 @@ def erase(
 
 def _training_summary(outcome: ErasureOutcome, unet, reference: dict[str, torch.Tensor]) -> dict[str, Any]:
     result = outcome.train_result
+    trained = set(result.trained_parameters)
     changed = [
         n for n, p in unet.named_parameters() if n in reference and not torch.equal(p.detach().cpu(), reference[n])
     ]
     losses = list(result.losses)
     return {
         "trained_parameters": list(result.trained_parameters),
-        "trained_parameter_count": int(
-            sum(p.numel() for n, p in unet.named_parameters() if n in set(result.trained_parameters))
-        ),
+        "trained_parameter_count": int(sum(p.numel() for n, p in unet.named_parameters() if n in trained)),
         "changed_parameters": changed,
         "steps": result.global_step,
         "loss_first": losses[0] if losses else None,
@@ -419,6 +418,7 @@ def _write_artifact(out: Path, pipe, outcome: ErasureOutcome, record: dict, outp
     from concept_erase.tiny_sd import save_pipeline
 
     unet_bytes = _unet_bytes(pipe.unet)
+    changed = set(record["changed_parameters"])
     if outcome.lora:
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
@@ -427,9 +427,7 @@ def _write_artifact(out: Path, pipe, outcome: ErasureOutcome, record: dict, outp
         pipeline_class = type(pipe)
         pipeline_class.save_lora_weights(str(out), unet_lora_layers=layers, safe_serialization=True)
         return _describe(out / LORA_FILE, "lora", unet_bytes)
-    tensors = {
-        f"unet.{n}": p.detach() for n, p in pipe.unet.named_parameters() if n in set(record["changed_parameters"])
-    }
+    tensors = {f"unet.{n}": p.detach() for n, p in pipe.unet.named_parameters() if n in changed}
     size = sum(t.numel() * t.element_size() for t in tensors.values())
     small = size <= ADAPTER_MAX_FRACTION * unet_bytes
     if output_format == "adapter" or (output_format == "auto" and small):

@@ -95,12 +95,6 @@ def erasure_report_step(context, config: ErasureReportStepConfig) -> dict:
     """Tabulate forget / retain accuracy, distance, time, memory and artifact size per erasure; plot; grid."""
     from concept_erase.erasure_report import summarize_evaluation, write_erasure_report
 
-    ids = config.evaluations or [s for s, out in context.outputs.items() if "erasure_metrics_path" in out]
-    missing = [s for s in ids if "erasure_metrics_path" not in context.outputs.get(s, {})]
-    if missing or not ids:
-        raise ConfigError(
-            f"no evaluate_erasure outputs for {', '.join(missing) or 'the report'}; "
-            f"earlier steps: {', '.join(context.outputs)}"
-        )
+    ids = context.outputs_with("erasure_metrics_path", config.evaluations, what="evaluate_erasure")
     rows = [summarize_evaluation(s.removeprefix("eval_"), context.outputs[s]["erasure_metrics_path"]) for s in ids]
     return write_erasure_report(rows, context.step_dir, config.title)

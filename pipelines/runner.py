@@ -82,6 +82,17 @@ class StepContext:
     outputs: dict[str, dict]  # outputs of the earlier steps, by step id
     log: Callable[[str], None] = print
 
+    def outputs_with(self, key: str, step_ids: list[str] | None = None, what: str = "evaluation") -> list[str]:
+        """The ids of ``step_ids`` (default: every earlier step that has one) whose outputs hold ``key``; a named step
+        without it, or none at all, raises :class:`ConfigError`."""
+        ids = step_ids or [s for s, out in self.outputs.items() if key in out]
+        missing = [s for s in ids if key not in self.outputs.get(s, {})]
+        if missing or not ids:
+            raise ConfigError(
+                f"no {what} outputs for {', '.join(missing) or 'the report'}; earlier steps: {', '.join(self.outputs)}"
+            )
+        return ids
+
     def work_dir(self, step_id: str | None = None) -> Path:
         """``output_dir/.work/<id>``: persistent scratch space (checkpoints) that survives a failed step."""
         path = self.output_dir / ".work" / (step_id or self.step_id)

@@ -177,12 +177,7 @@ class ReportConfig:
 @register_step("report", ReportConfig)
 def report_step(context, config: ReportConfig) -> dict:
     """Tabulate earlier evaluations (accuracies in %, and the average gap to the reference)."""
-    ids = config.evaluations or [s for s, out in context.outputs.items() if "metrics_path" in out]
-    missing = [s for s in ids if "metrics_path" not in context.outputs.get(s, {})]
-    if missing or not ids:
-        raise ConfigError(
-            f"no evaluation outputs for {', '.join(missing) or 'the report'}; earlier steps: {', '.join(context.outputs)}"
-        )
+    ids = context.outputs_with("metrics_path", config.evaluations)
     if config.reference is not None and config.reference not in ids:
         raise ConfigError(f"reference {config.reference!r} is not an evaluation step; evaluations: {', '.join(ids)}")
     rows = {s: json.loads(Path(context.outputs[s]["metrics_path"]).read_text()) for s in ids}

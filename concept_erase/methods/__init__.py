@@ -5,11 +5,4 @@ defaults) and one function ``erase(request, config) -> ErasureOutcome`` that tra
 the shared trainer. :func:`concept_erase.erasure.erase` loads the model, calls it and writes the artifact.
 """
 
-import importlib
-
-for _name in ("fmn", "salun", "esd"):
-    try:
-        importlib.import_module(f"concept_erase.methods.{_name}")
-    except ModuleNotFoundError as _exc:  # a method module still being written
-        if _exc.name != f"concept_erase.methods.{_name}":
-            raise
+from concept_erase.methods import esd, fmn, salun  # noqa: F401  (importing registers them)
