@@ -22,7 +22,7 @@ from classifiers.data import load_dataset, subset_by_class
 from classifiers.models import ModelConfig, build_model
 from concept_erase.errors import ConfigError, EmptyDataError
 
-__all__ = ["TrainConfig", "train_classifier", "fit", "cross_entropy"]
+__all__ = ["TrainConfig", "train_classifier", "train_recipe", "fresh_model", "fit", "cross_entropy"]
 
 
 @dataclass
@@ -72,12 +72,17 @@ def fit(
     loss_fn=cross_entropy,
     after_step=None,
     extra_state: dict | None = None,
+    max_grad_norm: float | None = 1.0,
+    name: str = "training",
 ):
     """Train ``model`` in place on ``dataset`` with the shared :class:`~concept_erase.trainer.Trainer`.
 
     With a ``work_dir`` and ``checkpointing_steps`` the run checkpoints there and resumes from the latest
-    checkpoint when restarted (the pipeline runner keeps the work directory across failures).
+    checkpoint when restarted (the pipeline runner keeps the work directory across failures). A NaN or infinite
+    loss stops the run with :class:`~concept_erase.errors.TrainingError` naming ``name``, the step and the
+    learning rate. ``loss_fn(model, batch)`` may be any loss over the batches of ``dataset``.
     """
+    from concept_erase.errors import TrainingError
     from concept_erase.trainer import Trainer, TrainerConfig
 
     if len(dataset) == 0:
@@ -95,23 +100,33 @@ def fit(
         checkpoints_total_limit=2 if checkpointing else None,
         resume_from_checkpoint="latest" if checkpointing else None,
         seed=seed,
+        max_grad_norm=max_grad_norm,
         show_progress=sys.stderr.isatty(),
     )
-    trainer = Trainer(model, config, loader, compute_loss=loss_fn, after_step=after_step, extra_state=extra_state)
+    trainer = None
+
+    def guarded(module, batch):
+        loss = loss_fn(module, batch)
+        if not torch.isfinite(loss.detach()).all():
+            raise TrainingError(
+                f"{name}: the loss became {float(loss.detach())} at step {trainer.global_step + 1}; "
+                f"lower learning_rate (now {learning_rate:g})"
+            )
+        return loss
+
+    trainer = Trainer(model, config, loader, compute_loss=guarded, after_step=after_step, extra_state=extra_state)
     return trainer.train()
 
 
-def train_classifier(config: TrainConfig, work_dir: str | Path | None = None) -> tuple[nn.Module, dict]:
-    """Build and train the model ``config`` describes; return it and a JSON-serialisable summary."""
-    splits = load_dataset(config.dataset, config.data_seed, config.test_size)
-    train_set = (
-        subset_by_class(splits.train, config.exclude_classes, keep=False) if config.exclude_classes else splits.train
-    )
-    torch.manual_seed(config.seed)  # initial weights
-    model = build_model(replace(config.model, num_classes=splits.num_classes, input_shape=splits.input_shape))
-    result = fit(
+def train_recipe(model: nn.Module, dataset: TensorDataset, config: TrainConfig, work_dir: str | Path | None = None):
+    """Train ``model`` in place on ``dataset`` with ``config``'s recipe (epochs, batch size, optimizer, seed...).
+
+    The original model, the retrain oracle and the ``retrain`` method all train through here, so the same recipe and
+    seed give the same weights.
+    """
+    return fit(
         model,
-        train_set,
+        dataset,
         epochs=config.epochs,
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
@@ -122,6 +137,22 @@ def train_classifier(config: TrainConfig, work_dir: str | Path | None = None) ->
         work_dir=work_dir,
         checkpointing_steps=config.checkpointing_steps,
     )
+
+
+def fresh_model(model_config: ModelConfig, num_classes: int, input_shape: tuple[int, ...], seed: int) -> nn.Module:
+    """A newly initialised model (weights drawn with ``seed``)."""
+    torch.manual_seed(seed)
+    return build_model(replace(model_config, num_classes=num_classes, input_shape=tuple(input_shape)))
+
+
+def train_classifier(config: TrainConfig, work_dir: str | Path | None = None) -> tuple[nn.Module, dict]:
+    """Build and train the model ``config`` describes; return it and a JSON-serialisable summary."""
+    splits = load_dataset(config.dataset, config.data_seed, config.test_size)
+    train_set = (
+        subset_by_class(splits.train, config.exclude_classes, keep=False) if config.exclude_classes else splits.train
+    )
+    model = fresh_model(config.model, splits.num_classes, splits.input_shape, config.seed)
+    result = train_recipe(model, train_set, config, work_dir)
     info = {
         "train_samples": len(train_set),
         "global_step": result.global_step,

@@ -1,7 +1,8 @@
 """Registries of named things: unlearning/erasure methods and pipeline steps.
 
 A method is a config dataclass plus the code that applies it, registered under a name (as in peft). Registering a
-malformed or duplicate name fails; looking up an unknown name fails with the list of registered names.
+malformed or duplicate name fails; looking up an unknown name fails with the list of registered names. One name may
+be registered once per tag family (``salun`` is both a diffusion and a classifier method): lookups then name the tag.
 
 The core never imports the packages that register methods. They announce themselves through the
 ``concept_erase.plugins`` entry-point group (see ``pyproject.toml``) and are imported on the first lookup, so the
@@ -51,7 +52,7 @@ class Registry:
 
     def __init__(self, kind: str):
         self.kind = kind
-        self._entries: dict[str, Entry] = {}
+        self._entries: dict[str, list[Entry]] = {}
 
     def register(
         self,
@@ -64,43 +65,52 @@ class Registry:
         """Decorator registering a function or class under ``name``.
 
         Raises:
-            RegistryError: the name is not lowercase ``[a-z][a-z0-9_]*``, is already registered, or the config
-                class is not a dataclass.
+            RegistryError: the name is not lowercase ``[a-z][a-z0-9_]*``, is already registered with one of these
+                tags (or untagged), or the config class is not a dataclass.
         """
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise RegistryError(
                 f"invalid {self.kind} name {name!r}: use lowercase letters, digits and underscores, starting with a letter"
             )
-        if name in self._entries:
-            raise RegistryError(f"{self.kind} {name!r} is already registered")
+        tags = tuple(tags)
+        for other in self._entries.get(name, []):
+            if not tags or not other.tags or set(tags) & set(other.tags):
+                raise RegistryError(f"{self.kind} {name!r} is already registered")
         if config_cls is not None and not dataclasses.is_dataclass(config_cls):
             raise RegistryError(f"config class of {self.kind} {name!r} must be a dataclass, got {config_cls!r}")
 
         def decorator(target: Any) -> Any:
             doc = description or (target.__doc__ or "").strip().split("\n")[0]
-            self._entries[name] = Entry(name, config_cls, target, self.kind, tuple(tags), doc)
+            self._entries.setdefault(name, []).append(Entry(name, config_cls, target, self.kind, tags, doc))
             return target
 
         return decorator
 
-    def unregister(self, name: str) -> None:
-        """Remove ``name`` (for tests and interactive use)."""
-        self._entries.pop(name, None)
+    def unregister(self, name: str, tag: str | None = None) -> None:
+        """Remove ``name`` (only its entry tagged ``tag`` when given; for tests and interactive use)."""
+        kept = [e for e in self._entries.pop(name, []) if tag is not None and tag not in e.tags]
+        if kept:
+            self._entries[name] = kept
 
     def get(self, name: str, tag: str | None = None) -> Entry:
         """The entry called ``name``; with ``tag``, only entries carrying that tag (e.g. ``"diffusion"``) qualify."""
         load_plugins()
-        entry = self._entries.get(name)
-        if entry is not None and (tag is None or tag in entry.tags):
-            return entry
+        entries = self._entries.get(name, [])
+        matches = [e for e in entries if tag is None or tag in e.tags]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            families = ", ".join("/".join(e.tags) for e in matches)
+            raise UnknownNameError(f"{self.kind} {name!r} is registered for several tags ({families}): name the tag")
         scope = f"{tag} " if tag else ""
-        hint = f" ({name!r} is a {'/'.join(entry.tags) or 'untagged'} {self.kind})" if entry is not None else ""
+        tagged = "/".join(t for e in entries for t in e.tags) or "untagged"
+        hint = f" ({name!r} is a {tagged} {self.kind})" if entries else ""
         known = ", ".join(self.names(tag)) or "(none registered)"
         raise UnknownNameError(f"unknown {scope}{self.kind} {name!r}{hint}; registered {scope}{self.kind}s: {known}")
 
     def names(self, tag: str | None = None) -> list[str]:
         load_plugins()
-        return sorted(n for n, e in self._entries.items() if tag is None or tag in e.tags)
+        return sorted(n for n, es in self._entries.items() if any(tag is None or tag in e.tags for e in es))
 
     def __contains__(self, name: object) -> bool:
         load_plugins()
@@ -108,7 +118,7 @@ class Registry:
 
     def __iter__(self) -> Iterator[Entry]:
         load_plugins()
-        return iter([self._entries[n] for n in sorted(self._entries)])
+        return iter([e for n in sorted(self._entries) for e in self._entries[n]])
 
 
 METHODS = Registry("method")
