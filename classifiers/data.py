@@ -15,6 +15,7 @@ or a path given to :func:`load_dataset`: an image folder or an ``.npz`` file wit
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -66,6 +67,7 @@ class DatasetSplits:
         """A short hash of the data and its labels (identifies user data in cache keys)."""
         digest = hashlib.sha256()
         for tensor in (*self.train.tensors, *self.test.tensors):
+            digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())  # same bytes, other shape: other data
             digest.update(tensor.contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
 
@@ -125,8 +127,16 @@ def _split(name: str, images: np.ndarray, labels: np.ndarray, seed: int, test_si
     images, labels = _check_arrays(name, images, labels)
     from sklearn.model_selection import train_test_split
 
+    # sklearn's sizes: ceil(test_size * N) test samples, the rest for training. Stratifying needs 2 samples per
+    # class and at least one test and one training sample per class; tiny data falls back to a plain shuffle.
+    n_test = int(np.ceil(test_size * len(labels)))
+    if not 0 < n_test < len(labels):
+        raise EmptyDataError(
+            f"dataset {name!r}: test_size {test_size} of {len(labels)} samples leaves an empty train or test split"
+        )
     counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 else None
+    present = int((counts > 0).sum())
+    stratify = labels if counts[counts > 0].min() >= 2 and min(n_test, len(labels) - n_test) >= present else None
     x_train, x_test, y_train, y_test = train_test_split(
         images, labels, test_size=test_size, stratify=stratify, random_state=seed
     )
@@ -156,6 +166,11 @@ def _check_arrays(name: str, images, labels) -> tuple[np.ndarray, np.ndarray]:
         raise ConfigError(f"dataset {name!r}: labels must be integers 0..num_classes-1")
     if not np.isfinite(images).all():
         raise ConfigError(f"dataset {name!r}: images contain NaN or infinite values")
+    if images.size and (images.min() < 0.0 or images.max() > 1.0):
+        raise ConfigError(
+            f"dataset {name!r}: images must be scaled to [0, 1] (got values in [{images.min():g}, {images.max():g}]; "
+            "divide 8-bit images by 255)"
+        )
     return images, labels.astype(np.int64)
 
 
@@ -166,6 +181,7 @@ def load_dataset(name: str = "digits", seed: int = 0, test_size: float = 0.25) -
     Raises:
         ConfigError: unknown dataset name (the message lists the accepted names) or ``test_size`` outside (0, 1).
     """
+    name = os.fspath(name)  # a Path works too
     if name in DATASETS:
         images, labels = DATASETS[name]()
         return _split(name, images, labels, seed, test_size)
@@ -177,6 +193,8 @@ def load_dataset(name: str = "digits", seed: int = 0, test_size: float = 0.25) -
             if not {"x", "y"} <= set(data.files):
                 raise ConfigError(f"{path} must hold arrays named 'x' (images) and 'y' (labels), has {data.files}")
             return _split(str(path), data["x"], data["y"], seed, test_size)
+    if path.is_file():
+        raise ConfigError(f"{path}: unsupported dataset file; accepted: an image folder or an .npz file with x and y")
     if path.suffix == ".npz" or "/" in name or name.startswith("."):
         raise InputNotFoundError(f"dataset not found: {name}")
     raise ConfigError(
@@ -217,17 +235,34 @@ def from_image_folder(root: str | Path, *, seed: int = 0, test_size: float = 0.2
     classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not classes:
         raise ConfigError(f"{root} is not an image folder: expected one sub-directory of images per class")
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
+    files = [
+        (f, i)
+        for i, c in enumerate(classes)
+        for f in sorted((root / c).iterdir())
+        if f.suffix.lower() in _IMAGE_SUFFIXES
+    ]
     if not files:
         raise EmptyDataError(f"{root} has no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in its class folders")
-    opened = [Image.open(f) for f, _ in files]
-    mode = "L" if all(im.mode in ("L", "1", "I;16") for im in opened) else "RGB"
-    arrays = [np.asarray(im.convert(mode), dtype=np.float32) / 255.0 for im in opened]
+    opened = []
+    for f, _ in files:  # one file open at a time: a large folder would run out of file descriptors
+        with Image.open(f) as im:
+            opened.append(im.copy())
+    mode = "L" if all(im.mode in ("L", "1") or im.mode.startswith("I") for im in opened) else "RGB"
+    arrays = [_to_array(im, mode) for im in opened]
     if len({a.shape for a in arrays}) > 1:
         raise ConfigError(f"{root}: images must all have the same size, found {sorted({a.shape for a in arrays})[:3]}")
     images = np.stack(arrays)
     images = images[:, None] if mode == "L" else images.transpose(0, 3, 1, 2)
     return _split(str(root), images, np.array([i for _, i in files]), seed, test_size)
+
+
+def _to_array(image, mode: str) -> np.ndarray:
+    """An image as float32 in [0, 1]; 16-bit grayscale (mode ``I;16``, or ``I`` as Pillow reads 16-bit PNGs) keeps
+    its range instead of saturating in a conversion to 8 bits."""
+    if image.mode.startswith("I"):
+        gray = np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
+        return gray if mode == "L" else np.repeat(gray[..., None], 3, axis=-1)
+    return np.asarray(image.convert(mode), dtype=np.float32) / 255.0
 
 
 def subset_by_class(dataset: TensorDataset, classes: Sequence[int], keep: bool = True) -> TensorDataset:
@@ -286,7 +321,7 @@ class Scenario:
 
     def __str__(self) -> str:
         if self.kind == "random":
-            return f"random:{self.fraction:g}"
+            return f"random:{float(self.fraction)!r}"  # round-trips: two fractions never share a name
         if self.kind == "indices":
             digest = hashlib.sha256(np.asarray(self.indices, dtype=np.int64).tobytes()).hexdigest()[:12]
             return f"indices:{len(self.indices)}@{digest}"
@@ -361,7 +396,7 @@ def _class_members(labels: torch.Tensor, classes: Sequence[int]) -> torch.Tensor
 
 
 def _check_classes(splits: DatasetSplits, classes: tuple[int, ...], fine: bool) -> None:
-    count = len(splits.train_fine.unique()) if fine else splits.num_classes
+    count = sum(len(g) for g in splits.superclasses) if fine else splits.num_classes
     bad = [c for c in classes if not 0 <= c < count]
     if bad:
         what = "sub-classes" if fine else "classes"

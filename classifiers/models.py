@@ -68,6 +68,10 @@ class ModelConfig:
             if len(self.input_shape) != 3:
                 raise ConfigError(f"input_shape must be (channels, height, width), got {self.input_shape}")
         if self.name == "vit":
+            sizes = ("patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+            bad = [f"{k}={getattr(self, k)}" for k in sizes if getattr(self, k) < 1]
+            if bad:
+                raise ConfigError(f"vit: {', '.join(bad)}; {', '.join(sizes)} must be positive")
             if self.hidden_size % self.num_attention_heads:
                 raise ConfigError(
                     f"vit: hidden_size {self.hidden_size} must be a multiple of num_attention_heads "
@@ -132,9 +136,9 @@ class TinyViT(nn.Module):
         from transformers import ViTConfig, ViTForImageClassification
 
         self.config = config
-        channels, height, _ = config.input_shape
+        channels, height, width = config.input_shape
         vit_config = ViTConfig(
-            image_size=height,
+            image_size=(height, width),  # (H, W): non-square images too
             patch_size=config.patch_size,
             num_channels=channels,
             hidden_size=config.hidden_size,
@@ -171,6 +175,8 @@ def classifier_head(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
     linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not linear:
         raise ConfigError(f"{type(model).__name__} has no nn.Linear output layer")
+    if linear[-1] == "":
+        raise ConfigError("the model is a bare nn.Linear: wrap it, e.g. nn.Sequential(nn.Flatten(), linear)")
     parent_name, _, attr = linear[-1].rpartition(".")
     parent = model.get_submodule(parent_name)
     return parent, attr, getattr(parent, attr)
