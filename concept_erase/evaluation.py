@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -36,14 +35,10 @@ from tqdm.auto import tqdm
 
 from concept_erase.digits import load_digit_arrays
 from concept_erase.errors import ConfigError
+from concept_erase.io import cache_dir  # noqa: F401  (re-exported: it lived here first)
 from concept_erase.tiny_sd import EVAL_TEMPLATES, UNSEEN_WORDS
 
 __all__ = ["EvaluationConfig", "cache_dir", "evaluate_erasure", "frechet_distance", "generate", "model_fingerprint"]
-
-
-def cache_dir() -> Path:
-    """``$CONCEPT_ERASE_CACHE``, else ``~/.cache/concept-erase``."""
-    return Path(os.environ.get("CONCEPT_ERASE_CACHE", Path.home() / ".cache" / "concept-erase"))
 
 
 @dataclass

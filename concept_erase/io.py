@@ -24,6 +24,7 @@ from typing import Any
 from concept_erase.errors import OutputExistsError
 
 __all__ = [
+    "cache_dir",
     "atomic_file",
     "atomic_output_dir",
     "check_output_dir",
@@ -132,6 +133,11 @@ def _json_default(obj: Any) -> Any:
 
 def write_json(path: str | Path, data: Any) -> None:
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def cache_dir() -> Path:
+    """``$CONCEPT_ERASE_CACHE``, else ``~/.cache/concept-erase`` (oracles, original models, generations)."""
+    return Path(os.environ.get("CONCEPT_ERASE_CACHE", Path.home() / ".cache" / "concept-erase"))
 
 
 class RunRecorder:

@@ -1,6 +1,7 @@
 """The ``concept-erase`` command line.
 
-    concept-erase unlearn --method finetune --output_dir out/ft --set epochs=3
+    concept-erase unlearn --method salun --dataset digits --model cnn --forget class:3 --output out/salun
+    concept-erase bench classifiers --dataset mnist5k --scenarios class:3 random:0.1 --seeds 3 --output out/bench
     concept-erase evaluate --model out/ft --output_dir out/ft-eval
     concept-erase erase --method fmn --concept seven --output_dir out/fmn-seven
     concept-erase evaluate --model out/fmn-seven --output_dir out/fmn-seven-eval
@@ -72,60 +73,108 @@ def _pct(value: float | None) -> str:
 # ---------------------------------------------------------------------------------------------------- unlearn
 
 
-def cmd_unlearn(args: argparse.Namespace) -> int:
-    from classifiers.data import load_dataset, make_class_task
-    from classifiers.methods import get_classifier_method
-    from classifiers.models import load_model
-    from concept_erase.io import atomic_output_dir
+def _config_values(args: argparse.Namespace) -> dict:
+    """``--config`` YAML merged with ``--set`` overrides, as a plain mapping (validated by whoever builds from it)."""
+    from concept_erase.config import merge_dicts, parse_overrides, read_yaml
 
-    entry = get_classifier_method(args.method)
-    config = _method_config(entry, args)
+    values = read_yaml(args.config) if args.config else {}
+    return merge_dicts(values, parse_overrides(args.set)) if args.set else values
+
+
+def _superclasses(spec: str | None) -> list[list[int]] | None:
+    """``"0,1;2,3;4,5"`` -> ``[[0, 1], [2, 3], [4, 5]]``."""
+    if not spec:
+        return None
+    try:
+        return [[int(c) for c in group.split(",") if c.strip()] for group in spec.split(";") if group.strip()]
+    except ValueError:
+        raise ConfigError(f"--superclasses takes groups like '0,1;2,3;4,5', got {spec!r}") from None
+
+
+def _unlearn_job(args: argparse.Namespace):
+    from classifiers.harness import UnlearnJob
+    from classifiers.models import MODELS, is_model_dir
+    from concept_erase.config import parse_overrides
+
+    model, weights = args.model, args.weights
+    if model not in MODELS:  # a model directory (its own architecture), as earlier releases took
+        if not Path(model).is_dir():
+            if "/" in model or Path(model).exists():
+                raise InputNotFoundError(f"model directory not found: {model}")
+            raise ConfigError(
+                f"unknown model {model!r}; accepted models: {', '.join(sorted(MODELS))}, or a model directory"
+            )
+        if not is_model_dir(model):
+            raise ConfigError(f"{model} is not a classifier model directory (model.safetensors + model_config.json)")
+        model, weights = json.loads((Path(model) / "model_config.json").read_text()).get("name", "cnn"), model
+    forget = args.forget
+    if args.forget_classes:
+        forget = "class:" + ",".join(map(str, args.forget_classes))
+    return UnlearnJob(
+        method=args.method,
+        method_config=_config_values(args),
+        dataset=args.dataset,
+        model=model,
+        forget=forget,
+        superclasses=_superclasses(args.superclasses),
+        seed=args.seed if args.seed is not None else 0,
+        recipe=parse_overrides(args.recipe) if args.recipe else {},
+        weights=weights,
+        oracle=not args.no_oracle,
+    )
+
+
+def _vs_oracle(metrics: dict, key: str) -> str:
+    value, oracle = metrics.get(key), (metrics.get("oracle") or {}).get(key)
+    text = "n/a" if value is None else f"{value:.2f}"
+    return text + (f" (oracle {oracle:.2f})" if oracle is not None else "")
+
+
+def cmd_unlearn(args: argparse.Namespace) -> int:
+    from classifiers.harness import run_job, write_job
+    from concept_erase.io import RunRecorder, atomic_output_dir
+
+    job = _unlearn_job(args)
     out = _check_output(args)
-    original = load_model(args.model) if args.model else None  # fail on a bad --model before any work
-    task = make_class_task(load_dataset(args.dataset), args.forget_classes)
+    with RunRecorder("unlearn", job, seed=job.seed, method=job.method) as recorder:
+        result = run_job(job)
     with atomic_output_dir(out, args.overwrite) as tmp:
-        metrics = _unlearn_into(tmp, entry.name, config, task, original, args)
-    after, before, retrain = metrics["unlearned"], metrics["original"], metrics["retrain"]
-    classes = ", ".join(map(str, task.forget_classes))
-    _say(f"unlearned class {classes} with {entry.name}")
-    for key, label in (("forget_accuracy", "forget accuracy"), ("test_accuracy", "test accuracy (remaining classes)")):
-        ref = f" (retrained model: {_pct(retrain[key])})" if retrain else ""
-        _say(f"  {label}: {_pct(before[key])} -> {_pct(after[key])}{ref}")
+        write_job(result, tmp)
+        recorder.write(tmp)
+    m = result.metrics
+    _say(f"unlearned {m['scenario']} from {job.model} on {m['dataset']} with {job.method} ({m['seconds']:.2f} s)")
+    for key, label in (("ua", "UA"), ("ra", "RA"), ("ta", "TA"), ("mia_efficacy", "MIA-efficacy")):
+        _say(f"  {label:<13} {_vs_oracle(m, key)}")
+    if m.get("avg_gap") is not None:
+        _say(f"  Avg. Gap      {m['avg_gap']:.2f} (time: {m['cost_ratio']:.3f} of retraining)")
     _say(f"wrote {out}")
     return 0
 
 
-def _unlearn_into(tmp: Path, method: str, config, task, original, args: argparse.Namespace) -> dict:
-    """Train (or use) the original model, unlearn it, compare with the retrained oracle; write everything to ``tmp``."""
-    from classifiers.metrics import evaluate_classifier, plot_per_class
-    from classifiers.training import TrainConfig, train_classifier
-    from concept_erase.config import dump_config
-    from concept_erase.io import RunRecorder, write_json
-    from pipelines.steps import run_unlearning
+def cmd_bench(args: argparse.Namespace) -> int:
+    from classifiers.bench import BenchConfig, run_bench
+    from concept_erase.config import from_dict
+    from concept_erase.io import atomic_output_dir
 
-    seed = args.seed if args.seed is not None else 0
-    with RunRecorder("unlearn", config, seed=seed, method=method, forget_classes=list(task.forget_classes)) as recorder:
-        retrain = None
-        if original is None:  # the default task: train the original and the retrained oracle with one recipe
-            recipe = TrainConfig(dataset=task.dataset, seed=seed)
-            original, _ = train_classifier(recipe)
-            oracle, _ = train_classifier(dataclasses.replace(recipe, exclude_classes=list(task.forget_classes)))
-            retrain = evaluate_classifier(oracle, task)
-            recorder.record["original_recipe"] = dataclasses.asdict(recipe)
-        before = evaluate_classifier(original, task)
-        run_unlearning(original, task, method, config, tmp)
-        after = evaluate_classifier(original, task)
-    metrics = {"method": method, "forget_classes": list(task.forget_classes), "unlearned": after, "original": before}
-    metrics["retrain"] = retrain
-    if retrain is not None:
-        keys = ("forget_accuracy", "retain_accuracy", "test_accuracy", "forget_test_accuracy")
-        metrics["gap_to_retrain"] = {k: after[k] - retrain[k] for k in keys}
-    write_json(tmp / "metrics.json", metrics)
-    plot_per_class(after, tmp / "per_class_accuracy.png", title=f"{method}: per-class test accuracy")
-    if config is not None:
-        dump_config(config, tmp / "config.yaml")
-    recorder.write(tmp)
-    return metrics
+    values = _config_values(args)
+    given = {
+        "dataset": args.dataset,
+        "model": args.model,
+        "scenarios": args.scenarios,
+        "methods": args.methods,
+        "seeds": list(range(args.seeds)) if args.seeds is not None else None,
+    }
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    values.update({k: v for k, v in given.items() if v is not None})
+    config = from_dict(BenchConfig, values)
+    out = _check_output(args)
+    with atomic_output_dir(out, args.overwrite) as tmp:
+        run_bench(config, tmp, log=_say)
+    _say("")
+    _say((out / "report.md").read_text().rstrip())
+    _say(f"wrote {out} (results.csv, summary.json, report.md, plots)")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------- erase
@@ -357,13 +406,39 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("unlearn", parents=[debug], help="unlearn classes from a classifier with a registered method")
+    p = sub.add_parser("unlearn", parents=[debug], help="unlearn data from a classifier; scored against retraining")
     p.add_argument("--method", required=True, help="a registered classifier method (concept-erase list)")
-    p.add_argument("--model", default=None, help="model directory to unlearn (default: train the default model)")
-    p.add_argument("--forget_classes", type=int, nargs="+", default=[7], help="classes to forget (default: 7)")
-    p.add_argument("--dataset", default="digits", help="dataset (default: digits)")
+    p.add_argument("--dataset", default="digits", help="digits, mnist5k, an image folder or an .npz (default: digits)")
+    p.add_argument(
+        "--model", default="cnn", help="architecture: mlp, cnn, vit (default: cnn), or a saved model directory"
+    )
+    p.add_argument("--weights", default=None, help="your trained model (.safetensors of --model, or a model directory)")
+    p.add_argument(
+        "--forget",
+        default="class:3",
+        help="scenario: class:C[,C..], subclass:C, random[:FRACTION], indices:FILE (default: class:3)",
+    )
+    p.add_argument("--forget_classes", type=int, nargs="+", default=None, help=argparse.SUPPRESS)  # = class:C,..
+    p.add_argument("--superclasses", default=None, help="subclass scenarios: groups like '0,1;2,3' (default: pairs)")
+    p.add_argument(
+        "--recipe", metavar="KEY=VALUE", nargs="+", default=[], help="training recipe of original and oracle"
+    )
+    p.add_argument("--no_oracle", action="store_true", help="skip the retrain oracle (no gaps to it)")
     _add_common(p, config_help="method config (YAML mapping of the method's config keys)")
     p.set_defaults(func=cmd_unlearn)
+
+    p = sub.add_parser("bench", parents=[debug], help="benchmark grids: methods x scenarios x seeds vs the oracle")
+    p.add_argument("suite", choices=["classifiers"], help="what to benchmark (classifiers)")
+    p.add_argument("--dataset", default=None, help="dataset (default: mnist5k)")
+    p.add_argument("--model", default=None, help="architecture: mlp, cnn, vit (default: cnn)")
+    p.add_argument("--scenarios", nargs="+", default=None, help="scenarios (default: class:3 random:0.1)")
+    p.add_argument("--methods", nargs="+", default=None, help="method entries NAME[:key=value,...] (default: all)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default: 3)")
+    p.add_argument("--config", metavar="YAML", help="BenchConfig YAML (keys: dataset, methods, method_configs, ...)")
+    p.add_argument("--set", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help="override config keys")
+    p.add_argument("--output_dir", "--output", required=True, help="output directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("erase", parents=[debug], help="erase a concept from a text-to-image diffusion model")
     p.add_argument("--method", required=True, help="a registered diffusion method: fmn, salun, esd")

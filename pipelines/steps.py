@@ -7,6 +7,7 @@ Each step is ``fn(context, config) -> dict`` of outputs and writes only into ``c
 - ``saliency_mask``: SalUn saliency of the cross-entropy on the forget set -> ``mask_path``;
 - ``unlearn``: run a registered classifier method on a model directory -> ``model_dir``;
 - ``evaluate_classifier``: forget / retain / test accuracies -> ``metrics_path``;
+- ``bench_classifiers``: a benchmark grid of methods x scenarios x seeds against the retrain oracle -> ``report_path``;
 - ``report``: a table of every evaluation (with gaps to a reference, normally the retrained model) -> ``report_path``.
 
 The diffusion steps (``erase``, ``evaluate_erasure``, ``erasure_report``) live in :mod:`pipelines.diffusion_steps`,
@@ -15,14 +16,15 @@ imported at the end of this module so the one plugin entry point registers every
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from classifiers.bench import BenchConfig, run_bench
 from classifiers.data import load_dataset, make_class_task
+from classifiers.harness import make_method_config
 from classifiers.methods import get_classifier_method
 from classifiers.metrics import EvaluateConfig, accuracy, evaluate_model_dir, plot_per_class_comparison
 from classifiers.models import load_model, save_model
@@ -100,12 +102,10 @@ def saliency_mask_step(context, config: SaliencyMaskConfig) -> dict:
 
 def method_config(method: str, values: dict | None, seed: int | None = None, overrides: list[str] | None = None):
     """Build a classifier method's config; its ``seed`` defaults to ``seed`` when the method has one."""
-    entry = get_classifier_method(method)
-    values = dict(values or {})
-    if seed is not None and entry.config_cls is not None:
-        if "seed" in {f.name for f in dataclasses.fields(entry.config_cls)}:
-            values.setdefault("seed", seed)
-    return entry.make_config(values, overrides)
+    from concept_erase.config import merge_dicts, parse_overrides
+
+    values = merge_dicts(values or {}, parse_overrides(overrides)) if overrides else values
+    return make_method_config(method, values, seed)
 
 
 @dataclass
@@ -143,6 +143,20 @@ def unlearn_step(context, config: UnlearnStepConfig) -> dict:
     task = make_class_task(load_dataset(config.dataset, config.data_seed, config.test_size), config.forget_classes)
     info = run_unlearning(model, task, config.method, cfg, context.step_dir, context.work_dir())
     return {"model_dir": str(context.step_dir), "global_step": info.get("global_step"), "seconds": info.get("seconds")}
+
+
+# ---------------------------------------------------------------------------------------------------- bench
+
+
+@register_step("bench_classifiers", BenchConfig)
+def bench_classifiers_step(context, config: BenchConfig) -> dict:
+    """A benchmark grid (methods x scenarios x seeds) scored against the retrain oracle: tables, CSV, plots."""
+    run_bench(config, context.step_dir, log=context.log)
+    return {
+        "report_path": str(context.step_dir / "report.md"),
+        "results_csv": str(context.step_dir / "results.csv"),
+        "summary_path": str(context.step_dir / "summary.json"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- evaluate

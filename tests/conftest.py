@@ -16,6 +16,15 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Reference models (originals, retrain oracles) and generations are cached in a per-session directory, never
+    in the user's ~/.cache: tests start cold and leave nothing behind."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONCEPT_ERASE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture()
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nobody listens on, for a multi-process rendezvous."""

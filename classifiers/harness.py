@@ -1,0 +1,229 @@
+"""The harness every classifier method is judged by: one unlearning job, end to end.
+
+    result = run_job(UnlearnJob(method="salun", dataset="mnist5k", model="cnn", forget="class:3"))
+    result.metrics["ua"], result.metrics["oracle"]["ua"]          # UA of the method and of the retrain oracle
+    write_job(result, "out/salun")                                  # weights, metrics.json, config, plots
+
+    # bring your own trained model (any nn.Module) and data
+    result = run_job(UnlearnJob(method="boundary_shrink", forget="random:0.1"), model=my_net, splits=my_splits)
+
+A job: load the dataset and its fixed split, build the scenario's :class:`~classifiers.data.UnlearningTask`, get the
+original model (the user's, or trained on the full training split and cached), get the retrain oracle (cached), run
+the method on a copy of the original (timed), and score it with :func:`~classifiers.metrics.unlearning_metrics`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from classifiers.data import DatasetSplits, Scenario, UnlearningTask, load_dataset, make_task
+from classifiers.models import ModelConfig, build_model, is_model_dir, load_model, save_model
+from classifiers.oracle import RECIPE_FIELDS, Reference, get_oracle, get_original
+from classifiers.training import TrainConfig
+from concept_erase.config import config_to_dict, from_dict
+from concept_erase.errors import CheckpointError, ConfigError, InputNotFoundError
+
+__all__ = ["JobResult", "UnlearnJob", "check_model_fits", "load_splits", "make_method_config", "run_job", "write_job"]
+
+
+@dataclass
+class UnlearnJob:
+    """One unlearning run. ``forget`` is a scenario: ``class:3``, ``subclass:3``, ``random:0.1`` or ``indices:FILE``."""
+
+    method: str = "salun"
+    method_config: dict = field(default_factory=dict)  # the method's config keys (its paper defaults otherwise)
+    dataset: str = "digits"  # digits, mnist5k, an image folder or an .npz file
+    model: str = "cnn"  # architecture: mlp, cnn, vit
+    model_config: dict = field(default_factory=dict)  # extra ModelConfig keys (hidden_sizes, channels, ...)
+    forget: str = "class:3"
+    superclasses: list[list[int]] | None = None  # subclass scenarios: groups of classes (default: pairs)
+    seed: int = 0  # seeds the original, the oracle, the random forget set and the method
+    recipe: dict = field(default_factory=dict)  # training recipe of original and oracle (TrainConfig keys)
+    weights: str | None = None  # the user's trained original: model directory or .safetensors of `model`
+    test_size: float = 0.25
+    data_seed: int = 0  # seed of the train/test split
+    oracle: bool = True  # train (or load) the retrain oracle and report gaps to it
+    cache: bool = True  # cache the original and the oracle under $CONCEPT_ERASE_CACHE/classifiers
+
+    def __post_init__(self) -> None:
+        unknown = set(self.recipe) - set(RECIPE_FIELDS) - {"checkpointing_steps"}
+        if unknown:
+            raise ConfigError(f"recipe: unknown key {sorted(unknown)[0]!r}; accepted keys: {', '.join(RECIPE_FIELDS)}")
+        Scenario.parse(self.forget)  # fail early on a bad scenario
+
+    def train_config(self) -> TrainConfig:
+        values = {"seed": self.seed, **self.recipe}
+        return from_dict(TrainConfig, {"dataset": self.dataset, "test_size": self.test_size, **values})
+
+    def architecture(self) -> ModelConfig:
+        return from_dict(ModelConfig, {**self.model_config, "name": self.model})
+
+
+@dataclass(eq=False)
+class JobResult:
+    """What a job produced: the unlearned model, its metrics (with the oracle's beside them) and the method summary."""
+
+    job: UnlearnJob
+    task: UnlearningTask
+    model: nn.Module
+    metrics: dict
+    summary: dict
+    method_config: Any
+    original: Reference
+    oracle: Reference | None
+
+
+def make_method_config(method: str, values: dict | None = None, seed: int | None = None, recipe: TrainConfig = None):
+    """A classifier method's validated config. ``seed`` fills its ``seed`` key; for ``retrain`` the recipe fills the
+    training keys, so ``retrain`` reproduces the oracle exactly."""
+    from classifiers.methods import get_classifier_method
+
+    entry = get_classifier_method(method)
+    values = dict(values or {})
+    names = {f.name for f in dataclasses.fields(entry.config_cls)} if entry.config_cls else set()
+    if seed is not None and "seed" in names:
+        values.setdefault("seed", seed)
+    if recipe is not None and method == "retrain":
+        for key in RECIPE_FIELDS:
+            if key in names:
+                values.setdefault(key, getattr(recipe, key))
+    return entry.make_config(values)
+
+
+def load_splits(job: UnlearnJob) -> DatasetSplits:
+    splits = load_dataset(job.dataset, job.data_seed, job.test_size)
+    if job.forget.startswith("subclass"):
+        splits = splits.with_superclasses(job.superclasses)
+    elif job.superclasses:
+        raise ConfigError("superclasses only apply to subclass:C scenarios")
+    return splits
+
+
+def check_model_fits(model: nn.Module, task: UnlearningTask) -> None:
+    """Raise a clear ConfigError when ``model`` cannot take ``task``'s inputs or has another number of outputs."""
+    sample = task.retain.tensors[0][:2]
+    try:
+        with torch.no_grad():
+            out = model.eval()(sample)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"model/dataset shape mismatch: the model cannot take {task.dataset!r} inputs of shape "
+            f"{tuple(task.input_shape)} ({str(exc).splitlines()[0][:160]})"
+        ) from None
+    if out.ndim != 2 or out.shape[1] != task.num_classes:
+        raise ConfigError(
+            f"model/dataset shape mismatch: the model outputs {tuple(out.shape[1:])} scores per sample, "
+            f"dataset {task.dataset!r} has {task.num_classes} classes"
+        )
+
+
+def _load_weights(job: UnlearnJob, splits: DatasetSplits) -> nn.Module:
+    from safetensors.torch import load_file
+
+    path = Path(job.weights)
+    if is_model_dir(path):
+        return load_model(path)
+    if not path.is_file():
+        raise InputNotFoundError(f"weights not found: {path} (a model directory or a .safetensors file)")
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"weights must be a .safetensors file or a model directory, got {path.name}")
+    config = dataclasses.replace(job.architecture(), num_classes=splits.num_classes, input_shape=splits.input_shape)
+    model = build_model(config)
+    try:
+        state = load_file(str(path))
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = str(exc).replace("\n", " ")[:200]
+        raise CheckpointError(f"{path} does not fit model {job.model!r} on {job.dataset!r}: {detail}") from None
+    except Exception as exc:  # safetensors' own error type for damaged files
+        raise CheckpointError(f"{path} is corrupt: {str(exc).splitlines()[0][:200]}") from None
+    return model.eval()
+
+
+def _original(job: UnlearnJob, splits: DatasetSplits, model: nn.Module | None, recipe: TrainConfig) -> Reference:
+    if model is not None:
+        return Reference(model.eval(), float("nan"), None, cached=False)
+    if job.weights:
+        return Reference(_load_weights(job, splits), float("nan"), Path(job.weights), cached=False)
+    return get_original(splits, job.architecture(), recipe, cache=job.cache)
+
+
+def run_job(job: UnlearnJob, model: nn.Module | None = None, splits: DatasetSplits | None = None) -> JobResult:
+    """Run ``job``. ``model`` (any ``nn.Module``, left untouched) and ``splits`` replace the job's model and data."""
+    from classifiers.methods import get_classifier_method
+    from classifiers.metrics import unlearning_metrics
+
+    splits = splits if splits is not None else load_splits(job)
+    task = make_task(splits, job.forget, seed=job.seed)
+    recipe = job.train_config()
+    method_config = make_method_config(job.method, job.method_config, job.seed, recipe)
+    original = _original(job, splits, model, recipe)
+    check_model_fits(original.model, task)
+    template = original.model if (model is not None or job.weights) else job.architecture()
+    oracle = get_oracle(task, splits, template, recipe, cache=job.cache) if job.oracle else None
+    unlearned = copy.deepcopy(original.model)
+    start = time.perf_counter()
+    summary = get_classifier_method(job.method).target(unlearned, task, method_config, work_dir=None)
+    seconds = time.perf_counter() - start
+    unlearned.eval()
+    metrics = unlearning_metrics(
+        unlearned,
+        task,
+        original=original.model,
+        oracle=oracle.model if oracle else None,
+        seconds=seconds,
+        oracle_seconds=oracle.seconds if oracle else None,
+        seed=job.seed,
+    )
+    before = unlearning_metrics(original.model, task, seed=job.seed)
+    info = {"method": job.method, "scenario": task.scenario, "dataset": task.dataset, "seed": job.seed}
+    metrics["original"] = {
+        k: before.get(k) for k in ("ua", "ra", "ta", "ta_remaining", "mia_efficacy", "per_class_accuracy")
+    }
+    return JobResult(job, task, unlearned, {**info, **metrics}, summary, method_config, original, oracle)
+
+
+def write_job(result: JobResult, out_dir: str | Path) -> Path:
+    """Write the unlearned weights (safetensors), ``metrics.json``, ``config.yaml``, ``unlearn.json`` and a per-class
+    accuracy plot (original, unlearned, oracle) into ``out_dir`` (an existing directory, e.g. an atomic temp dir)."""
+    from safetensors.torch import save_file
+
+    from classifiers.metrics import plot_per_class_comparison
+    from concept_erase.config import dump_config
+    from concept_erase.io import write_json
+
+    out_dir = Path(out_dir)
+    if isinstance(getattr(result.model, "config", None), ModelConfig):
+        save_model(result.model, out_dir)
+    else:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+        save_file(tensors, str(out_dir / "model.safetensors"))
+    write_json(out_dir / "metrics.json", result.metrics)
+    job = config_to_dict(result.job)
+    dump_config({**job, "method_config": config_to_dict(result.method_config)}, out_dir / "config.yaml")
+    scenario = {"scenario": result.task.scenario, "forget_classes": list(result.task.forget_classes)}
+    write_json(out_dir / "unlearn.json", {**result.summary, **scenario, "job": job})
+    runs = {"original": _per_class(result.metrics.get("original")), "unlearned": _per_class(result.metrics)}
+    if result.metrics.get("oracle"):
+        runs["retrain oracle"] = _per_class(result.metrics["oracle"])
+    runs = {k: {**v, "forget_classes": list(result.task.forget_classes)} for k, v in runs.items() if v}
+    plot_per_class_comparison(
+        runs, out_dir / "per_class_accuracy.png", title=f"{result.job.method}: {result.task.scenario}"
+    )
+    return out_dir
+
+
+def _per_class(metrics: dict | None) -> dict | None:
+    """Per-class accuracy as fractions, as the plotting helpers expect."""
+    if not metrics or "per_class_accuracy" not in metrics:
+        return None
+    values = metrics["per_class_accuracy"]
+    return {"per_class_accuracy": {k: (None if v is None else v / 100) for k, v in values.items()}}
