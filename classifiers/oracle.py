@@ -29,11 +29,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from classifiers.data import DatasetSplits, UnlearningTask
-from classifiers.models import ModelConfig, build_model, load_model, save_model
-from classifiers.training import TrainConfig, fresh_model, train_recipe
+from classifiers.models import ModelConfig, load_model, save_model
+from classifiers.training import TrainConfig, fresh_model, reinitialise, train_recipe
 from concept_erase.config import config_to_dict
 
-__all__ = ["RECIPE_FIELDS", "Reference", "get_original", "get_oracle", "recipe_dict", "reinitialize"]
+__all__ = ["RECIPE_FIELDS", "Reference", "get_original", "get_oracle", "recipe_dict"]
 
 # the fields of TrainConfig that define how a model is trained (the data comes from the task)
 RECIPE_FIELDS = ("epochs", "max_train_steps", "batch_size", "learning_rate", "optimizer", "weight_decay", "seed")
@@ -53,19 +53,6 @@ class Reference:
 
 def recipe_dict(recipe: TrainConfig) -> dict:
     return {k: getattr(recipe, k) for k in RECIPE_FIELDS}
-
-
-def reinitialize(model: nn.Module, seed: int) -> nn.Module:
-    """Fresh weights in place: rebuilt from ``model.config`` when it is a :class:`ModelConfig` (exactly what
-    :func:`~classifiers.training.fresh_model` draws for ``seed``), else ``reset_parameters()`` of every submodule."""
-    torch.manual_seed(seed)
-    if isinstance(getattr(model, "config", None), ModelConfig):
-        model.load_state_dict(build_model(model.config).state_dict())
-        return model
-    for module in model.modules():
-        if module is not model and hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    return model
 
 
 def _architecture(template: nn.Module) -> dict:
@@ -146,7 +133,13 @@ def _reference(
 
 def _builder(splits: DatasetSplits, model: ModelConfig | nn.Module, seed: int) -> Callable[[], nn.Module]:
     if isinstance(model, nn.Module):
-        return lambda: reinitialize(copy.deepcopy(model), seed)
+
+        def build() -> nn.Module:
+            fresh = copy.deepcopy(model)
+            reinitialise(fresh, seed)
+            return fresh
+
+        return build
     return lambda: fresh_model(model, splits.num_classes, splits.input_shape, seed)
 
 

@@ -1,3 +1,9 @@
 """Plugin module (entry point ``concept_erase.plugins``): importing it registers the classifier methods."""
 
+import classifiers.methods.boundary_expand  # noqa: F401
+import classifiers.methods.boundary_shrink  # noqa: F401
 import classifiers.methods.finetune  # noqa: F401
+import classifiers.methods.grad_ascent  # noqa: F401
+import classifiers.methods.random_label  # noqa: F401
+import classifiers.methods.retrain  # noqa: F401
+import classifiers.methods.salun  # noqa: F401

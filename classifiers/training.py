@@ -22,7 +22,7 @@ from classifiers.data import load_dataset, subset_by_class
 from classifiers.models import ModelConfig, build_model
 from concept_erase.errors import ConfigError, EmptyDataError
 
-__all__ = ["TrainConfig", "train_classifier", "train_recipe", "fresh_model", "fit", "cross_entropy"]
+__all__ = ["TrainConfig", "train_classifier", "train_recipe", "fresh_model", "reinitialise", "fit", "cross_entropy"]
 
 
 @dataclass
@@ -143,6 +143,22 @@ def fresh_model(model_config: ModelConfig, num_classes: int, input_shape: tuple[
     """A newly initialised model (weights drawn with ``seed``)."""
     torch.manual_seed(seed)
     return build_model(replace(model_config, num_classes=num_classes, input_shape=tuple(input_shape)))
+
+
+def reinitialise(model: nn.Module, seed: int) -> str:
+    """Give ``model`` fresh weights drawn with ``seed``, in place; returns how (``model_config`` or
+    ``reset_parameters``). Models built here are rebuilt from ``model.config`` exactly as :func:`fresh_model` builds
+    them; other modules have ``reset_parameters()`` called on every submodule that has one."""
+    config = getattr(model, "config", None)
+    if isinstance(config, ModelConfig) and config.num_classes is not None and config.input_shape is not None:
+        model.load_state_dict(fresh_model(config, config.num_classes, config.input_shape, seed=seed).state_dict())
+        return "model_config"
+    torch.manual_seed(seed)
+    for module in model.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return "reset_parameters"
 
 
 def train_classifier(config: TrainConfig, work_dir: str | Path | None = None) -> tuple[nn.Module, dict]:

@@ -230,8 +230,11 @@ def _check_options(mode: str, ratio: float | None, threshold: float | None) -> N
         raise ConfigError(f"ratio must be in (0, 1] (the fraction of weights kept), got {ratio!r}")
 
 
-def _at_least(score: torch.Tensor, threshold: float) -> torch.Tensor:
-    return (score if score.dtype == torch.float32 else score.float()) >= threshold
+def _at_least(score: torch.Tensor, threshold: float, positive_only: bool = False) -> torch.Tensor:
+    """``score >= threshold``; with ``positive_only`` a zero threshold keeps only positive scores (a weight whose
+    saliency is exactly 0 does not affect the loss: keeping every zero would keep the whole model)."""
+    score = score if score.dtype == torch.float32 else score.float()
+    return score > 0 if positive_only and threshold <= 0 else score >= threshold
 
 
 # ---------------------------------------------------------------------------------------------------- the mask
@@ -261,7 +264,9 @@ class SaliencyMask:
         chunk_size: int = _CHUNK,
     ) -> SaliencyMask:
         """Keep the top ``ratio`` of all scores (``"global"``, SalUn), of each tensor (``"per_layer"``), or the
-        scores ``>= threshold`` (``"absolute"``). Ties with the k-th largest score are all kept."""
+        scores ``>= threshold`` (``"absolute"``). Ties with the k-th largest score are all kept, except zeros: when the
+        k-th largest score is 0 (more than ``1 - ratio`` of the scores are exactly 0, e.g. ReLU units the forget set
+        never activates), only the positive scores are kept, so fewer than ``ratio`` of the weights may change."""
         _check_options(mode, ratio, threshold)
         _check_scores(scores)
         meta: dict[str, Any] = {"mode": mode, "ratio": ratio, "threshold": threshold, "loss_name": loss_name}
@@ -269,14 +274,14 @@ class SaliencyMask:
             tensors = list(scores.values())
             k = num_kept(sum(t.numel() for t in tensors), ratio)
             threshold = kth_largest(tensors, k, chunk_size) if k else 0.0
-            masks = {name: _at_least(s, threshold) for name, s in scores.items()}
+            masks = {name: _at_least(s, threshold, ratio < 1) for name, s in scores.items()}
             meta.update(threshold=threshold, k=k)
         elif mode == "per_layer":
             masks, thresholds = {}, {}
             for name, s in scores.items():
                 k = num_kept(s.numel(), ratio)
                 thresholds[name] = kth_largest([s], k, chunk_size) if k else 0.0
-                masks[name] = _at_least(s, thresholds[name])
+                masks[name] = _at_least(s, thresholds[name], ratio < 1)
             meta["thresholds"] = thresholds
         else:
             masks = {name: _at_least(s, threshold) for name, s in scores.items()}

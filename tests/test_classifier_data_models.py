@@ -111,5 +111,7 @@ def test_finetune_lowers_forget_accuracy_and_a_mask_keeps_frozen_weights_bit_ide
     for name, p in original.named_parameters():
         assert torch.equal(p[~masks[name]], params[name][~masks[name]])  # frozen: untouched
         assert not torch.equal(p[masks[name]], params[name][masks[name]])  # salient: trained
-    with pytest.raises(UnknownNameError, match="registered classifier methods: finetune"):
+    with pytest.raises(
+        UnknownNameError, match="registered classifier methods: boundary_expand, boundary_shrink, finetune"
+    ):
         unlearn("nope", plain, task)

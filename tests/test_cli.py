@@ -194,7 +194,10 @@ def _ratio_pipeline(tmp_path: Path) -> Path:
         (lambda d, m: ["run", _ratio_pipeline(d)], ["ratio must be in (0, 1], got 1.5"]),
         (
             lambda d, m: ["unlearn", "--method", "nope"],
-            ["unknown classifier method 'nope'", "registered classifier methods: finetune"],
+            [
+                "unknown classifier method 'nope'",
+                "registered classifier methods: boundary_expand, boundary_shrink, finetune,",
+            ],
         ),
         (
             lambda d, m: ["unlearn", "--method", "finetune", "--config", _bad_yaml(d)],

@@ -118,6 +118,18 @@ def test_global_mask_matches_brute_force(ratio):
         assert all(m.all() for m in mask.masks.values())
 
 
+@pytest.mark.parametrize("mode", ["global", "per_layer"])
+def test_zero_scores_are_not_kept_when_they_reach_the_threshold(mode):
+    """More than half the scores exactly 0 (dead ReLUs, zero-loss samples): a 50% mask keeps only the positive ones,
+    not the whole model (which ">= threshold" with a zero threshold would)."""
+    g = torch.Generator().manual_seed(0)
+    scores = {"w": torch.where(torch.rand(400, generator=g) < 0.7, 0.0, torch.rand(400, generator=g) + 0.1)}
+    mask = SaliencyMask.from_scores(scores, ratio=0.5, mode=mode)
+    assert torch.equal(mask.masks["w"], scores["w"] > 0)
+    assert 0.2 < mask.fraction_kept < 0.5
+    assert SaliencyMask.from_scores(scores, ratio=1.0, mode=mode).fraction_kept == 1.0  # ratio 1 keeps everything
+
+
 def test_per_layer_mask_matches_brute_force_with_ties():
     g = torch.Generator().manual_seed(3)
     scores = {"a": torch.randint(0, 4, (50, 4), generator=g).float(), "b": torch.rand(33, generator=g)}
