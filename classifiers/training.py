@@ -22,7 +22,18 @@ from classifiers.data import load_dataset, subset_by_class
 from classifiers.models import ModelConfig, build_model
 from concept_erase.errors import ConfigError, EmptyDataError
 
-__all__ = ["TrainConfig", "train_classifier", "train_recipe", "fresh_model", "reinitialise", "fit", "cross_entropy"]
+__all__ = [
+    "TrainConfig",
+    "train_classifier",
+    "train_recipe",
+    "fresh_model",
+    "reinitialise",
+    "fit",
+    "fit_method",
+    "fit_summary",
+    "check_schedule",
+    "cross_entropy",
+]
 
 
 @dataclass
@@ -116,6 +127,47 @@ def fit(
 
     trainer = Trainer(model, config, loader, compute_loss=guarded, after_step=after_step, extra_state=extra_state)
     return trainer.train()
+
+
+_SCHEDULE_KEYS = (
+    "epochs", "max_train_steps", "batch_size", "learning_rate", "optimizer", "momentum", "weight_decay", "seed",
+    "checkpointing_steps", "max_grad_norm",
+)  # fmt: skip
+
+
+def check_schedule(config) -> None:
+    """The checks every method config's training schedule shares: ``epochs``, ``batch_size`` >= 1,
+    ``max_train_steps`` >= 1 or None, ``learning_rate`` > 0 (fields a config lacks are skipped)."""
+    epochs, batch_size = getattr(config, "epochs", 1), getattr(config, "batch_size", 1)
+    if epochs < 1 or batch_size < 1:
+        raise ConfigError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    steps = getattr(config, "max_train_steps", None)
+    if steps is not None and steps < 1:
+        raise ConfigError(f"max_train_steps must be >= 1 or null, got {steps}")
+    if getattr(config, "learning_rate", 1.0) <= 0:
+        raise ConfigError(f"learning_rate must be > 0, got {config.learning_rate}")
+
+
+def fit_method(model: nn.Module, dataset: TensorDataset, config, *, name: str, applier=None, **kwargs):
+    """:func:`fit` with a method config's schedule (epochs, batch size, optimizer, ..., seed, checkpointing) and its
+    saliency-mask applier (restoring the frozen weights after every step and checkpointed with them)."""
+    schedule = {k: getattr(config, k) for k in _SCHEDULE_KEYS if hasattr(config, k)}
+    extra_state = {**({"saliency": applier} if applier is not None else {}), **(kwargs.pop("extra_state", None) or {})}
+    after_step = kwargs.pop("after_step", applier)
+    return fit(model, dataset, **schedule, after_step=after_step, extra_state=extra_state or None, name=name, **kwargs)
+
+
+def fit_summary(name: str, result, **extra) -> dict:
+    """The JSON-serialisable summary a method returns after a run of :func:`fit`."""
+    return {
+        "method": name,
+        "global_step": result.global_step,
+        "final_loss": result.final_loss,
+        "seconds": round(result.seconds, 4),
+        "trained_parameters": result.trained_parameters,
+        "resumed_from": result.resumed_from,
+        **extra,
+    }
 
 
 def train_recipe(model: nn.Module, dataset: TensorDataset, config: TrainConfig, work_dir: str | Path | None = None):

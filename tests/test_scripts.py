@@ -30,3 +30,35 @@ def test_bench_saliency_small_run(tmp_path):
     assert set(result["peak_rss_bytes"]) == {"model_only", "baseline", "saliency"}
     assert result["fraction_kept"] == pytest.approx(0.5, abs=0.01)
     assert result["mask_data_over_numel_div_8"] < 1.01
+
+
+def test_bench_classifiers_checks_the_goals_per_seed_and_on_the_mean(tmp_path):
+    import csv
+
+    done = tmp_path / "grid"
+    done.mkdir()
+    head = ["scenario", "seed", "method", "ua", "ra", "ta", "mia_efficacy", "avg_gap", "cost_ratio"]
+    rows = [
+        ["class:3", 0, "oracle (retrain)", 100, 99.5, 87, 100, 0, 1.0],
+        ["class:3", 0, "salun", 100, 99.0, 86, 100, 0.5, 0.05],
+        ["class:3", 0, "boundary_shrink", 98.0, 99.5, 86, 100, 0.5, 0.12],  # UA and cost goals missed
+        ["random:0.1", 0, "oracle (retrain)", 3, 100, 97, 5, 0, 1.0],
+        ["random:0.1", 0, "salun", 1, 99.9, 96.5, 2, 2.5, 0.05],  # gap goal missed
+    ]
+    with (done / "results.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(head)
+        writer.writerows(rows)
+    (done / "summary.json").write_text("{}")
+    (done / "report.md").write_text("# grid\n")
+    output = tmp_path / "out.json"
+    script = ROOT / "scripts" / "bench_classifiers.py"
+    cmd = [sys.executable, str(script), "--from_dir", str(done), "--output", str(output)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    goals = {(g["goal"], g["method"], g["seed"]): g["passed"] for g in json.loads(output.read_text())["goals"]}
+    assert goals[("UA >= 99", "salun", "0")] and not goals[("UA >= 99", "boundary_shrink", "0")]
+    assert goals[("RA within 2 of the oracle", "salun", "0")]
+    assert not goals[("cost <= 10% of the oracle", "boundary_shrink", "mean")]
+    assert not goals[("Avg. Gap <= 2.0", "salun", "0")]
+    assert output.with_suffix(".md").read_text() == "# grid\n"

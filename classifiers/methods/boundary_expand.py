@@ -42,7 +42,7 @@ from torch.utils.data import TensorDataset
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
 from classifiers.models import classifier_head
-from classifiers.training import fit
+from classifiers.training import check_schedule, fit_method, fit_summary
 from concept_erase.errors import ConfigError
 from concept_erase.registry import register_method
 
@@ -63,10 +63,7 @@ class BoundaryExpandConfig(MaskOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        check_schedule(self)
 
 
 def widen_head(head: nn.Linear, seed: int = 0) -> nn.Linear:
@@ -145,31 +142,22 @@ def boundary_expand(
     shadow = torch.full((len(inputs),), task.num_classes, dtype=torch.int64)
     with shadow_class(model, config.seed) as (head, wide):
         model.train()  # as the authors' code (matters for batch norm / dropout only)
-        result = fit(
+        mirrored = _mirrored(applier, head, wide) if applier is not None else None
+        data = TensorDataset(inputs, shadow)
+        result = fit_method(
             model,
-            TensorDataset(inputs, shadow),
-            epochs=config.epochs,
-            max_train_steps=config.max_train_steps,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            optimizer="sgd",
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            seed=config.seed,
-            work_dir=work_dir,
-            checkpointing_steps=config.checkpointing_steps,
-            after_step=_mirrored(applier, head, wide) if applier is not None else None,
-            extra_state={"saliency": applier} if applier is not None else None,
-            max_grad_norm=config.max_grad_norm,
+            data,
+            config,
             name="boundary_expand",
+            applier=applier,
+            after_step=mirrored,
+            optimizer="sgd",
+            work_dir=work_dir,
         )
-    return {
-        "method": "boundary_expand",
-        "shadow_class": task.num_classes,
-        "global_step": result.global_step,
-        "final_loss": result.final_loss,
-        "seconds": round(time.perf_counter() - start, 4),
-        "trained_parameters": result.trained_parameters,
-        "resumed_from": result.resumed_from,
-        "mask": mask_info,
-    }
+    return fit_summary(
+        "boundary_expand",
+        result,
+        shadow_class=task.num_classes,
+        seconds=round(time.perf_counter() - start, 4),
+        mask=mask_info,
+    )

@@ -38,7 +38,7 @@ from torch.utils.data import TensorDataset
 
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
-from classifiers.training import fit
+from classifiers.training import check_schedule, fit_method, fit_summary
 from concept_erase.errors import ConfigError
 from concept_erase.registry import register_method
 
@@ -61,10 +61,7 @@ class BoundaryShrinkConfig(MaskOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        check_schedule(self)
         if self.bound <= 0:
             raise ConfigError(f"bound must be > 0, got {self.bound}")
         if self.fallback not in ("next_best", "prediction"):
@@ -121,34 +118,22 @@ def boundary_shrink(
     targets, flipped = neighbour_labels(model, task.forget, config.bound, config.fallback)
     search_seconds = time.perf_counter() - start
     model.train()  # as the authors' code (matters for batch norm / dropout only)
-    result = fit(
+    result = fit_method(
         model,
         TensorDataset(task.forget.tensors[0], targets),
-        epochs=config.epochs,
-        max_train_steps=config.max_train_steps,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        optimizer="sgd",
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        seed=config.seed,
-        work_dir=work_dir,
-        checkpointing_steps=config.checkpointing_steps,
-        after_step=applier,
-        extra_state={"saliency": applier} if applier is not None else None,
-        max_grad_norm=config.max_grad_norm,
+        config,
         name="boundary_shrink",
+        applier=applier,
+        optimizer="sgd",
+        work_dir=work_dir,
     )
     model.eval()
-    return {
-        "method": "boundary_shrink",
-        "neighbour_labels": {str(k): v for k, v in sorted(Counter(targets.tolist()).items())},
-        "fgsm_flip_fraction": round(float(flipped.float().mean()), 4),
-        "global_step": result.global_step,
-        "final_loss": result.final_loss,
-        "search_seconds": round(search_seconds, 4),
-        "seconds": round(time.perf_counter() - start, 4),
-        "trained_parameters": result.trained_parameters,
-        "resumed_from": result.resumed_from,
-        "mask": mask_info,
-    }
+    return fit_summary(
+        "boundary_shrink",
+        result,
+        neighbour_labels={str(k): v for k, v in sorted(Counter(targets.tolist()).items())},
+        fgsm_flip_fraction=round(float(flipped.float().mean()), 4),
+        search_seconds=round(search_seconds, 4),
+        seconds=round(time.perf_counter() - start, 4),
+        mask=mask_info,
+    )

@@ -16,8 +16,7 @@ from torch import nn
 
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
-from classifiers.training import fit
-from concept_erase.errors import ConfigError
+from classifiers.training import check_schedule, fit_method, fit_summary
 from concept_erase.registry import register_method
 
 __all__ = ["FinetuneConfig", "finetune"]
@@ -37,40 +36,13 @@ class FinetuneConfig(MaskOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        check_schedule(self)
 
 
 @register_method("finetune", FinetuneConfig, tags=("classifier",))
 def finetune(model: nn.Module, task: UnlearningTask, config: FinetuneConfig, *, work_dir: Path | None = None) -> dict:
     """Fine-tune on the retain set only (optionally only the salient weights)."""
     applier, mask_info = prepare_mask(model, task, config, seed=config.seed)
-    result = fit(
-        model,
-        task.retain,
-        epochs=config.epochs,
-        max_train_steps=config.max_train_steps,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        optimizer=config.optimizer,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        seed=config.seed,
-        work_dir=work_dir,
-        checkpointing_steps=config.checkpointing_steps,
-        after_step=applier,
-        extra_state={"saliency": applier} if applier is not None else None,
-        name="finetune",
-    )
+    result = fit_method(model, task.retain, config, name="finetune", applier=applier, work_dir=work_dir)
     model.eval()
-    return {
-        "method": "finetune",
-        "global_step": result.global_step,
-        "final_loss": result.final_loss,
-        "seconds": round(result.seconds, 4),
-        "trained_parameters": result.trained_parameters,
-        "resumed_from": result.resumed_from,
-        "mask": mask_info,
-    }
+    return fit_summary("finetune", result, mask=mask_info)

@@ -23,8 +23,7 @@ from torch import nn
 
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
-from classifiers.training import fit
-from concept_erase.errors import ConfigError
+from classifiers.training import check_schedule, fit_method, fit_summary
 from concept_erase.registry import register_method
 
 __all__ = ["GradAscentConfig", "grad_ascent", "negative_cross_entropy"]
@@ -44,12 +43,7 @@ class GradAscentConfig(MaskOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if self.max_train_steps is not None and self.max_train_steps < 1:
-            raise ConfigError(f"max_train_steps must be >= 1 or null, got {self.max_train_steps}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        check_schedule(self)
 
 
 def negative_cross_entropy(model: nn.Module, batch) -> torch.Tensor:
@@ -64,31 +58,14 @@ def grad_ascent(
 ) -> dict:
     """Gradient ascent (Thudi et al., 2022): maximise the cross-entropy on the forget set."""
     applier, mask_info = prepare_mask(model, task, config, seed=config.seed)
-    result = fit(
+    result = fit_method(
         model,
         task.forget,
-        epochs=config.epochs,
-        max_train_steps=config.max_train_steps,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        optimizer=config.optimizer,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        seed=config.seed,
-        work_dir=work_dir,
-        checkpointing_steps=config.checkpointing_steps,
-        loss_fn=negative_cross_entropy,
-        after_step=applier,
-        extra_state={"saliency": applier} if applier is not None else None,
+        config,
         name="grad_ascent",
+        applier=applier,
+        work_dir=work_dir,
+        loss_fn=negative_cross_entropy,
     )
     model.eval()
-    return {
-        "method": "grad_ascent",
-        "global_step": result.global_step,
-        "final_loss": result.final_loss,
-        "seconds": round(result.seconds, 4),
-        "trained_parameters": result.trained_parameters,
-        "resumed_from": result.resumed_from,
-        "mask": mask_info,
-    }
+    return fit_summary("grad_ascent", result, mask=mask_info)

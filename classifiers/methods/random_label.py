@@ -35,7 +35,7 @@ from torch.utils.data import TensorDataset
 
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
-from classifiers.training import fit
+from classifiers.training import check_schedule, fit_method, fit_summary
 from concept_erase.errors import ConfigError
 from concept_erase.registry import register_method
 
@@ -58,12 +58,7 @@ class RandomLabelConfig(MaskOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if self.max_train_steps is not None and self.max_train_steps < 1:
-            raise ConfigError(f"max_train_steps must be >= 1 or null, got {self.max_train_steps}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        check_schedule(self)
         if self.retain_weight < 0:
             raise ConfigError(f"retain_weight must be >= 0, got {self.retain_weight}")
 
@@ -136,41 +131,18 @@ def random_label_unlearn(
     relabelled = TensorDataset(forget_x, random_labels(forget_y, task.num_classes, config.seed, exclude))
     applier, mask_info = prepare_mask(model, task, config, seed=config.seed)
     sampler = RetainSampler(task.retain, config.seed + 1) if config.retain_weight > 0 and len(task.retain) else None
-    states = (("saliency", applier), ("retain_sampler", sampler))
-    extra = {key: obj for key, obj in states if obj is not None}
-    result = fit(
+    result = fit_method(
         model,
         relabelled,
-        epochs=config.epochs,
-        max_train_steps=config.max_train_steps,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        optimizer=config.optimizer,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        seed=config.seed,
-        work_dir=work_dir,
-        checkpointing_steps=config.checkpointing_steps,
-        loss_fn=_relabelled_loss(sampler, config.retain_weight),
-        after_step=applier,
-        extra_state=extra or None,
+        config,
         name=name,
+        applier=applier,
+        work_dir=work_dir,
+        loss_fn=_relabelled_loss(sampler, config.retain_weight),
+        extra_state={"retain_sampler": sampler} if sampler is not None else None,
     )
     model.eval()
-    return _summary(name, result, exclude_true_label=exclude, mask=mask_info)
-
-
-def _summary(name: str, result, **extra) -> dict:
-    """The JSON-serialisable summary of a run of ``fit``."""
-    return {
-        "method": name,
-        "global_step": result.global_step,
-        "final_loss": result.final_loss,
-        "seconds": round(result.seconds, 4),
-        "trained_parameters": result.trained_parameters,
-        "resumed_from": result.resumed_from,
-        **extra,
-    }
+    return fit_summary(name, result, exclude_true_label=exclude, mask=mask_info)
 
 
 @register_method("random_label", RandomLabelConfig, tags=("classifier",))

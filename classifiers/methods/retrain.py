@@ -16,7 +16,7 @@ from typing import Literal
 from torch import nn
 
 from classifiers.data import UnlearningTask
-from classifiers.training import TrainConfig, reinitialise, train_recipe
+from classifiers.training import TrainConfig, fit_summary, reinitialise, train_recipe
 from concept_erase.errors import ConfigError
 from concept_erase.registry import register_method
 
@@ -61,14 +61,4 @@ def retrain(model: nn.Module, task: UnlearningTask, config: RetrainConfig, *, wo
     how = reinitialise(model, config.seed)
     result = train_recipe(model, task.retain, config.recipe(), work_dir=work_dir)
     model.eval()
-    return {
-        "method": "retrain",
-        "global_step": result.global_step,
-        "final_loss": result.final_loss,
-        "seconds": round(result.seconds, 4),
-        "trained_parameters": result.trained_parameters,
-        "resumed_from": result.resumed_from,
-        "reinitialised": how,
-        "train_samples": len(task.retain),
-        "mask": None,
-    }
+    return fit_summary("retrain", result, reinitialised=how, train_samples=len(task.retain), mask=None)
