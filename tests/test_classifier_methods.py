@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from classifiers.data import load_dataset, make_task
 from classifiers.methods import get_classifier_method, unlearn
-from classifiers.methods.random_label import RetainSampler, random_labels
+from classifiers.methods.random_label import RetainSampler, random_labels, retain_weight
 from classifiers.models import ModelConfig
 from classifiers.training import TrainConfig, cross_entropy, fresh_model, train_recipe
 from concept_erase.errors import ConfigError, TrainingError
@@ -165,6 +165,16 @@ def test_random_labels_and_retain_batches():
     ahead = sampler.draw(7)[1]
     sampler.load_state_dict(state)
     assert torch.equal(sampler.draw(7)[1], ahead)
+
+
+def test_retain_weight_defaults_to_the_union_share_capped(original, task):
+    assert retain_weight(None, 900, 100) == 9.0  # SalUn's union loader: 9 retain samples per forget sample
+    assert retain_weight(None, 5000, 1) == 10.0  # capped: a tiny forget set keeps a forget signal
+    assert retain_weight(0.0, 900, 100) == 0.0 and retain_weight(2.5, 900, 100) == 2.5
+    summary = unlearn("random_label", copy.deepcopy(original), task, {"max_train_steps": 1})
+    assert summary["retain_weight"] == pytest.approx(min(len(task.retain) / len(task.forget), 10.0))
+    with pytest.raises(ConfigError, match="retain_weight"):
+        get_classifier_method("random_label").make_config({"retain_weight": -1})
 
 
 def test_grad_ascent_divergence_names_the_method_and_step(original, task):
