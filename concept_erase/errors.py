@@ -80,3 +80,7 @@ class TrainingError(ConceptEraseError, RuntimeError):
 
 class NotFittedError(ConceptEraseError, _SklearnNotFittedError):
     """An estimator was used before ``fit``."""
+
+
+class StoreError(ConceptEraseError, ValueError):
+    """A persistent store (the SISA store) is corrupt, or belongs to other data or another configuration."""

@@ -520,6 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start again, replacing the output directory")
     p.set_defaults(func=cmd_demo)
 
+    from classifiers.sisa.cli import add_sisa_parser
+
+    add_sisa_parser(sub, [debug])  # concept-erase sisa train | forget | evaluate
+
     p = sub.add_parser("list", parents=[debug], help="list registered methods, pipeline steps and bundled pipelines")
     p.set_defaults(func=cmd_list)
     return parser
