@@ -524,6 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sisa_parser(sub, [debug])  # concept-erase sisa train | forget | evaluate
 
+    from classifiers.vbu.cli import add_vbu_parser  # concept-erase vbu moons|digits
+
+    add_vbu_parser(sub, [debug])
+
     p = sub.add_parser("list", parents=[debug], help="list registered methods, pipeline steps and bundled pipelines")
     p.set_defaults(func=cmd_list)
     return parser

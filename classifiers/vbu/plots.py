@@ -1,0 +1,83 @@
+"""Figures of the moons study: KL vs lambda per S, and predictive probability maps (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["plot_kl_vs_lambda", "plot_maps"]
+
+_STYLE = {"eubo": ("C0", "o"), "eubo_adam": ("C2", "s"), "rkl": ("C1", "^")}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _x_positions(lambdas: list[float]) -> tuple[np.ndarray, float]:
+    """Positions on a log axis; lambda = 0 sits one decade below the smallest positive lambda (tick label "0")."""
+    positive = [v for v in lambdas if v > 0]
+    zero_at = (min(positive) if positive else 1.0) / 100.0
+    return np.array([v if v > 0 else zero_at for v in lambdas]), zero_at
+
+
+def plot_kl_vs_lambda(rows: list[dict], path: str | Path, shard_mode: str, aggregation: str) -> Path:
+    """Rows of panels, one row per S: KL on D_e (left) and D_r (right) vs lambda; ``full`` as a dashed line."""
+    plt = _pyplot()
+    rows = [r for r in rows if r["shard_mode"] == shard_mode and r["aggregation"] == aggregation]
+    shard_counts = sorted({r["num_shards"] for r in rows})
+    fig, axes = plt.subplots(len(shard_counts), 2, figsize=(9, 2.8 * len(shard_counts)), squeeze=False, dpi=100)
+    for axes_row, s in zip(axes, shard_counts):
+        mine = [r for r in rows if r["num_shards"] == s]
+        full = next(r for r in mine if r["method"] == "full")
+        methods = sorted({r["method"] for r in mine if r["method"] != "full"})
+        for ax, key, label in zip(axes_row, ("kl_erased", "kl_remaining"), ("on D_e", "on D_r")):
+            zero_at = None
+            for method in methods:
+                pts = sorted((r["lambda"], r[key]) for r in mine if r["method"] == method)
+                x, zero_at = _x_positions([p[0] for p in pts])
+                color, marker = _STYLE.get(method, ("C3", "x"))
+                ax.plot(x, [p[1] for p in pts], marker=marker, color=color, label=method)
+            ax.axhline(full[key], color="black", linestyle="--", linewidth=1, label="full (no unlearning)")
+            ax.set_xscale("log")
+            ax.set_yscale("symlog", linthresh=1e-3)
+            ax.set_ylim(bottom=0)
+            if zero_at is not None:
+                ticks = [zero_at] + [t for t in ax.get_xticks() if zero_at * 10 <= t <= 10]
+                ax.set_xticks(ticks, ["0"] + [f"{t:g}" for t in ticks[1:]])
+            ax.set_xlabel("lambda")
+            ax.set_ylabel("mean KL (nats)")
+            ax.set_title(f"S = {s}: KL(retrained || unlearned) {label}", fontsize=9)
+        axes_row[0].legend(fontsize=7)
+    fig.suptitle(f"VBU on moons ({shard_mode} shards, {aggregation})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_maps(panels: dict[str, np.ndarray], grid: tuple, X, y, erase, path: str | Path) -> Path:
+    """One panel per predictive probability map ``p(y=1|x)`` on ``grid = (xx, yy)``; D_e circled."""
+    plt = _pyplot()
+    xx, yy = grid
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2), squeeze=False, dpi=100)
+    erased = np.zeros(len(X), dtype=bool)
+    erased[erase] = True
+    for ax, (title, probs) in zip(axes[0], panels.items()):
+        im = ax.contourf(xx, yy, probs.reshape(xx.shape), levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.8)
+        ax.contour(xx, yy, probs.reshape(xx.shape), levels=[0.5], colors="k", linewidths=1)
+        ax.scatter(*X[~erased].T, c=y[~erased], cmap="bwr", s=12, edgecolors="k", linewidths=0.3)
+        ax.scatter(*X[erased].T, c=y[erased], cmap="bwr", s=30, marker="X", edgecolors="k", linewidths=0.5)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="p(y=1|x)")
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
