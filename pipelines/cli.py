@@ -528,6 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_vbu_parser(sub, [debug])
 
+    from classifiers.distruction_cli import add_distruction_parser  # concept-erase distruction prepare
+
+    add_distruction_parser(sub, [debug])
+
     p = sub.add_parser("list", parents=[debug], help="list registered methods, pipeline steps and bundled pipelines")
     p.set_defaults(func=cmd_list)
     return parser

@@ -196,7 +196,7 @@ def _ratio_pipeline(tmp_path: Path) -> Path:
             lambda d, m: ["unlearn", "--method", "nope"],
             [
                 "unknown classifier method 'nope'",
-                "registered classifier methods: boundary_expand, boundary_shrink, finetune,",
+                "registered classifier methods: amnesiac, amnesiac_relabel, bad_teacher, boundary_expand,",
             ],
         ),
         (
