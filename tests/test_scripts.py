@@ -62,3 +62,29 @@ def test_bench_classifiers_checks_the_goals_per_seed_and_on_the_mean(tmp_path):
     assert not goals[("cost <= 10% of the oracle", "boundary_shrink", "mean")]
     assert not goals[("Avg. Gap <= 2.0", "salun", "0")]
     assert output.with_suffix(".md").read_text() == "# grid\n"
+
+
+def test_bench_sisa_quick_run_writes_tables_plots_and_goal_checks(tmp_path):
+    output = tmp_path / "sisa.json"
+    script = ROOT / "scripts" / "bench_sisa.py"
+    cmd = [sys.executable, str(script), "--quick", "--datasets", "digits:mlp", "--output", str(output)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(output.read_text())
+    digits = result["datasets"]["digits"]
+    assert {r["n_shards"] for r in digits["accuracy"]["vs_shards"]} == {1, 2, 8}
+    assert {r["n_slices"] for r in digits["accuracy"]["vs_slices"]} == {1, 2}
+    assert 0 < digits["accuracy"]["single"]["accuracy"] <= 1
+    stream = digits["deletions"]
+    assert stream["n_requests"] == len(stream["sisa"]["8"]["requests"]) == 6
+    for key in ("measured_speedup", "analytical_speedup", "closed_form_speedup", "measured_over_analytical"):
+        assert stream["sisa"]["8"][key] > 0, key
+    assert stream["single_every_k"]["retrains"] == 2 and stream["single_every_k"]["staleness_requests_max"] == 2
+    assert set(digits["strategies"]["results"]) == {"uniform", "label", "kmeans", "distribution"}
+    assert digits["strategies"]["results"]["distribution"]["shards_holding_hot_samples"] == 1
+    goals = {g["goal"]: g for g in result["goals"]}
+    assert set(goals) == {"measured speed-up >= 80% of the analytical (S=8)", "speed-up >= 4.63x at S=8"}
+    assert all(isinstance(g["passed"], bool) for g in goals.values())  # computed; passing is not the point here
+    assert "accuracy_loss_points" in goals["speed-up >= 4.63x at S=8"]
+    assert len(result["plots"]) == 3 and all(Path(p).is_file() for p in result["plots"])
+    assert "## Goals" in output.with_suffix(".md").read_text()

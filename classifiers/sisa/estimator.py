@@ -232,7 +232,9 @@ class SISAClassifier(BaseEstimator):
                       enumerate(zip(final, self.shard_sizes_))]  # fmt: skip
             store.write_models({"version": self.version_, "deleted": len(deleted), "shards": shards})
         dist.barrier()
-        self.models_ = [self._model(s, final[s]) for s in range(self.n_shards)]
+        loaded = dict(zip(getattr(self, "model_keys_", []), getattr(self, "models_", [])))  # reuse unchanged shards
+        self.models_ = [loaded.get(key) or self._model(s, key) for s, key in enumerate(final)]
+        self.model_keys_ = final
         return retrained
 
     # ------------------------------------------------------------------------------------------------ unlearn
