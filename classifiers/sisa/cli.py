@@ -122,7 +122,8 @@ def _ledger_summary(records: list[dict]) -> str:
     done = {r["request_id"] for r in records if r["status"] == "done"}
     open_ = [r["request_id"] for r in effective if r["request_id"] not in done]
     deleted = sum(len(r["new_indices"]) for r in effective)
-    text = f"{len(effective) + noops} requests ({len(effective)} deleting {deleted} samples, {noops} no-op)"
+    total = len(effective) + noops
+    text = f"{total} request{'s' if total != 1 else ''} ({len(effective)} deleting {deleted} samples, {noops} no-op)"
     return text + (f", unfinished: {open_}" if open_ else "")
 
 
@@ -130,12 +131,13 @@ def _harness_metrics(estimator, splits, indices: list[int], oracle_epochs: int |
     from classifiers.data import Scenario, make_task
     from classifiers.metrics import unlearning_metrics
     from classifiers.oracle import get_oracle
+    from classifiers.sisa.estimator import single_model_epochs
     from classifiers.training import TrainConfig
 
     task = make_task(splits, Scenario("indices", indices=tuple(indices), source="--indices"))
     recipe = estimator.recipe_
     train = TrainConfig(
-        epochs=oracle_epochs or recipe.epochs * estimator.n_slices,
+        epochs=oracle_epochs or single_model_epochs(recipe.epochs, estimator.n_slices),
         batch_size=recipe.batch_size,
         learning_rate=recipe.learning_rate,
         optimizer=recipe.optimizer,
@@ -205,7 +207,7 @@ def add_sisa_parser(sub, parents: list) -> None:
     p.add_argument("--deletion_probabilities", "--deletion-probabilities", default=None,
                    help="FILE.npy of per-sample deletion probabilities (strategy distribution)")  # fmt: skip
     p.add_argument("--aggregation", default="vote", help=f"{', '.join(AGGREGATIONS)} (default: vote)")
-    p.add_argument("--epochs", type=int, default=2, help="epochs per slice stage (default: 2)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per slice stage (default: 2 x 20 / (slices + 1))")
     p.add_argument("--seed", type=int, default=0, help="seed of sharding, initialisation and data order")
     p.add_argument("--store", required=True, help="store directory (created; reopened if it matches)")
     p.set_defaults(func=cmd_sisa_train)
@@ -218,5 +220,10 @@ def add_sisa_parser(sub, parents: list) -> None:
     p = commands.add_parser("evaluate", parents=parents, help="accuracy, per-shard accuracy, ledger, UA/RA/TA/MIA")
     p.add_argument("--store", required=True, help="store directory")
     _add_indices(p, "deletion set to score (default: the ledger's deleted samples)")
-    p.add_argument("--oracle_epochs", type=int, default=None, help="oracle epochs (default: epochs x slices)")
+    p.add_argument(
+        "--oracle_epochs",
+        type=int,
+        default=None,
+        help="oracle epochs (default: the single-model budget the stages match, 20 by default)",
+    )
     p.set_defaults(func=cmd_sisa_evaluate)

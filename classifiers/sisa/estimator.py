@@ -37,7 +37,22 @@ from classifiers.sisa.store import SISAStore, build_manifest, fingerprint_tensor
 from classifiers.sisa.training import Distribution, SliceRecipe, derive_seed, initial_model, train_stage
 from concept_erase.errors import ConfigError, NotFittedError
 
-__all__ = ["SISAClassifier"]
+__all__ = ["SISAClassifier", "single_model_epochs", "stage_epochs"]
+
+SINGLE_MODEL_EPOCHS = 20  # TrainConfig's default: the epochs of the single model SISA is compared with
+
+
+def stage_epochs(n_slices: int, total: int = SINGLE_MODEL_EPOCHS) -> int:
+    """Epochs per stage so that a shard processes about ``total`` epochs of its data over its ``n_slices`` stages
+    (stage ``r`` sees ``r/R`` of it): ``round(2 * total / (R + 1))``, at least 1."""
+    return max(1, round(2 * total / (n_slices + 1)))
+
+
+def single_model_epochs(epochs_per_stage: int, n_slices: int) -> int:
+    """The single-model budget that ``epochs_per_stage`` over ``n_slices`` stages matches (inverse of
+    :func:`stage_epochs`)."""
+    return max(1, round(epochs_per_stage * (n_slices + 1) / 2))
+
 
 CRASH_HOOK = "CONCEPT_ERASE_SISA_CRASH_AFTER"  # tests: SIGKILL this process after N stage checkpoints
 
@@ -46,7 +61,9 @@ class SISAClassifier(BaseEstimator):
     """An ensemble of ``n_shards`` models, each trained in ``n_slices`` incremental stages, that deletes exactly.
 
     ``model`` is ``"mlp"`` / ``"cnn"`` / ``"vit"``, a :class:`~classifiers.models.ModelConfig`, or any ``nn.Module``
-    (a template: each shard gets a re-initialised copy). ``epochs`` counts passes per stage. ``store`` is a
+    (a template: each shard gets a re-initialised copy). ``epochs`` counts passes per stage; None gives
+    :func:`stage_epochs` (``round(2 * 20 / (n_slices + 1))``: every shard then processes about the 20 epochs of the
+    single-model recipe over its own data, the budget of Bourtoule et al.'s code). ``store`` is a
     directory (created, or reopened when it holds the same data and configuration); None uses a temporary one.
     """
 
@@ -57,7 +74,7 @@ class SISAClassifier(BaseEstimator):
         n_slices: int = 4,
         strategy: str = "uniform",
         aggregation: str = "vote",
-        epochs: int = 2,
+        epochs: int | None = None,
         batch_size: int = 64,
         learning_rate: float = 3e-3,
         optimizer: str = "adamw",
@@ -124,7 +141,8 @@ class SISAClassifier(BaseEstimator):
         if self.deletion_probabilities is not None:
             check_probabilities(self.deletion_probabilities, len(labels))
         shard_map = self._shard_map(shards, labels, inputs)
-        recipe = SliceRecipe(self.epochs, self.batch_size, self.learning_rate, self.optimizer, self.weight_decay)
+        epochs = stage_epochs(self.n_slices) if self.epochs is None else self.epochs
+        recipe = SliceRecipe(epochs, self.batch_size, self.learning_rate, self.optimizer, self.weight_decay)
         template = self._template(info["num_classes"], tuple(inputs.shape[1:]))
         params = {k: getattr(self, k) for k in ("n_shards", "n_slices", "strategy", "aggregation", "seed")}
         manifest = build_manifest(info, fingerprint_tensors(inputs, labels), len(labels), template, recipe, params)
