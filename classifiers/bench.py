@@ -24,9 +24,10 @@ from classifiers.harness import UnlearnJob, load_splits, run_job
 from concept_erase.config import parse_overrides
 from concept_erase.errors import ConfigError
 
-__all__ = ["BenchConfig", "COLUMNS", "ORACLE", "parse_method", "run_bench"]
+__all__ = ["BenchConfig", "COLUMNS", "ORACLE", "ORIGINAL", "parse_method", "run_bench"]
 
 ORACLE = "oracle (retrain)"
+ORIGINAL = "original"  # the model before unlearning (the DiStruction tables' "baseline" column)
 # (metrics key, label in the tables), in table order
 COLUMNS = (
     ("ua", "UA"),
@@ -70,10 +71,18 @@ class BenchConfig:
     test_size: float = 0.25
     data_seed: int = 0
     cache: bool = True
+    skip: list[str] = field(default_factory=list)  # ENTRY@KIND pairs not run (unsir@random: unsir refuses them)
 
     def __post_init__(self) -> None:
         if not self.scenarios or not self.methods or not self.seeds:
             raise ConfigError("scenarios, methods and seeds must each name at least one entry")
+        kinds = ("class", "subclass", "random", "indices")
+        for item in self.skip:
+            name, _, kind = item.partition("@")
+            if name not in {parse_method(e)[0] for e in self.methods} or kind not in kinds:
+                raise ConfigError(
+                    f"skip entries are METHOD@KIND with a listed method and KIND in {kinds}, got {item!r}"
+                )
         for spec in self.scenarios:
             Scenario.parse(spec)
         from classifiers.methods import get_classifier_method
@@ -118,6 +127,10 @@ def _job(config: BenchConfig, scenario: str, seed: int, entry: str) -> UnlearnJo
     )
 
 
+def _skipped(config: BenchConfig, scenario: str, entry: str) -> bool:
+    return f"{entry}@{Scenario.parse(scenario).kind}" in config.skip
+
+
 def _row(scenario: str, seed: int, method: str, metrics: dict) -> dict:
     return {"scenario": scenario, "seed": seed, "method": method, **{k: metrics.get(k) for k, _ in COLUMNS}}
 
@@ -128,19 +141,23 @@ def run_bench(config: BenchConfig, out_dir: str | Path, log: Callable[[str], Non
     _warm_up()
     rows: list[dict] = []
     per_class: dict[str, dict] = {}
-    total = len(config.scenarios) * len(config.seeds) * len(config.methods)
-    done = 0
+    grid = [(sc, e) for sc in config.scenarios for e in config.methods if not _skipped(config, sc, e)]
+    total, done = len(grid) * len(config.seeds), 0
     for scenario in config.scenarios:
-        splits = load_splits(_job(config, scenario, config.seeds[0], config.methods[0]))
+        entries = [e for sc, e in grid if sc == scenario]
+        if not entries:
+            continue
+        splits = load_splits(_job(config, scenario, config.seeds[0], entries[0]))
         for seed in config.seeds:
-            for entry in config.methods:
+            for entry in entries:
                 result = run_job(_job(config, scenario, seed, entry), splits=splits)
                 done += 1
                 m = result.metrics
-                if entry == config.methods[0]:
+                if entry == entries[0]:
+                    rows.append(_row(m["scenario"], seed, ORIGINAL, m["original"]))
                     rows.append(_row(m["scenario"], seed, ORACLE, {**m["oracle"], "cost_ratio": 1.0}))
                     if seed == config.seeds[0]:
-                        per_class[m["scenario"]] = {"original": m["original"], ORACLE: m["oracle"]}
+                        per_class[m["scenario"]] = {ORIGINAL: m["original"], ORACLE: m["oracle"]}
                 rows.append(_row(m["scenario"], seed, entry, m))
                 if seed == config.seeds[0]:
                     per_class[m["scenario"]][entry] = m
@@ -215,6 +232,26 @@ def markdown_table(scenario: str, methods: dict[str, dict], classwise: bool) -> 
     return "\n".join(lines)
 
 
+PAPER_ROWS = (("ra", "D_r accuracy"), ("forget_accuracy", "D_f accuracy"), ("mia_efficacy", "MIA"),
+              ("cost_ratio", "cost / retrain"))  # fmt: skip
+
+
+def paper_table(methods: dict[str, dict]) -> str:
+    """The DiStruction paper's layout: D_r accuracy, D_f accuracy (= 100 - UA) and MIA as rows, the original
+    ("baseline") and the retrained model first."""
+    names = list(methods)
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key, label in PAPER_ROWS:
+        cells = []
+        for name in names:
+            stats = methods[name].get("ua" if key == "forget_accuracy" else key)
+            if key == "forget_accuracy" and stats is not None:
+                stats = {**stats, "mean": 100.0 - stats["mean"]}
+            cells.append(_cell(stats, key))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _slug(scenario: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in scenario).strip("_")
 
@@ -241,8 +278,11 @@ def _write(out_dir: Path, rows: list[dict], summary: dict, per_class: dict, conf
         slug = _slug(scenario)
         classwise = Scenario.parse(scenario).classwise if not scenario.startswith("indices") else False
         lines += ["", f"## {scenario}", "", markdown_table(scenario, methods, classwise), ""]
+        lines += ["In the DiStruction paper's layout:", "", paper_table(methods), ""]
         bars = {}  # the oracle's row is named "oracle": plot_metric_bars draws it as the reference line
         for name, stats in methods.items():
+            if name == ORIGINAL:
+                continue
             means = {k: (v or {}).get("mean") for k, v in stats.items()}
             bars["oracle" if name == ORACLE else name] = {
                 **means,

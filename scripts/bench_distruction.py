@@ -1,6 +1,6 @@
 """DiStruction's goals on mnist5k / small CNN / class:3, measured in one process; writes JSON.
 
-    python scripts/bench_distruction.py --output distruction_bench.json [--seeds 3]
+    python scripts/bench_distruction.py --output bench_results/distruction.json [--seeds 3]
 
 - quality (per seed, through the harness with cached originals and oracles): D_f accuracy (100 - UA) and D_r
   accuracy (RA) of DiStruction and of the retrain oracle;
@@ -28,7 +28,7 @@ def _timed(fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="distruction_bench.json")
+    parser.add_argument("--output", default="bench_results/distruction.json")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--set", nargs="*", default=[], help="method config overrides KEY=VALUE")
     args = parser.parse_args()

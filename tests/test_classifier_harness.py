@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from classifiers.bench import ORACLE, BenchConfig, parse_method, run_bench
+from classifiers.bench import ORACLE, ORIGINAL, BenchConfig, parse_method, run_bench
 from classifiers.data import from_arrays, load_dataset
 from classifiers.harness import UnlearnJob, run_job, write_job
 from classifiers.metrics import HEADLINE_KEYS
@@ -190,16 +190,23 @@ def test_bench_grid_writes_csv_tables_and_plots_deterministically(tmp_path):
         method_configs={"grad_ascent@random": {"epochs": 1}},
         seeds=[0, 1],
         recipe=dict(FAST),
+        skip=["grad_ascent@random"],  # the unmasked entry only: the masked one still runs on random:0.1
     )
     (tmp_path / "a").mkdir()
     summary = run_bench(config, tmp_path / "a", log=lambda _: None)
     rows = list(csv.DictReader((tmp_path / "a" / "results.csv").open()))
-    assert len(rows) == 2 * 2 * (2 + 1)  # scenarios x seeds x (methods + the oracle)
+    assert len(rows) == 2 * (4 + 3)  # seeds x (original + oracle + methods): 2 methods on class:3, 1 on random:0.1
     table = summary["scenarios"]["class:3"]
-    assert list(table) == [ORACLE, "grad_ascent", "grad_ascent:mask=saliency"]
+    assert list(table) == [ORIGINAL, ORACLE, "grad_ascent", "grad_ascent:mask=saliency"]
+    assert list(summary["scenarios"]["random:0.1"]) == [ORIGINAL, ORACLE, "grad_ascent:mask=saliency"]
     assert table[ORACLE]["ua"]["mean"] == 100.0 and table["grad_ascent"]["ua"]["n"] == 2
+    assert table[ORIGINAL]["ua"]["mean"] < 50 and table[ORIGINAL]["cost_ratio"] is None
     report = (tmp_path / "a" / "report.md").read_text()
-    assert f"| metric | {ORACLE} | grad_ascent | grad_ascent:mask=saliency |" in report and "±" in report
+    assert f"| metric | {ORIGINAL} | {ORACLE} | grad_ascent | grad_ascent:mask=saliency |" in report and "±" in report
+    d_f = 100 - table[ORIGINAL]["ua"]["mean"]
+    assert f"| D_f accuracy | {d_f:.2f} ± " in report  # the DiStruction paper's layout: D_f accuracy = 100 - UA
+    with pytest.raises(ConfigError, match="skip entries"):
+        BenchConfig(methods=["grad_ascent"], skip=["salun@class"])
     for name in ("bars_class_3.png", "per_class_class_3.png", "bars_random_0_1.png"):
         assert (tmp_path / "a" / name).stat().st_size > 1000
     (tmp_path / "b").mkdir()
