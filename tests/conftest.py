@@ -31,3 +31,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# digits, class 3 and an MLP trained on all of digits: shared by the classifier method tests
+@pytest.fixture(scope="session")
+def splits():
+    from classifiers.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def task(splits):
+    from classifiers.data import make_task
+
+    return make_task(splits, "class:3")
+
+
+@pytest.fixture(scope="session")
+def trained(splits):
+    """The original model, trained once: an MLP on all of digits (10 epochs of the default recipe)."""
+    from classifiers.models import ModelConfig
+    from classifiers.training import TrainConfig, fresh_model, train_recipe
+
+    model = fresh_model(ModelConfig("mlp"), splits.num_classes, splits.input_shape, seed=0)
+    train_recipe(model, splits.train, TrainConfig(epochs=10))
+    return model.eval()

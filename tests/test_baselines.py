@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from classifiers.data import load_dataset, make_task
+from classifiers.data import make_task
 from classifiers.harness import make_method_config
 from classifiers.methods import get_classifier_method, unlearn
 from classifiers.methods.amnesiac import load_records, record_training, training_set
@@ -30,16 +30,6 @@ FAST = {
     "amnesiac_relabel": {"learning_rate": 1e-3, "epochs": 3},
     "ssd": {},  # the paper's lambda 1, alpha 10
 }
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def task(splits):
-    return make_task(splits, "class:3")
 
 
 @pytest.fixture(scope="module")

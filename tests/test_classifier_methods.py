@@ -11,7 +11,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from classifiers.data import load_dataset, make_task
 from classifiers.methods import get_classifier_method, unlearn
 from classifiers.methods.random_label import RetainSampler, random_labels, retain_weight
 from classifiers.models import ModelConfig
@@ -20,24 +19,6 @@ from concept_erase.errors import ConfigError, TrainingError
 from concept_erase.saliency import SaliencyMask, compute_saliency
 
 METHODS = ("retrain", "grad_ascent", "random_label", "salun", "salun_random_mask")
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def task(splits):
-    return make_task(splits, "class:3")
-
-
-@pytest.fixture(scope="module")
-def trained(splits):
-    """The original model, trained once: an MLP on all of digits."""
-    model = fresh_model(ModelConfig("mlp"), splits.num_classes, splits.input_shape, seed=0)
-    train_recipe(model, splits.train, TrainConfig(epochs=10))
-    return model.eval()
 
 
 @pytest.fixture()

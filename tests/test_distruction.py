@@ -11,30 +11,12 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from classifiers.bgd import BGDConfig, PreparedPosterior, bgd_sigma_update, prepare_model
-from classifiers.data import load_dataset, make_task
 from classifiers.harness import UnlearnJob, run_job
 from classifiers.methods import get_classifier_method, unlearn
 from classifiers.methods.distruction import OBJECTIVES, gaussian_kl, training_set
 from classifiers.models import ModelConfig
-from classifiers.training import TrainConfig, fresh_model, train_recipe
+from classifiers.training import fresh_model
 from concept_erase.errors import CheckpointError, ConfigError, TrainingError
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def task(splits):
-    return make_task(splits, "class:3")
-
-
-@pytest.fixture(scope="module")
-def trained(splits):
-    model = fresh_model(ModelConfig("mlp"), splits.num_classes, splits.input_shape, seed=0)
-    train_recipe(model, splits.train, TrainConfig(epochs=10))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
