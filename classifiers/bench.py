@@ -21,6 +21,7 @@ from pathlib import Path
 
 from classifiers.data import Scenario
 from classifiers.harness import UnlearnJob, load_splits, run_job
+from classifiers.training import warm_up
 from concept_erase.config import parse_overrides
 from concept_erase.errors import ConfigError
 
@@ -138,7 +139,7 @@ def _row(scenario: str, seed: int, method: str, metrics: dict) -> dict:
 def run_bench(config: BenchConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict:
     """Run the grid and write its results into ``out_dir`` (an existing directory); return the summary."""
     out_dir = Path(out_dir)
-    _warm_up()
+    warm_up()
     rows: list[dict] = []
     per_class: dict[str, dict] = {}
     grid = [(sc, e) for sc in config.scenarios for e in config.methods if not _skipped(config, sc, e)]
@@ -168,19 +169,6 @@ def run_bench(config: BenchConfig, out_dir: str | Path, log: Callable[[str], Non
     summary = summarize(rows, config)
     _write(out_dir, rows, summary, per_class, config)
     return summary
-
-
-def _warm_up() -> None:
-    """One tiny training run before the clock matters: the first run in a process pays one-off costs (imports,
-    Accelerate's setup) that would otherwise inflate whichever model is timed first, usually the oracle."""
-    import torch
-    from torch import nn
-    from torch.utils.data import TensorDataset
-
-    from classifiers.training import fit
-
-    data = TensorDataset(torch.zeros(8, 4), torch.zeros(8, dtype=torch.long))
-    fit(nn.Linear(4, 2), data, epochs=1, batch_size=4, learning_rate=1e-3, name="warm-up")
 
 
 def _stats(values: list) -> dict | None:
