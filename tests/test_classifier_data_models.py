@@ -112,6 +112,7 @@ def test_finetune_lowers_forget_accuracy_and_a_mask_keeps_frozen_weights_bit_ide
         assert torch.equal(p[~masks[name]], params[name][~masks[name]])  # frozen: untouched
         assert not torch.equal(p[masks[name]], params[name][masks[name]])  # salient: trained
     with pytest.raises(
-        UnknownNameError, match="registered classifier methods: boundary_expand, boundary_shrink, finetune"
+        UnknownNameError,
+        match="registered classifier methods: amnesiac, amnesiac_relabel, bad_teacher, boundary_expand",
     ):
         unlearn("nope", plain, task)
