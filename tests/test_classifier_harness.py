@@ -229,9 +229,11 @@ def test_cli_bench_and_the_bundled_grid_configs(tmp_path, capsys):
     assert code == 2 and "--seeds must be >= 1" in capsys.readouterr().err
     from pipelines.runner import load_pipeline
 
-    for name in ("bench_mnist5k_cnn", "bench_digits"):
-        from pipelines.cli import CONFIGS_DIR
+    from pipelines.cli import CONFIGS_DIR
 
+    grids = sorted(p.stem for p in CONFIGS_DIR.glob("bench_*.yaml"))
+    assert {"bench_mnist5k_cnn", "bench_digits", "bench_distruction_mnist5k_vit"} <= set(grids)
+    for name in grids:
         pipeline = load_pipeline(CONFIGS_DIR / f"{name}.yaml", [], output_dir=tmp_path / name)
         assert pipeline.steps  # the grid validates: datasets, scenarios, methods and their configs
 
