@@ -218,10 +218,14 @@ def _recreate(model: nn.Module, task: UnlearningTask, config: AmnesiacConfig) ->
     trained = dict(model.named_parameters())
     diff = max(float((p.detach().cpu() - trained[n].detach().cpu()).abs().max()) for n, p in replica.named_parameters())
     if diff > 0 and config.require_exact:
+        recipe = config.recipe()
+        shown = ", ".join(f"{k}={getattr(recipe, k)}" for k in ("epochs", "batch_size", "learning_rate", "optimizer",
+                                                                "weight_decay", "seed"))  # fmt: skip
         raise ConfigError(
-            f"amnesiac: re-running the recipe ({config.recipe()}) from weights initialised with seed {config.seed} "
-            f"does not reproduce the model (max |difference| {diff:.3g}): it was trained another way. Pass the "
-            "recipe it was trained with, or records_path from record_training, or require_exact: false"
+            f"amnesiac: re-running the recipe ({shown}) from weights initialised with seed {config.seed} does not "
+            f"reproduce the model (max |difference| {diff:.3g}): it was trained another way (another recipe, or "
+            f"another machine or number of threads, {torch.get_num_threads()} here). Pass the recipe it was trained "
+            "with, or records_path from record_training, or require_exact: false"
         )
     info = {"source": "re-run", "reinitialised": how, "steps": recorder.steps, "selected_steps": recorder.selected,
             "max_reproduction_error": diff}  # fmt: skip
