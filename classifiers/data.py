@@ -390,6 +390,15 @@ class UnlearningTask:
     def classwise(self) -> bool:
         return self.scenario.split(":")[0] in ("class", "subclass")
 
+    def training_data(self) -> TensorDataset:
+        """``retain + forget`` put back in the training split's order: the data the original was trained on (for
+        methods that prepare or replay the original's training). Without the indices: retain, then forget."""
+        tensors = [torch.cat([r, f]) for r, f in zip(self.retain.tensors, self.forget.tensors)]
+        if self.retain_indices is not None and self.forget_indices is not None:
+            order = torch.argsort(torch.cat([self.retain_indices, self.forget_indices]))
+            tensors = [t[order] for t in tensors]
+        return TensorDataset(*tensors)
+
 
 def _class_members(labels: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
     return torch.isin(labels, torch.as_tensor(list(classes), dtype=labels.dtype))

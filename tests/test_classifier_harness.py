@@ -227,9 +227,8 @@ def test_cli_bench_and_the_bundled_grid_configs(tmp_path, capsys):
     assert "## class:3" in stdout and (out / "results.csv").is_file()
     code = main([*args, "--methods", "grad_ascent", "--seeds", "0", "--output", str(tmp_path / "x")])
     assert code == 2 and "--seeds must be >= 1" in capsys.readouterr().err
-    from pipelines.runner import load_pipeline
-
     from pipelines.cli import CONFIGS_DIR
+    from pipelines.runner import load_pipeline
 
     grids = sorted(p.stem for p in CONFIGS_DIR.glob("bench_*.yaml"))
     assert {"bench_mnist5k_cnn", "bench_digits", "bench_distruction_mnist5k_vit"} <= set(grids)

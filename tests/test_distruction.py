@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 from classifiers.bgd import BGDConfig, PreparedPosterior, bgd_sigma_update, prepare_model
 from classifiers.harness import UnlearnJob, run_job
 from classifiers.methods import get_classifier_method, unlearn
-from classifiers.methods.distruction import OBJECTIVES, gaussian_kl, training_set
+from classifiers.methods.distruction import OBJECTIVES, gaussian_kl
 from classifiers.models import ModelConfig
 from classifiers.training import fresh_model
 from concept_erase.errors import CheckpointError, ConfigError, TrainingError
@@ -148,7 +148,7 @@ def test_gaussian_kl_closed_form():
 
 
 def test_harness_prepares_says_so_and_excludes_it(splits, task, capsys):
-    assert torch.equal(training_set(task).tensors[0], splits.train.tensors[0])
+    assert torch.equal(task.training_data().tensors[0], splits.train.tensors[0])
     job = UnlearnJob(method="distruction", dataset="digits", model="mlp", recipe={"epochs": 5}, oracle=False)
     result = run_job(job)
     assert "preparing the model with BGD" in capsys.readouterr().out

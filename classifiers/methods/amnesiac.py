@@ -193,17 +193,12 @@ def load_records(path: str | Path, model: nn.Module, forget: torch.Tensor) -> tu
 
 
 def training_set(task: UnlearningTask) -> tuple[TensorDataset, torch.Tensor]:
-    """The task's training split in its original order, rebuilt from forget + retain, and its forget mask."""
+    """The task's training split in its original order (:meth:`UnlearningTask.training_data`) and its forget mask."""
     if task.forget_indices is None or task.retain_indices is None:
         raise ConfigError("amnesiac needs the task's forget_indices and retain_indices (the training-set order)")
-    n = len(task.forget_indices) + len(task.retain_indices)
-    (fx, fy), (rx, ry) = task.forget.tensors, task.retain.tensors
-    inputs, labels = fx.new_empty((n, *fx.shape[1:])), fy.new_empty(n)
-    inputs[task.forget_indices], labels[task.forget_indices] = fx, fy
-    inputs[task.retain_indices], labels[task.retain_indices] = rx, ry
-    forget = torch.zeros(n, dtype=torch.bool)
+    forget = torch.zeros(len(task.forget_indices) + len(task.retain_indices), dtype=torch.bool)
     forget[task.forget_indices] = True
-    return TensorDataset(inputs, labels), forget
+    return task.training_data(), forget
 
 
 def _recreate(model: nn.Module, task: UnlearningTask, config: AmnesiacConfig) -> tuple[dict, dict]:

@@ -45,7 +45,7 @@ from classifiers.training import check_schedule, fit_method, fit_summary
 from concept_erase.errors import ConfigError
 from concept_erase.registry import register_method
 
-__all__ = ["OBJECTIVES", "DistructionConfig", "distruction", "gaussian_kl", "training_set"]
+__all__ = ["OBJECTIVES", "DistructionConfig", "distruction", "gaussian_kl"]
 
 OBJECTIVES = ("grad_ascent", "random_label", "max_entropy", "bad_teacher", "boundary_shrink")
 PREPARE_HINT = (
@@ -167,15 +167,6 @@ def _targets(model: nn.Module, task: UnlearningTask, config: DistructionConfig) 
     return labels
 
 
-def training_set(task: UnlearningTask) -> TensorDataset:
-    """``task.retain + task.forget`` in the order of the training split (the data the original was trained on)."""
-    tensors = [torch.cat([r, f]) for r, f in zip(task.retain.tensors, task.forget.tensors)]
-    if task.retain_indices is not None and task.forget_indices is not None:
-        order = torch.argsort(torch.cat([task.retain_indices, task.forget_indices]))
-        tensors = [t[order] for t in tensors]
-    return TensorDataset(*tensors)
-
-
 def _prepared(model: nn.Module, task: UnlearningTask, config: DistructionConfig) -> tuple[PreparedPosterior, dict]:
     """The prepared posterior (given, cached or made now) and how it was obtained."""
     if config.prepared_path is not None:
@@ -185,7 +176,7 @@ def _prepared(model: nn.Module, task: UnlearningTask, config: DistructionConfig)
         raise ConfigError(f"distruction: the model has not been prepared (require_prepared: true); {PREPARE_HINT}")
     from concept_erase.io import atomic_output_dir, cache_dir
 
-    train = training_set(task)  # read here, for preparation only: forgetting below reads task.forget alone
+    train = task.training_data()  # read here, for preparation only: forgetting below reads task.forget alone
     key = {"weights": weights_digest(dict(model.named_parameters())), "bgd": config.bgd().__dict__}
     data = hashlib.sha256(b"".join(t.contiguous().numpy().tobytes() for t in train.tensors)).hexdigest()[:16]
     digest = hashlib.sha256(json.dumps({**key, "data": data}, sort_keys=True).encode()).hexdigest()[:20]
