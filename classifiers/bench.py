@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from classifiers.data import Scenario
-from classifiers.harness import UnlearnJob, load_splits, run_job
+from classifiers.harness import UnlearnJob, load_splits, per_class_fractions, run_job
 from classifiers.training import warm_up
 from concept_erase.config import parse_overrides
 from concept_erase.errors import ConfigError
@@ -278,16 +278,8 @@ def _write(out_dir: Path, rows: list[dict], summary: dict, per_class: dict, conf
             }
         plot_metric_bars(bars, out_dir / f"bars_{slug}.png", title=f"{config.dataset} {config.model}: {scenario}")
         forget = list(Scenario.parse(scenario).classes) if classwise else []
-        runs = {name: _fractions(m, forget) for name, m in per_class[scenario].items()}
+        runs = {name: per_class_fractions(m, forget) or {"per_class_accuracy": {}, "forget_classes": forget}
+                for name, m in per_class[scenario].items()}  # fmt: skip
         plot_per_class_comparison(runs, out_dir / f"per_class_{slug}.png", title=f"per-class test accuracy: {scenario}")
         lines += [f"![UA/RA/TA/MIA]({f'bars_{slug}.png'})", f"![per-class accuracy]({f'per_class_{slug}.png'})"]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
-
-
-def _fractions(metrics: dict, forget_classes: list[int]) -> dict:
-    """Per-class accuracy as fractions (what the per-class plot takes)."""
-    values = metrics.get("per_class_accuracy") or {}
-    return {
-        "per_class_accuracy": {k: (None if v is None else v / 100) for k, v in values.items()},
-        "forget_classes": forget_classes,
-    }

@@ -31,7 +31,16 @@ from classifiers.training import TrainConfig
 from concept_erase.config import config_to_dict, from_dict
 from concept_erase.errors import CheckpointError, ConfigError, InputNotFoundError
 
-__all__ = ["JobResult", "UnlearnJob", "check_model_fits", "load_splits", "make_method_config", "run_job", "write_job"]
+__all__ = [
+    "JobResult",
+    "UnlearnJob",
+    "check_model_fits",
+    "load_splits",
+    "make_method_config",
+    "per_class_fractions",
+    "run_job",
+    "write_job",
+]
 
 
 @dataclass
@@ -220,19 +229,22 @@ def write_job(result: JobResult, out_dir: str | Path) -> Path:
     dump_config({**job, "method_config": config_to_dict(result.method_config)}, out_dir / "config.yaml")
     scenario = {"scenario": result.task.scenario, "forget_classes": list(result.task.forget_classes)}
     write_json(out_dir / "unlearn.json", {**result.summary, **scenario, "job": job})
-    runs = {"original": _per_class(result.metrics.get("original")), "unlearned": _per_class(result.metrics)}
-    if result.metrics.get("oracle"):
-        runs["retrain oracle"] = _per_class(result.metrics["oracle"])
-    runs = {k: {**v, "forget_classes": list(result.task.forget_classes)} for k, v in runs.items() if v}
+    forget = result.task.forget_classes
+    named = {"original": result.metrics.get("original"), "unlearned": result.metrics}
+    named["retrain oracle"] = result.metrics.get("oracle")
+    runs = {k: v for k, m in named.items() if (v := per_class_fractions(m, forget))}
     plot_per_class_comparison(
         runs, out_dir / "per_class_accuracy.png", title=f"{result.job.method}: {result.task.scenario}"
     )
     return out_dir
 
 
-def _per_class(metrics: dict | None) -> dict | None:
-    """Per-class accuracy as fractions, as the plotting helpers expect."""
+def per_class_fractions(metrics: dict | None, forget_classes=()) -> dict | None:
+    """Per-class accuracy of a metrics dict as fractions, with the forgotten classes: what the per-class plot takes."""
     if not metrics or "per_class_accuracy" not in metrics:
         return None
-    values = metrics["per_class_accuracy"]
-    return {"per_class_accuracy": {k: (None if v is None else v / 100) for k, v in values.items()}}
+    values = metrics["per_class_accuracy"] or {}
+    return {
+        "per_class_accuracy": {k: (None if v is None else v / 100) for k, v in values.items()},
+        "forget_classes": list(forget_classes),
+    }
