@@ -91,9 +91,9 @@ class JobResult:
 
 
 def make_method_config(method: str, values: dict | None = None, seed: int | None = None, recipe: TrainConfig = None):
-    """A classifier method's validated config. ``seed`` fills its ``seed`` key; for ``retrain`` (and configs with
-    ``takes_recipe = True``, e.g. ``amnesiac``) the recipe fills the training keys, so ``retrain`` reproduces the
-    oracle exactly and ``amnesiac`` can re-run the original's training."""
+    """A classifier method's validated config. ``seed`` fills its ``seed`` key; for configs with
+    ``takes_recipe = True`` (``retrain``, ``amnesiac``) the recipe fills the training keys, so ``retrain`` reproduces
+    the oracle exactly and ``amnesiac`` can re-run the original's training."""
     from classifiers.methods import get_classifier_method
 
     entry = get_classifier_method(method)
@@ -101,7 +101,7 @@ def make_method_config(method: str, values: dict | None = None, seed: int | None
     names = {f.name for f in dataclasses.fields(entry.config_cls)} if entry.config_cls else set()
     if seed is not None and "seed" in names:
         values.setdefault("seed", seed)
-    if recipe is not None and (method == "retrain" or getattr(entry.config_cls, "takes_recipe", False)):
+    if recipe is not None and getattr(entry.config_cls, "takes_recipe", False):
         for key in RECIPE_FIELDS:
             if key in names:
                 values.setdefault(key, getattr(recipe, key))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from torch import nn
 
@@ -27,6 +27,7 @@ __all__ = ["RetrainConfig", "retrain"]
 class RetrainConfig:
     """The training recipe (defaults: :class:`~classifiers.training.TrainConfig`'s, i.e. the original model's)."""
 
+    takes_recipe: ClassVar[bool] = True  # the harness fills these keys from the job's recipe: retrain = the oracle
     epochs: int = TrainConfig.epochs
     max_train_steps: int | None = TrainConfig.max_train_steps  # overrides epochs when set
     batch_size: int = TrainConfig.batch_size
