@@ -21,9 +21,12 @@ from pathlib import Path
 
 from classifiers.data import Scenario
 from classifiers.harness import UnlearnJob, load_splits, per_class_fractions, run_job
+from classifiers.methods import get_classifier_method
+from classifiers.metrics import plot_metric_bars, plot_per_class_comparison
 from classifiers.training import warm_up
-from concept_erase.config import parse_overrides
-from concept_erase.errors import ConfigError
+from concept_erase.core.config import config_to_dict, parse_overrides
+from concept_erase.core.errors import ConfigError
+from concept_erase.core.io import write_json
 
 __all__ = ["BenchConfig", "COLUMNS", "ORACLE", "ORIGINAL", "parse_method", "run_bench"]
 
@@ -86,7 +89,6 @@ class BenchConfig:
                 )
         for spec in self.scenarios:
             Scenario.parse(spec)
-        from classifiers.methods import get_classifier_method
 
         for entry in self.methods:
             get_classifier_method(parse_method(entry)[0])
@@ -195,7 +197,6 @@ def summarize(rows: list[dict], config: BenchConfig) -> dict:
 
 
 def _plain(config: BenchConfig) -> dict:
-    from concept_erase.config import config_to_dict
 
     return config_to_dict(config)
 
@@ -245,8 +246,6 @@ def _slug(scenario: str) -> str:
 
 
 def _write(out_dir: Path, rows: list[dict], summary: dict, per_class: dict, config: BenchConfig) -> None:
-    from classifiers.metrics import plot_metric_bars, plot_per_class_comparison
-    from concept_erase.io import write_json
 
     with (out_dir / "results.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -15,6 +15,7 @@ or a path given to :func:`load_dataset`: an image folder or an ``.npz`` file wit
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,9 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
-from concept_erase.errors import ConfigError, EmptyDataError, InputNotFoundError
+from concept_erase.core.digits import load_digit_arrays
+from concept_erase.core.errors import ConfigError, EmptyDataError, InputNotFoundError
 
 __all__ = [
     "DATASETS",
@@ -107,7 +111,6 @@ def default_superclasses(num_classes: int) -> tuple[tuple[int, ...], ...]:
 
 def _load_digit(name: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
     def load() -> tuple[np.ndarray, np.ndarray]:
-        from concept_erase.digits import load_digit_arrays
 
         return load_digit_arrays(name)  # (N, 1, H, W) in [0, 1]: the same arrays the diffusion side uses
 
@@ -125,7 +128,6 @@ def _split(name: str, images: np.ndarray, labels: np.ndarray, seed: int, test_si
     if not 0.0 < test_size < 1.0:
         raise ConfigError(f"test_size must be between 0 and 1 (exclusive), got {test_size}")
     images, labels = _check_arrays(name, images, labels)
-    from sklearn.model_selection import train_test_split
 
     # sklearn's sizes: ceil(test_size * N) test samples, the rest for training. Stratifying needs 2 samples per
     # class and at least one test and one training sample per class; tiny data falls back to a plain shuffle.
@@ -229,7 +231,6 @@ def from_image_folder(root: str | Path, *, seed: int = 0, test_size: float = 0.2
 
     Images are converted to grayscale when every image is grayscale, RGB otherwise, and must share one size.
     """
-    from PIL import Image
 
     root = Path(root)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
@@ -338,7 +339,6 @@ def read_indices(path: str | Path) -> tuple[int, ...]:
     Raises:
         InputNotFoundError: no such file. ConfigError: not integers, or duplicates (named).
     """
-    import json
 
     path = Path(path)
     if not path.is_file():

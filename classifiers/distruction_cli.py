@@ -16,9 +16,9 @@ __all__ = ["add_distruction_parser", "cmd_distruction_prepare"]
 
 
 def cmd_distruction_prepare(args: argparse.Namespace) -> int:
-    from classifiers.bgd import BGDConfig, prepare_model
+    from classifiers.distruction.bgd import BGDConfig, prepare_model
     from classifiers.harness import UnlearnJob, load_splits, original_reference
-    from concept_erase.io import atomic_output_dir, check_output_dir
+    from concept_erase.core.io import atomic_output_dir, check_output_dir
 
     out = check_output_dir(args.output_dir, args.overwrite)
     job = UnlearnJob(method="distruction", dataset=args.dataset, model=args.model, seed=args.seed, weights=args.weights)

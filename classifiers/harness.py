@@ -22,14 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from classifiers.data import DatasetSplits, Scenario, UnlearningTask, load_dataset, make_task
+from classifiers.methods import get_classifier_method
+from classifiers.metrics import plot_per_class_comparison, unlearning_metrics
 from classifiers.models import ModelConfig, build_model, is_model_dir, load_model, save_model
 from classifiers.oracle import RECIPE_FIELDS, Reference, get_oracle, get_original
 from classifiers.training import TrainConfig
-from concept_erase.config import config_to_dict, from_dict
-from concept_erase.errors import CheckpointError, ConfigError, InputNotFoundError
+from concept_erase.core.config import config_to_dict, dump_config, from_dict
+from concept_erase.core.errors import CheckpointError, ConfigError, InputNotFoundError
+from concept_erase.core.io import write_json
 
 __all__ = [
     "JobResult",
@@ -94,7 +98,6 @@ def make_method_config(method: str, values: dict | None = None, seed: int | None
     """A classifier method's validated config. ``seed`` fills its ``seed`` key; for configs with
     ``takes_recipe = True`` (``retrain``, ``amnesiac``) the recipe fills the training keys, so ``retrain`` reproduces
     the oracle exactly and ``amnesiac`` can re-run the original's training."""
-    from classifiers.methods import get_classifier_method
 
     entry = get_classifier_method(method)
     values = dict(values or {})
@@ -136,7 +139,6 @@ def check_model_fits(model: nn.Module, task: UnlearningTask) -> None:
 
 
 def _load_weights(job: UnlearnJob, splits: DatasetSplits) -> nn.Module:
-    from safetensors.torch import load_file
 
     path = Path(job.weights)
     if is_model_dir(path):
@@ -172,8 +174,6 @@ def original_reference(
 
 def run_job(job: UnlearnJob, model: nn.Module | None = None, splits: DatasetSplits | None = None) -> JobResult:
     """Run ``job``. ``model`` (any ``nn.Module``, left untouched) and ``splits`` replace the job's model and data."""
-    from classifiers.methods import get_classifier_method
-    from classifiers.metrics import unlearning_metrics
 
     splits = splits if splits is not None else load_splits(job)
     task = make_task(splits, job.forget, seed=job.seed)
@@ -212,11 +212,6 @@ def run_job(job: UnlearnJob, model: nn.Module | None = None, splits: DatasetSpli
 def write_job(result: JobResult, out_dir: str | Path) -> Path:
     """Write the unlearned weights (safetensors), ``metrics.json``, ``config.yaml``, ``unlearn.json`` and a per-class
     accuracy plot (original, unlearned, oracle) into ``out_dir`` (an existing directory, e.g. an atomic temp dir)."""
-    from safetensors.torch import save_file
-
-    from classifiers.metrics import plot_per_class_comparison
-    from concept_erase.config import dump_config
-    from concept_erase.io import write_json
 
     out_dir = Path(out_dir)
     if isinstance(getattr(result.model, "config", None), ModelConfig):

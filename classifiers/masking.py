@@ -21,7 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from classifiers.data import UnlearningTask
-from concept_erase.errors import ConfigError
+from classifiers.training import cross_entropy
+from concept_erase.core.errors import ConfigError
+from concept_erase.core.saliency import SaliencyMask, compute_saliency
 
 __all__ = ["MASK_MODES", "MaskOptions", "prepare_mask"]
 
@@ -50,7 +52,6 @@ def prepare_mask(model: nn.Module, task: UnlearningTask, options: MaskOptions, s
 
     The applier restores frozen weights after every optimizer step (momentum and weight decay cannot move them).
     """
-    from concept_erase.saliency import SaliencyMask, compute_saliency
 
     if options.mask_path is not None:
         mask = SaliencyMask.load(options.mask_path, model)
@@ -58,8 +59,6 @@ def prepare_mask(model: nn.Module, task: UnlearningTask, options: MaskOptions, s
     elif options.mask == "none":
         return None, None
     else:
-        from classifiers.training import cross_entropy
-
         loader = DataLoader(task.forget, batch_size=batch_size)
         scores = compute_saliency(model, loader, cross_entropy, show_progress=False)
         mask = SaliencyMask.from_scores(scores, ratio=options.mask_ratio, loss_name="forget_ce")

@@ -47,12 +47,16 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from classifiers.data import UnlearningTask, load_dataset, make_class_task
-from concept_erase.errors import ConfigError
+from classifiers.mia import loss_mia, mia_efficacy
+from classifiers.models import load_model, predict_logits
+from concept_erase.core.errors import ConfigError
+from concept_erase.core.io import write_json
 
 __all__ = [
     "AVG_GAP_KEYS",
@@ -93,22 +97,6 @@ ORACLE_KEYS = (
     "avg_gap",
     "per_class_accuracy",
 )
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, dataset: TensorDataset, batch_size: int = 512) -> torch.Tensor:
-    """Logits ``(N, num_classes)`` of ``dataset`` on the CPU (model in eval mode; its training mode is restored).
-
-    Inputs go to the device of the model's first parameter. An empty dataset gives an empty ``(0, 0)`` tensor.
-    """
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    try:
-        logits = [model(x.to(device)).float().cpu() for x, _ in DataLoader(dataset, batch_size=batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(logits) if logits else torch.empty(0, 0)
 
 
 def predict(model: nn.Module, dataset: TensorDataset, batch_size: int = 512) -> torch.Tensor:
@@ -183,7 +171,6 @@ def _model_metrics(
     model: nn.Module, task: UnlearningTask, original: nn.Module | None, seed: int, batch_size: int
 ) -> dict:
     """The metrics of ``model`` alone (no oracle): accuracies, both attacks, distance to the original."""
-    from classifiers.mia import loss_mia, mia_efficacy
 
     sets = (task.retain, task.test_retain, task.forget)  # SalUn's MIA: test = the test split without forgotten classes
     loss_attack = loss_mia(model, *sets, seed=seed, batch_size=batch_size)
@@ -343,7 +330,6 @@ def plot_per_class_comparison(runs: dict[str, dict], path: str | Path, title: st
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    import numpy as np
 
     first = next(iter(runs.values()))
     classes = list(first["per_class_accuracy"])
@@ -396,7 +382,6 @@ def plot_metric_bars(rows: dict[str, dict], path: str | Path, title: str | None 
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    import numpy as np
 
     if not rows:
         raise ConfigError("plot_metric_bars needs at least one row of metrics")
@@ -437,8 +422,6 @@ class EvaluateConfig:
 
 def evaluate_model_dir(config: EvaluateConfig, out_dir: str | Path) -> dict:
     """Load ``config.model_dir``, evaluate it and write ``metrics.json`` and ``per_class_accuracy.png``."""
-    from classifiers.models import load_model
-    from concept_erase.io import write_json
 
     if not config.model_dir:
         raise ConfigError("model_dir is empty: name the classifier model directory to evaluate")

@@ -35,11 +35,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.svm import SVC
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from classifiers.metrics import predict_logits
-from concept_erase.errors import EmptyDataError
+from classifiers.models import predict_logits
+from concept_erase.core.errors import EmptyDataError
 
 __all__ = ["true_class_confidence", "per_sample_loss", "shadow_members", "mia_efficacy", "loss_mia"]
 
@@ -92,7 +95,6 @@ def mia_efficacy(
     The attacker is fit on :func:`shadow_members` of ``retain`` (``len(test)`` samples drawn with ``seed``; label 1)
     and on ``test`` (label 0); see the module docstring. Raises EmptyDataError when a set is empty.
     """
-    from sklearn.svm import SVC
 
     _check_sets(retain, test, forget)
     members = shadow_members(retain, len(test), seed)
@@ -115,8 +117,6 @@ def loss_mia(
     Returns ``{"non_member_rate": % of forget called non-members, "auc": % ROC AUC of the attacker's member
     probability, forget samples (positive) against test samples (negative)}``.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
 
     _check_sets(retain, test, forget)
     members = shadow_members(retain, len(test), seed)

@@ -16,10 +16,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from transformers import ViTConfig, ViTForImageClassification
 
-from concept_erase.config import config_to_dict, from_dict
-from concept_erase.errors import CheckpointError, ConfigError, InputNotFoundError
+from concept_erase.core.config import config_to_dict, from_dict
+from concept_erase.core.errors import CheckpointError, ConfigError, InputNotFoundError
 
 __all__ = [
     "MODELS",
@@ -133,7 +136,6 @@ class TinyViT(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        from transformers import ViTConfig, ViTForImageClassification
 
         self.config = config
         channels, height, width = config.input_shape
@@ -211,7 +213,6 @@ def is_model_dir(path: str | Path) -> bool:
 
 def save_model(model: nn.Module, directory: str | Path) -> Path:
     """Write ``model.safetensors`` and ``model_config.json`` into ``directory`` (created if needed)."""
-    from safetensors.torch import save_file
 
     config = getattr(model, "config", None)
     if not isinstance(config, ModelConfig):
@@ -231,7 +232,6 @@ def load_model(directory: str | Path) -> nn.Module:
         ConfigError: the directory does not exist or is not a model directory.
         CheckpointError: the files are corrupt or do not match the architecture they describe.
     """
-    from safetensors.torch import load_file
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -270,3 +270,19 @@ def _check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tenso
                 f"{path} does not match {CONFIG_NAME}: {name} has shape {tuple(state[name].shape)}, "
                 f"the config's architecture needs {tuple(tensor.shape)}"
             )
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, dataset: TensorDataset, batch_size: int = 512) -> torch.Tensor:
+    """Logits ``(N, num_classes)`` of ``dataset`` on the CPU (model in eval mode; its training mode is restored).
+
+    Inputs go to the device of the model's first parameter. An empty dataset gives an empty ``(0, 0)`` tensor.
+    """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        logits = [model(x.to(device)).float().cpu() for x, _ in DataLoader(dataset, batch_size=batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(logits) if logits else torch.empty(0, 0)

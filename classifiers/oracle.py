@@ -25,13 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from classifiers.data import DatasetSplits, UnlearningTask
 from classifiers.models import ModelConfig, load_model, save_model
 from classifiers.training import TrainConfig, fresh_model, reinitialise, train_recipe
-from concept_erase.config import config_to_dict
+from concept_erase.core.config import config_to_dict
+from concept_erase.core.io import atomic_output_dir, cache_dir, write_json
 
 __all__ = ["RECIPE_FIELDS", "Reference", "get_original", "get_oracle", "recipe_dict"]
 
@@ -81,14 +83,12 @@ def _key(kind: str, splits: DatasetSplits, template: nn.Module, recipe: TrainCon
 
 
 def _cache_path(key: dict) -> Path:
-    from concept_erase.io import cache_dir
 
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return cache_dir() / "classifiers" / f"{key['kind']}-{digest}"
 
 
 def _load(path: Path, template: nn.Module) -> nn.Module | None:
-    from safetensors.torch import load_file
 
     if not (path / _INFO).is_file():
         return None
@@ -100,9 +100,6 @@ def _load(path: Path, template: nn.Module) -> nn.Module | None:
 
 
 def _save(path: Path, model: nn.Module, key: dict, seconds: float) -> None:
-    from safetensors.torch import save_file
-
-    from concept_erase.io import atomic_output_dir, write_json
 
     with atomic_output_dir(path, overwrite=True) as tmp:
         if isinstance(getattr(model, "config", None), ModelConfig):

@@ -1,11 +1,11 @@
 """Plugin module (entry point ``concept_erase.plugins``): importing it registers the classifier methods."""
 
+import classifiers.distruction.method  # noqa: F401
 import classifiers.methods.amnesiac  # noqa: F401
 import classifiers.methods.amnesiac_relabel  # noqa: F401
 import classifiers.methods.bad_teacher  # noqa: F401
 import classifiers.methods.boundary_expand  # noqa: F401
 import classifiers.methods.boundary_shrink  # noqa: F401
-import classifiers.methods.distruction  # noqa: F401
 import classifiers.methods.finetune  # noqa: F401
 import classifiers.methods.grad_ascent  # noqa: F401
 import classifiers.methods.random_label  # noqa: F401

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from classifiers.data import load_dataset, subset_by_class
 from classifiers.models import ModelConfig, build_model
-from concept_erase.errors import ConfigError, EmptyDataError
+from concept_erase.core.errors import ConfigError, EmptyDataError, TrainingError
+from concept_erase.core.trainer import Trainer, TrainerConfig
 
 __all__ = [
     "TrainConfig",
@@ -86,15 +87,13 @@ def fit(
     max_grad_norm: float | None = 1.0,
     name: str = "training",
 ):
-    """Train ``model`` in place on ``dataset`` with the shared :class:`~concept_erase.trainer.Trainer`.
+    """Train ``model`` in place on ``dataset`` with the shared :class:`~concept_erase.core.trainer.Trainer`.
 
     With a ``work_dir`` and ``checkpointing_steps`` the run checkpoints there and resumes from the latest
     checkpoint when restarted (the pipeline runner keeps the work directory across failures). A NaN or infinite
-    loss stops the run with :class:`~concept_erase.errors.TrainingError` naming ``name``, the step and the
+    loss stops the run with :class:`~concept_erase.core.errors.TrainingError` naming ``name``, the step and the
     learning rate. ``loss_fn(model, batch)`` may be any loss over the batches of ``dataset``.
     """
-    from concept_erase.errors import TrainingError
-    from concept_erase.trainer import Trainer, TrainerConfig
 
     if len(dataset) == 0:
         raise EmptyDataError("the training set is empty: there is nothing to train on")

@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 
 from concept_erase import __version__
-from concept_erase.errors import ConceptEraseError, ConfigError, InputNotFoundError, UnknownNameError
+from concept_erase.core.errors import ConceptEraseError, ConfigError, InputNotFoundError, UnknownNameError
 
 PROG = "concept-erase"
 CONFIGS_DIR = Path(__file__).parent / "configs"
@@ -50,7 +50,7 @@ def _has_field(config_cls: type | None, name: str) -> bool:
 
 def _method_config(entry, args: argparse.Namespace):
     """The method's config from ``--config`` YAML and ``--set`` overrides; ``--seed`` sets its ``seed`` field."""
-    from concept_erase.config import load_config
+    from concept_erase.core.config import load_config
 
     overrides = list(args.set or [])
     if args.seed is not None and _has_field(entry.config_cls, "seed"):
@@ -61,7 +61,7 @@ def _method_config(entry, args: argparse.Namespace):
 
 
 def _check_output(args: argparse.Namespace) -> Path:
-    from concept_erase.io import check_output_dir
+    from concept_erase.core.io import check_output_dir
 
     return check_output_dir(args.output_dir, args.overwrite)
 
@@ -75,7 +75,7 @@ def _pct(value: float | None) -> str:
 
 def _config_values(args: argparse.Namespace) -> dict:
     """``--config`` YAML merged with ``--set`` overrides, as a plain mapping (validated by whoever builds from it)."""
-    from concept_erase.config import merge_dicts, parse_overrides, read_yaml
+    from concept_erase.core.config import merge_dicts, parse_overrides, read_yaml
 
     values = read_yaml(args.config) if args.config else {}
     return merge_dicts(values, parse_overrides(args.set)) if args.set else values
@@ -94,7 +94,7 @@ def _superclasses(spec: str | None) -> list[list[int]] | None:
 def _unlearn_job(args: argparse.Namespace):
     from classifiers.harness import UnlearnJob
     from classifiers.models import MODELS, is_model_dir
-    from concept_erase.config import parse_overrides
+    from concept_erase.core.config import parse_overrides
 
     model, weights = args.model, args.weights
     if model not in MODELS:  # a model directory (its own architecture), as earlier releases took
@@ -133,7 +133,7 @@ def _vs_oracle(metrics: dict, key: str) -> str:
 def cmd_unlearn(args: argparse.Namespace) -> int:
     from classifiers.harness import run_job, write_job
     from classifiers.training import warm_up
-    from concept_erase.io import RunRecorder, atomic_output_dir
+    from concept_erase.core.io import RunRecorder, atomic_output_dir
 
     job = _unlearn_job(args)
     out = _check_output(args)
@@ -155,8 +155,8 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from classifiers.bench import BenchConfig, run_bench
-    from concept_erase.config import from_dict
-    from concept_erase.io import atomic_output_dir
+    from concept_erase.core.config import from_dict
+    from concept_erase.core.io import atomic_output_dir
 
     values = _config_values(args)
     given = {
@@ -183,8 +183,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    from concept_erase.erasure import erase
-    from concept_erase.registry import get_method, list_methods
+    from concept_erase.core.registry import get_method, list_methods
+    from concept_erase.diffusion.erasure import erase
 
     try:
         entry = get_method(args.method, tag="diffusion")
@@ -224,8 +224,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def _is_diffusion_model(args: argparse.Namespace) -> bool:
-    from concept_erase.diffusion import looks_like_hub_id
-    from concept_erase.tiny_sd import resolve_model
+    from concept_erase.diffusion.loading import looks_like_hub_id
+    from concept_erase.diffusion.tiny_sd import resolve_model
 
     model = resolve_model(args.model)
     if (Path(model) / "model_index.json").is_file() or (Path(model) / "erasure.json").is_file():
@@ -235,7 +235,7 @@ def _is_diffusion_model(args: argparse.Namespace) -> bool:
 
 
 def cmd_evaluate_diffusion(args: argparse.Namespace) -> int:
-    from concept_erase.evaluation import EvaluationConfig, evaluate_erasure
+    from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure
 
     if args.forget_classes is not None:
         raise ConfigError(
@@ -271,7 +271,7 @@ def cmd_evaluate_diffusion(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from classifiers.metrics import EvaluateConfig, evaluate_model_dir
     from classifiers.models import is_model_dir
-    from concept_erase.io import RunRecorder, atomic_output_dir
+    from concept_erase.core.io import RunRecorder, atomic_output_dir
 
     if _is_diffusion_model(args):
         return cmd_evaluate_diffusion(args)
@@ -307,12 +307,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_oracle(args: argparse.Namespace) -> int:
     import shutil
 
-    from concept_erase.diffusion import load_pipeline
-    from concept_erase.digits import concept_index
-    from concept_erase.io import atomic_output_dir
-    from concept_erase.judge import load_judge
-    from concept_erase.oracle import find_oracle, get_oracle, oracle_recipe
-    from concept_erase.tiny_sd import DEFAULT_MODEL, resolve_model
+    from concept_erase.core.digits import concept_index
+    from concept_erase.core.io import atomic_output_dir
+    from concept_erase.diffusion.judge import load_judge
+    from concept_erase.diffusion.loading import load_pipeline
+    from concept_erase.diffusion.oracle import find_oracle, get_oracle, oracle_recipe
+    from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, resolve_model
 
     model = resolve_model(args.model or str(DEFAULT_MODEL))
     load_pipeline(model)  # a clear error for anything that is not a complete pipeline
@@ -373,7 +373,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from concept_erase.registry import METHODS, STEPS
+    from concept_erase.core.registry import METHODS, STEPS
 
     _say("methods:")
     for entry in METHODS:

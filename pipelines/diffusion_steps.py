@@ -4,8 +4,8 @@
 - ``evaluate_erasure``: the harness on a pipeline or an erasure directory -> ``erasure_metrics_path``;
 - ``erasure_report``: compare several evaluated erasures -> ``report_path`` (report.md, comparison.png, grid.png).
 
-The logic lives in :mod:`concept_erase.erasure`, :mod:`concept_erase.evaluation` and
-:mod:`concept_erase.erasure_report`; a step only connects it to files.
+The logic lives in :mod:`concept_erase.diffusion.erasure`, :mod:`concept_erase.diffusion.evaluation` and
+:mod:`concept_erase.diffusion.report`; a step only connects it to files.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from concept_erase.config import config_to_dict
-from concept_erase.errors import ConfigError
-from concept_erase.evaluation import EvaluationConfig, evaluate_erasure
-from concept_erase.registry import get_method, register_step
+from concept_erase.core.config import config_to_dict
+from concept_erase.core.errors import ConfigError
+from concept_erase.core.registry import get_method, register_step
+from concept_erase.diffusion.erasure import erase
+from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure
+from concept_erase.diffusion.report import summarize_evaluation, write_erasure_report
+from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL
 
 __all__ = ["EraseStepConfig", "EvaluateErasureStepConfig", "ErasureReportStepConfig"]
 
@@ -42,7 +45,6 @@ class EraseStepConfig:
 @register_step("erase", EraseStepConfig)
 def erase_step(context, config: EraseStepConfig) -> dict:
     """Erase concepts from a diffusion model (artifact + erasure.json in the step directory)."""
-    from concept_erase.erasure import erase
 
     record = erase(
         config.model or None, config.method, config.concepts, dict(config.config), context.step_dir, atomic=False
@@ -66,7 +68,6 @@ class EvaluateErasureStepConfig:
 @register_step("evaluate_erasure", EvaluateErasureStepConfig)
 def evaluate_erasure_step(context, config: EvaluateErasureStepConfig) -> dict:
     """Forget / retain accuracy, Frechet distances, gaps to the oracle; metrics.json, grid.png, report.md."""
-    from concept_erase.tiny_sd import DEFAULT_MODEL
 
     metrics = evaluate_erasure(
         config.model or str(DEFAULT_MODEL),
@@ -93,7 +94,6 @@ class ErasureReportStepConfig:
 @register_step("erasure_report", ErasureReportStepConfig)
 def erasure_report_step(context, config: ErasureReportStepConfig) -> dict:
     """Tabulate forget / retain accuracy, distance, time, memory and artifact size per erasure; plot; grid."""
-    from concept_erase.erasure_report import summarize_evaluation, write_erasure_report
 
     ids = context.outputs_with("erasure_metrics_path", config.evaluations, what="evaluate_erasure")
     rows = [summarize_evaluation(s.removeprefix("eval_"), context.outputs[s]["erasure_metrics_path"]) for s in ids]

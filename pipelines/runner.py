@@ -7,7 +7,7 @@ A pipeline file::
     seed: 0                             # default for every step config that has a `seed` field
     steps:
       - name: train                     # unique step id (a directory name)
-        step: train_classifier          # a step type registered with concept_erase.registry.register_step
+        step: train_classifier          # a step type registered with concept_erase.core.registry.register_step
         config: {epochs: 20}
       - name: evaluate
         step: evaluate_classifier
@@ -41,10 +41,10 @@ from typing import Any
 
 import yaml
 
-from concept_erase.config import config_to_dict, dump_config, from_dict, merge_dicts, parse_overrides, read_yaml
-from concept_erase.errors import ConceptEraseError, ConfigError, OutputExistsError, PipelineError
-from concept_erase.io import RunRecorder, atomic_file, atomic_output_dir, check_output_dir
-from concept_erase.registry import Entry, get_step
+from concept_erase.core.config import config_to_dict, dump_config, from_dict, merge_dicts, parse_overrides, read_yaml
+from concept_erase.core.errors import ConceptEraseError, ConfigError, OutputExistsError, PipelineError
+from concept_erase.core.io import RunRecorder, atomic_file, atomic_output_dir, check_output_dir
+from concept_erase.core.registry import Entry, get_step
 
 __all__ = ["PipelineConfig", "StepSpec", "StepContext", "Pipeline", "load_pipeline", "run_pipeline", "MANIFEST_NAME"]
 

@@ -1,4 +1,4 @@
-"""Pipeline steps for classifier unlearning, registered with :func:`concept_erase.registry.register_step`.
+"""Pipeline steps for classifier unlearning, registered with :func:`concept_erase.core.registry.register_step`.
 
 Each step is ``fn(context, config) -> dict`` of outputs and writes only into ``context.step_dir``. The logic lives in
 :mod:`classifiers`; a step only connects it to files. Step types:
@@ -11,7 +11,7 @@ Each step is ``fn(context, config) -> dict`` of outputs and writes only into ``c
 - ``report``: a table of every evaluation (with gaps to a reference, normally the retrained model) -> ``report_path``.
 
 The diffusion steps (``erase``, ``evaluate_erasure``, ``erasure_report``) live in :mod:`pipelines.diffusion_steps`,
-imported at the end of this module so the one plugin entry point registers every step.
+a plugin of its own (both are announced in ``pyproject.toml``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from torch.utils.data import DataLoader
+
 from classifiers.bench import BenchConfig, run_bench
 from classifiers.data import load_dataset, make_class_task
 from classifiers.harness import make_method_config
@@ -29,10 +31,11 @@ from classifiers.methods import get_classifier_method
 from classifiers.metrics import EvaluateConfig, accuracy, evaluate_model_dir, plot_per_class_comparison
 from classifiers.models import load_model, save_model
 from classifiers.training import TrainConfig, cross_entropy, train_classifier
-from concept_erase.config import config_to_dict
-from concept_erase.errors import ConfigError
-from concept_erase.io import write_json
-from concept_erase.registry import register_step
+from concept_erase.core.config import config_to_dict, merge_dicts, parse_overrides
+from concept_erase.core.errors import ConfigError
+from concept_erase.core.io import write_json
+from concept_erase.core.registry import register_step
+from concept_erase.core.saliency import SaliencyMask, compute_saliency
 
 __all__ = ["SaliencyMaskConfig", "UnlearnStepConfig", "ReportConfig", "method_config"]
 
@@ -82,9 +85,6 @@ class SaliencyMaskConfig:
 @register_step("saliency_mask", SaliencyMaskConfig)
 def saliency_mask_step(context, config: SaliencyMaskConfig) -> dict:
     """Compute a saliency mask for forgetting the given classes."""
-    from torch.utils.data import DataLoader
-
-    from concept_erase.saliency import SaliencyMask, compute_saliency
 
     model = load_model(_need(config.model_dir, "model_dir"))
     task = make_class_task(load_dataset(config.dataset, config.data_seed, config.test_size), config.forget_classes)
@@ -102,7 +102,6 @@ def saliency_mask_step(context, config: SaliencyMaskConfig) -> dict:
 
 def method_config(method: str, values: dict | None, seed: int | None = None, overrides: list[str] | None = None):
     """Build a classifier method's config; its ``seed`` defaults to ``seed`` when the method has one."""
-    from concept_erase.config import merge_dicts, parse_overrides
 
     values = merge_dicts(values or {}, parse_overrides(overrides)) if overrides else values
     return make_method_config(method, values, seed)
@@ -239,6 +238,3 @@ def _markdown(report: dict, root: Path) -> str:
         lines.append(f"- {row['step']}: `{model_dir}`")
     lines += ["", "![per-class test accuracy](per_class_accuracy.png)"]
     return "\n".join(lines) + "\n"
-
-
-import pipelines.diffusion_steps  # noqa: E402,F401  (registers the diffusion steps)

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return _finish(rows, summary, output)
 
     from classifiers.bench import BenchConfig, run_bench
-    from concept_erase.config import load_config, read_yaml
+    from concept_erase.core.config import load_config, read_yaml
 
     grid = read_yaml(args.config)["steps"][0]["config"]
     config = load_config(BenchConfig, grid, args.set)

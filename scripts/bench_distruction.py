@@ -34,13 +34,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     import classifiers.plugin  # noqa: F401
-    from classifiers.bgd import prepare_model
     from classifiers.data import load_dataset, make_task
+    from classifiers.distruction.bgd import prepare_model
     from classifiers.harness import UnlearnJob, make_method_config, run_job
     from classifiers.methods import unlearn
     from classifiers.models import ModelConfig
     from classifiers.training import TrainConfig, fresh_model, train_recipe
-    from concept_erase.config import parse_overrides
+    from concept_erase.core.config import parse_overrides
 
     overrides = parse_overrides(args.set) if args.set else {}
     rows = []

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from concept_erase.io import package_versions
+from concept_erase.core.io import package_versions
 from pipelines.cli import CONFIGS_DIR
 from pipelines.runner import load_pipeline
 

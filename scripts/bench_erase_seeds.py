@@ -16,10 +16,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from concept_erase.config import parse_overrides, read_yaml
-from concept_erase.erasure import erase
-from concept_erase.evaluation import EvaluationConfig, evaluate_erasure
-from concept_erase.io import package_versions
+from concept_erase.core.config import parse_overrides, read_yaml
+from concept_erase.core.io import package_versions
+from concept_erase.diffusion.erasure import erase
+from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure
 from pipelines.cli import CONFIGS_DIR
 
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from concept_erase.diffusion import load_pipeline, save_weights_adapter
-from concept_erase.evaluation import EvaluationConfig, evaluate_erasure
-from concept_erase.io import package_versions
-from concept_erase.tiny_sd import DEFAULT_MODEL, RECIPE_FILE
+from concept_erase.core.io import package_versions
+from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure
+from concept_erase.diffusion.loading import load_pipeline, save_weights_adapter
+from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, RECIPE_FILE
 
 
 def main() -> None:

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from concept_erase.io import package_versions, write_json
-from concept_erase.saliency import SaliencyMask, compute_saliency
+from concept_erase.core.io import package_versions, write_json
+from concept_erase.core.saliency import SaliencyMask, compute_saliency
 
 SD15_UNET = {  # the Stable Diffusion 1.5 UNet's config (runwayml/stable-diffusion-v1-5, unet/config.json)
     "sample_size": 64,

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from concept_erase.io import package_versions
-from concept_erase.trainer import Trainer, TrainerConfig
+from concept_erase.core.io import package_versions
+from concept_erase.core.trainer import Trainer, TrainerConfig
 
 MODELS = {
     # a digits-sized MLP: the smallest realistic step, where loop overhead is most visible

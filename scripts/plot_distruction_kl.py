@@ -37,11 +37,11 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     import classifiers.plugin  # noqa: F401
-    from classifiers.bgd import prepare_model
     from classifiers.data import make_task
+    from classifiers.distruction.bgd import prepare_model
+    from classifiers.distruction.method import DistructionConfig
     from classifiers.harness import UnlearnJob, load_splits, original_reference
     from classifiers.methods import unlearn
-    from classifiers.methods.distruction import DistructionConfig
 
     job = UnlearnJob(method="distruction", dataset=args.dataset, model=args.model, forget=args.forget, seed=args.seed)
     splits = load_splits(job)

@@ -1,6 +1,6 @@
 """Train the evaluation classifier that judges generated digits and check it on held-out real digits.
 
-    python scripts/train_judge.py                 # -> concept_erase/assets/digit-judge (seed 0)
+    python scripts/train_judge.py                 # -> concept_erase/diffusion/assets/digit-judge (seed 0)
 
 It is trained on the same fixed training split as the tiny Stable Diffusion and used only to label generated images
 and to provide the features of the Frechet distance; its held-out accuracy is stored in ``judge_config.json``.
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from concept_erase.io import atomic_output_dir
-from concept_erase.judge import DEFAULT_JUDGE, JudgeConfig, save_judge, train_judge
+from concept_erase.core.io import atomic_output_dir
+from concept_erase.diffusion.judge import DEFAULT_JUDGE, JudgeConfig, save_judge, train_judge
 
 
 def main() -> None:

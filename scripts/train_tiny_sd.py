@@ -1,8 +1,8 @@
 """Train the embedded tiny Stable Diffusion (or its retrain oracle) and save it in diffusers format.
 
-    python scripts/train_tiny_sd.py                                    # -> concept_erase/assets/tiny-sd
+    python scripts/train_tiny_sd.py                                    # -> concept_erase/diffusion/assets/tiny-sd
     python scripts/train_tiny_sd.py --exclude_concept seven \\
-        --output_dir concept_erase/assets/tiny-sd-without-seven        # the oracle shipped for the demo
+        --output_dir concept_erase/diffusion/assets/tiny-sd-without-seven        # the oracle shipped for the demo
 
 The shipped models were produced by exactly these two commands (seed 0, digits). Every component is a real
 diffusers / transformers class; the result loads with ``StableDiffusionPipeline.from_pretrained(output_dir)``.
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from concept_erase.io import atomic_output_dir, peak_memory_bytes
-from concept_erase.tiny_sd import DEFAULT_MODEL, TinySDConfig, save_pipeline, train_tiny_sd
+from concept_erase.core.io import atomic_output_dir, peak_memory_bytes
+from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, TinySDConfig, save_pipeline, train_tiny_sd
 
 
 def main() -> None:

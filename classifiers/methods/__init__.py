@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from classifiers.data import UnlearningTask
-from concept_erase.registry import Entry, get_method
+from concept_erase.core.registry import Entry, get_method
 
 __all__ = ["TAG", "get_classifier_method", "unlearn"]
 

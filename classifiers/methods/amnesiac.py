@@ -28,6 +28,7 @@ steps removed), RA after 1 / 2 / 5 repair epochs: 88.2 / 96.1 / 99.0 (the retrai
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -35,14 +36,16 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
 from classifiers.training import TrainConfig, check_schedule, fit, reinitialise
-from concept_erase.errors import ConfigError, InputNotFoundError
-from concept_erase.registry import register_method
+from concept_erase.core.errors import ConfigError, InputNotFoundError
+from concept_erase.core.registry import register_method
 
 __all__ = ["AmnesiacConfig", "UpdateRecorder", "amnesiac", "load_records", "record_training", "training_set"]
 
@@ -138,7 +141,6 @@ def _replay(model: nn.Module, train_set: TensorDataset, recipe: TrainConfig, rec
 def record_training(model: nn.Module, train_set: TensorDataset, recipe: TrainConfig, path: str | Path) -> dict:
     """Train ``model`` in place from its current (initial) weights with ``recipe`` on ``train_set`` — the same
     weights as :func:`~classifiers.training.train_recipe` gives — and write every step's update to ``path``."""
-    from safetensors.torch import save_file
 
     initial = {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
     start = time.perf_counter()
@@ -162,7 +164,6 @@ def record_training(model: nn.Module, train_set: TensorDataset, recipe: TrainCon
 def load_records(path: str | Path, model: nn.Module, forget: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
     """The float64 sum of the recorded updates of the batches that held a ``forget`` sample, per parameter, and the
     records' info. Records of another model, or of a training set of another size, raise ConfigError."""
-    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -204,7 +205,6 @@ def training_set(task: UnlearningTask) -> tuple[TensorDataset, torch.Tensor]:
 def _recreate(model: nn.Module, task: UnlearningTask, config: AmnesiacConfig) -> tuple[dict, dict]:
     """Re-run the recipe from the initial weights, keeping the sum of the updates to remove; check the re-run
     reproduces ``model``."""
-    import copy
 
     train_set, forget = training_set(task)
     replica = copy.deepcopy(model)

@@ -43,8 +43,8 @@ from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
 from classifiers.models import classifier_head
 from classifiers.training import check_schedule, fit_method, fit_summary
-from concept_erase.errors import ConfigError
-from concept_erase.registry import register_method
+from concept_erase.core.errors import ConfigError
+from concept_erase.core.registry import register_method
 
 __all__ = ["BoundaryExpandConfig", "boundary_expand", "shadow_class", "widen_head"]
 

@@ -17,7 +17,7 @@ from torch import nn
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
 from classifiers.training import check_schedule, fit_method, fit_summary
-from concept_erase.registry import register_method
+from concept_erase.core.registry import register_method
 
 __all__ = ["FinetuneConfig", "finetune"]
 

@@ -4,7 +4,7 @@ Thudi et al., "Unrolling SGD: Understanding Factors Influencing Machine Unlearni
 al. (CVPR 2020), as benchmarked by SalUn (Fan et al., ICLR 2024): a few epochs of SGD on ``-CE(forget set)`` at a
 small learning rate. Nothing anchors the retained data, so the learning rate and the number of epochs decide how much
 collateral damage is done; the loss is unbounded below, and a diverging run stops with
-:class:`~concept_erase.errors.TrainingError` naming the step. With ``mask: saliency`` only the salient weights change.
+:class:`~concept_erase.core.errors.TrainingError` naming the step. With ``mask: saliency`` only the salient weights change.
 
 Default optimizer: Adam rather than the papers' SGD. On a model that fits its training data with near-certainty the
 cross-entropy gradient of the forget set starts out vanishingly small, so SGD either barely moves or, once the loss
@@ -24,7 +24,7 @@ from torch import nn
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
 from classifiers.training import check_schedule, fit_method, fit_summary
-from concept_erase.registry import register_method
+from concept_erase.core.registry import register_method
 
 __all__ = ["GradAscentConfig", "grad_ascent", "negative_cross_entropy"]
 

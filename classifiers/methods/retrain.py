@@ -17,8 +17,8 @@ from torch import nn
 
 from classifiers.data import UnlearningTask
 from classifiers.training import TrainConfig, fit_summary, reinitialise, train_recipe
-from concept_erase.errors import ConfigError
-from concept_erase.registry import register_method
+from concept_erase.core.errors import ConfigError
+from concept_erase.core.registry import register_method
 
 __all__ = ["RetrainConfig", "retrain"]
 

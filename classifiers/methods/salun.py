@@ -20,7 +20,7 @@ from torch import nn
 
 from classifiers.data import UnlearningTask
 from classifiers.methods.random_label import RandomLabelConfig, random_label_unlearn
-from concept_erase.registry import register_method
+from concept_erase.core.registry import register_method
 
 __all__ = ["SalunConfig", "SalunRandomMaskConfig", "salun", "salun_random_mask"]
 

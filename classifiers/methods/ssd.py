@@ -35,8 +35,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
-from concept_erase.errors import ConfigError
-from concept_erase.registry import register_method
+from concept_erase.core.errors import ConfigError
+from concept_erase.core.registry import register_method
 
 __all__ = ["VIT_SELECTION_WEIGHTING", "SSDConfig", "dampen", "fisher_importance", "ssd"]
 

@@ -36,8 +36,8 @@ from torch.utils.data import TensorDataset
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
 from classifiers.training import check_schedule, fit
-from concept_erase.errors import ConfigError
-from concept_erase.registry import register_method
+from concept_erase.core.errors import ConfigError
+from concept_erase.core.registry import register_method
 
 __all__ = ["UnsirConfig", "error_maximising_noise", "noise_objective", "unsir"]
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from concept_erase.errors import ConfigError
+from classifiers.data import DatasetSplits
+from concept_erase.core.errors import ConfigError
 
 __all__ = ["AGGREGATIONS", "aggregate", "as_inputs", "training_data", "Ensemble"]
 
@@ -16,7 +17,6 @@ AGGREGATIONS = ("vote", "mean", "weighted")
 
 def as_inputs(X) -> torch.Tensor:
     """Inputs as a float32 tensor from a tensor, an array, a TensorDataset or DatasetSplits (its test split)."""
-    from classifiers.data import DatasetSplits
 
     if isinstance(X, DatasetSplits):
         X = X.test
@@ -30,7 +30,6 @@ def as_inputs(X) -> torch.Tensor:
 
 
 def training_data(X, y) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    from classifiers.data import DatasetSplits
 
     info: dict = {"dataset": "tensors", "split": None, "num_classes": None}
     if isinstance(X, DatasetSplits):

@@ -25,7 +25,7 @@ def _pct(value: float | None) -> str:
 
 def _parse_indices(args: argparse.Namespace) -> list[int] | None:
     from classifiers.data import read_indices
-    from concept_erase.errors import ConfigError
+    from concept_erase.core.errors import ConfigError
 
     if args.indices and args.indices_file:
         raise ConfigError("give either --indices or --indices-file, not both")
@@ -56,7 +56,7 @@ def cmd_sisa_train(args: argparse.Namespace) -> int:
 
     from classifiers.data import load_dataset
     from classifiers.sisa import SISAClassifier
-    from concept_erase.errors import ConfigError, InputNotFoundError
+    from concept_erase.core.errors import ConfigError, InputNotFoundError
 
     splits = load_dataset(args.dataset)
     probabilities = None
@@ -93,7 +93,7 @@ def cmd_sisa_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sisa_forget(args: argparse.Namespace) -> int:
-    from concept_erase.errors import ConfigError
+    from concept_erase.core.errors import ConfigError
 
     indices = _parse_indices(args)
     if indices is None:

@@ -29,13 +29,15 @@ import torch
 from sklearn.base import BaseEstimator
 from torch import nn
 from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
 
+from classifiers.data import DatasetSplits, load_dataset
 from classifiers.models import ModelConfig
 from classifiers.sisa.aggregation import AGGREGATIONS, Ensemble, aggregate, as_inputs, training_data
 from classifiers.sisa.sharding import STRATEGIES, check_probabilities, make_shards
 from classifiers.sisa.store import SISAStore, build_manifest, fingerprint_tensors
 from classifiers.sisa.training import Distribution, SliceRecipe, derive_seed, initial_model, train_stage
-from concept_erase.errors import ConfigError, NotFittedError
+from concept_erase.core.errors import ConfigError, NotFittedError
 
 __all__ = ["SISAClassifier", "single_model_epochs", "stage_epochs"]
 
@@ -165,7 +167,6 @@ class SISAClassifier(BaseEstimator):
     @classmethod
     def from_store(cls, store, dataset=None, model: nn.Module | None = None, **params) -> SISAClassifier:
         """Reopen a store; ``dataset`` defaults to the one named in its manifest (reloaded and checked)."""
-        from classifiers.data import load_dataset
 
         manifest = SISAStore(store).manifest()
         if dataset is None:
@@ -222,7 +223,6 @@ class SISAClassifier(BaseEstimator):
     def _bring_up_to_date(self, track_resumed: bool = True) -> dict[int, list[int]]:
         """Train every missing stage for the ledger's deleted set (resuming an interrupted request), record it, and
         load the ensemble. Called with the store locked."""
-        from tqdm.auto import tqdm
 
         dist, store = self.dist_, self.store_
         records = store.ledger()
@@ -332,7 +332,6 @@ class SISAClassifier(BaseEstimator):
 
     def score(self, X, y=None) -> float:
         """Accuracy on ``X`` (a TensorDataset or DatasetSplits carries its labels; else pass ``y``)."""
-        from classifiers.data import DatasetSplits
 
         if isinstance(X, DatasetSplits):
             X = X.test

@@ -21,8 +21,9 @@ dropped. Within a shard the order is shuffled with the seed (except ``distributi
 from __future__ import annotations
 
 import numpy as np
+from sklearn.cluster import KMeans
 
-from concept_erase.errors import ConfigError
+from concept_erase.core.errors import ConfigError
 
 __all__ = ["STRATEGIES", "make_shards", "check_probabilities"]
 
@@ -67,7 +68,6 @@ def _order(strategy: str, n: int, n_shards: int, rng, labels, inputs, probabilit
     if strategy == "kmeans":
         if inputs is None:
             raise ConfigError("strategy 'kmeans' needs the training inputs")
-        from sklearn.cluster import KMeans
 
         flat = np.asarray(inputs, dtype=np.float64).reshape(n, -1)
         seed = int(rng.integers(2**31 - 1))

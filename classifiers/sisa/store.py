@@ -32,8 +32,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save
 
-from concept_erase.errors import InputNotFoundError, StoreError
+from concept_erase.core.config import config_to_dict
+from concept_erase.core.errors import InputNotFoundError, StoreError
 
 __all__ = ["FORMAT_VERSION", "IDENTITY_KEYS", "SISAStore", "build_manifest", "fingerprint_tensors"]
 
@@ -55,7 +57,6 @@ def fingerprint_tensors(*tensors: torch.Tensor) -> str:
 def build_manifest(info: dict, fingerprint: str, num_samples: int, template, recipe, params: dict) -> dict:
     """The manifest of a store: the dataset (``info``: name, split, num_classes), its fingerprint, the model (a
     ModelConfig as a dict, or a module's class and parameter shapes), the recipe and the SISA parameters."""
-    from concept_erase.config import config_to_dict
 
     if isinstance(template, torch.nn.Module):
         shapes = {k: list(v.shape) for k, v in template.state_dict().items()}
@@ -204,13 +205,11 @@ class SISAStore:
         return self.checkpoint_path(key).is_file()
 
     def save_checkpoint(self, key: str, state: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         _write_atomic(self.checkpoint_path(key), save(tensors))
 
     def load_checkpoint(self, key: str) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
 
         path = self.checkpoint_path(key)
         if not path.is_file():

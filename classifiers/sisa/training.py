@@ -1,6 +1,6 @@
 """The per-stage training loop of SISA: a plain, local, deterministic loop.
 
-Why not the shared :class:`~concept_erase.trainer.Trainer`? It is an Accelerate loop: under ``torchrun`` or
+Why not the shared :class:`~concept_erase.core.trainer.Trainer`? It is an Accelerate loop: under ``torchrun`` or
 ``accelerate launch`` it wraps the model in DistributedDataParallel and splits every batch across processes. SISA
 distributes over *shards* instead (rank ``k`` trains shards ``k, k+W, ...`` on its own), so each stage must train in
 one process, unwrapped. This loop is the same recipe (optimizer, learning rate, weight decay, gradient clipping at
@@ -19,8 +19,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from classifiers.models import ModelConfig
-from concept_erase.errors import ConfigError, TrainingError
+from classifiers.models import ModelConfig, build_model
+from classifiers.training import reinitialise
+from concept_erase.core.errors import ConfigError, TrainingError
 
 __all__ = ["Distribution", "SliceRecipe", "derive_seed", "initial_model", "train_stage"]
 
@@ -67,8 +68,6 @@ def derive_seed(*parts) -> int:
 
 def initial_model(template: ModelConfig | nn.Module, seed: int, shard: int) -> nn.Module:
     """Shard ``shard``'s initial weights, drawn with a seed derived from ``(seed, shard)``."""
-    from classifiers.models import build_model
-    from classifiers.training import reinitialise
 
     init_seed = derive_seed(seed, shard, "init")
     if isinstance(template, ModelConfig):

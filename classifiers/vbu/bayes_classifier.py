@@ -18,6 +18,7 @@ informative for a network, and ``lambda = 1`` is no unlearning. Scored with :fun
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from classifiers.data import load_dataset, make_task
+from classifiers.metrics import unlearning_metrics
 from classifiers.vbu.unlearn import check_lambda, in_adjusted_region
 
 __all__ = ["BayesMLP", "DigitsConfig", "fit_vi", "eubo_meanfield", "rkl_meanfield", "run_digits"]
@@ -136,7 +139,6 @@ def rkl_meanfield(model: BayesMLP, x_e, y_e, lam: float, num_samples: int, seed:
 
 
 def _copy(model: BayesMLP) -> BayesMLP:
-    import copy
 
     return copy.deepcopy(model)
 
@@ -155,8 +157,6 @@ class DigitsConfig:
 
 def run_digits(config: DigitsConfig | None = None) -> dict:
     """Original (VI on train), oracle (VI on retain), EUBO / rKL per lambda; harness metrics vs the oracle."""
-    from classifiers.data import load_dataset, make_task
-    from classifiers.metrics import unlearning_metrics
 
     config = config or DigitsConfig()
     lambdas = [check_lambda(v) for v in config.lambdas]

@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from concept_erase.errors import ConfigError
+from concept_erase.core.errors import ConfigError
 
 __all__ = ["add_vbu_parser", "cmd_vbu", "write_moons"]
 
@@ -39,7 +39,7 @@ def _map_panels(result: dict) -> tuple[dict, tuple]:
 def write_moons(result: dict, out_dir) -> list[str]:
     """results.json and the figures into ``out_dir``; returns the file names written."""
     from classifiers.vbu.plots import plot_kl_vs_lambda, plot_maps
-    from concept_erase.io import write_json
+    from concept_erase.core.io import write_json
 
     data = result["data"]
     write_json(
@@ -71,7 +71,7 @@ def _summary_lines(result: dict) -> list[str]:
 
 def _moons(args: argparse.Namespace, say) -> int:
     from classifiers.vbu.experiment import MoonsConfig, run_moons
-    from concept_erase.io import RunRecorder, atomic_output_dir, check_output_dir
+    from concept_erase.core.io import RunRecorder, atomic_output_dir, check_output_dir
 
     config = MoonsConfig(
         shards=_csv(int, args.shards, "shards"),
@@ -100,7 +100,7 @@ def _moons(args: argparse.Namespace, say) -> int:
 
 def _digits(args: argparse.Namespace, say) -> int:
     from classifiers.vbu.bayes_classifier import DigitsConfig, run_digits
-    from concept_erase.io import RunRecorder, atomic_output_dir, check_output_dir, write_json
+    from concept_erase.core.io import RunRecorder, atomic_output_dir, check_output_dir, write_json
 
     config = DigitsConfig(forget=args.forget, seed=args.seed)
     if args.lambdas:

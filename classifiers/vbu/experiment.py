@@ -18,11 +18,12 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from sklearn.datasets import make_moons
 
 from classifiers.vbu.gp import NotPositiveDefiniteError, SparseGPClassifier
 from classifiers.vbu.shards import AGGREGATIONS, METHODS, SHARD_MODES, ShardedGPUnlearner, check_erase_indices
 from classifiers.vbu.unlearn import check_lambda
-from concept_erase.errors import ConfigError
+from concept_erase.core.errors import ConfigError
 
 __all__ = ["DEFAULT_LAMBDAS", "MoonsConfig", "bernoulli_kl", "moons_data", "run_moons"]
 
@@ -65,7 +66,6 @@ class MoonsConfig:
 
 def moons_data(config: MoonsConfig):
     """``X, y, Z`` and the erased indices of the protocol."""
-    from sklearn.datasets import make_moons
 
     X, y = make_moons(n_samples=config.n_samples, noise=config.noise, random_state=0)
     Z = make_moons(n_samples=20, noise=config.noise, random_state=0)[0]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from concept_erase.errors import ConfigError, TrainingError
+from concept_erase.core.errors import ConfigError, TrainingError
 
 __all__ = [
     "DTYPE",

@@ -26,7 +26,7 @@ import torch
 
 from classifiers.vbu.gp import GaussianPosterior, SparseGPClassifier, safe_cholesky
 from classifiers.vbu.unlearn import UnlearnResult, check_lambda, eubo_unlearn, rkl_unlearn
-from concept_erase.errors import ConfigError, EmptyDataError, NotFittedError
+from concept_erase.core.errors import ConfigError, EmptyDataError, NotFittedError
 
 __all__ = [
     "AGGREGATIONS",

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from classifiers.vbu.gp import DTYPE, GaussianParams, GaussianPosterior, kl_gaussians
-from concept_erase.errors import ConfigError, TrainingError
+from concept_erase.core.errors import ConfigError, TrainingError
 
 __all__ = ["UnlearnResult", "check_lambda", "in_adjusted_region", "eubo_unlearn", "rkl_unlearn"]
 

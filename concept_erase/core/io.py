@@ -1,0 +1,173 @@
+"""Writing outputs: atomic output directories and the run record every output carries.
+
+Every run builds its output in a temporary sibling directory and renames it into place only when it succeeded, so a
+crash or an error never leaves a half-written output. An existing non-empty output directory is refused unless the
+caller asks to overwrite it. Inputs are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from concept_erase.core.config import config_to_dict
+from concept_erase.core.errors import OutputExistsError
+
+__all__ = [
+    "cache_dir",
+    "atomic_file",
+    "atomic_output_dir",
+    "check_output_dir",
+    "package_versions",
+    "peak_memory_bytes",
+    "RunRecorder",
+    "write_json",
+]
+
+_TRACKED_PACKAGES = (
+    "concept-erase",
+    "torch",
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "peft",
+    "safetensors",
+    "scikit-learn",
+    "numpy",
+)
+
+
+def check_output_dir(path: str | Path, overwrite: bool = False) -> Path:
+    """Refuse an existing non-empty directory (or a file) at ``path`` unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"output path {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise OutputExistsError(f"output directory {path} exists and is not empty; pass --overwrite to replace it")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary sibling of ``path``; on success rename it to ``path``, on error delete it.
+
+    With ``overwrite`` an existing directory is replaced only after the new one is complete.
+    """
+    final = check_output_dir(path, overwrite).absolute()
+    created = [p for p in final.parents if not p.exists()]  # parents this call creates, deepest first
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for parent in created:  # leave the file system as we found it
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _TRACKED_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def peak_memory_bytes() -> dict[str, int]:
+    """Peak resident memory of this process (and peak CUDA allocation when CUDA is in use), in bytes."""
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux, bytes on macOS
+    out = {"cpu_peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out["cuda_peak_allocated"] = int(torch.cuda.max_memory_allocated())
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def cache_dir() -> Path:
+    """``$CONCEPT_ERASE_CACHE``, else ``~/.cache/concept-erase`` (oracles, original models, generations)."""
+    return Path(os.environ.get("CONCEPT_ERASE_CACHE", Path.home() / ".cache" / "concept-erase"))
+
+
+class RunRecorder:
+    """Collects what every output directory records: config, seeds, versions, wall time and peak memory.
+
+    Use as a context manager around the work and call :meth:`write` with the output directory.
+    """
+
+    def __init__(self, kind: str, config: Any = None, seed: int | None = None, **extra: Any):
+
+        self.record: dict[str, Any] = {
+            "kind": kind,
+            "config": config_to_dict(config),
+            "seed": seed,
+            "argv": list(sys.argv),
+            "versions": package_versions(),
+            **extra,
+        }
+        self._start: float | None = None
+
+    def __enter__(self) -> RunRecorder:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.record["wall_time_s"] = round(time.perf_counter() - (self._start or time.perf_counter()), 4)
+        self.record["peak_memory"] = peak_memory_bytes()
+
+    def write(self, out_dir: str | Path, name: str = "run.json") -> Path:
+        path = Path(out_dir) / name
+        write_json(path, self.record)
+        return path

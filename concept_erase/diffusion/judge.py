@@ -1,0 +1,147 @@
+"""The evaluation classifier that judges generated digits (never used to train or erase anything).
+
+    judge = load_judge()                                  # the embedded judge (concept_erase/diffusion/assets/digit-judge)
+    logits, features = judge.classify(images)             # images (N, 1, H, W) in [0, 1], any H, W
+    judge.labels                                          # ("zero", ..., "nine")
+
+``scripts/train_judge.py`` trains it with the shared trainer on the fixed training split of real digits and records
+its accuracy on the held-out split in ``judge_config.json``. Its penultimate features feed the Frechet distance.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from concept_erase.core.digits import CONCEPTS, fixed_split, load_digit_arrays
+from concept_erase.core.errors import InputNotFoundError
+from concept_erase.core.trainer import Trainer, TrainerConfig
+
+__all__ = ["DEFAULT_JUDGE", "DigitJudge", "JudgeConfig", "load_judge", "save_judge", "train_judge"]
+
+DEFAULT_JUDGE = Path(__file__).parent / "assets" / "digit-judge"
+_CONFIG_FILE = "judge_config.json"
+_WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class JudgeConfig:
+    labels: list[str] = field(default_factory=lambda: list(CONCEPTS))
+    resolution: int = 8
+    channels: int = 32
+    feature_dim: int = 32
+    dataset: str = "digits"
+    seed: int = 0
+    max_train_steps: int = 1500
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    noise_std: float = 0.05  # input noise during training, so slightly imperfect generations are judged robustly
+    test_accuracy: float | None = None  # filled in after training, on the held-out split of real digits
+
+
+class DigitJudge(nn.Module):
+    """A small CNN: two conv stages, a ``feature_dim`` penultimate layer (the Frechet features), a linear head."""
+
+    def __init__(self, config: JudgeConfig):
+        super().__init__()
+        self.config = config
+        c, r = config.channels, config.resolution
+        self.body = nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c, 2 * c, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * c * (r // 2) ** 2, config.feature_dim),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(config.feature_dim, len(config.labels))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.config.labels)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(images * 2 - 1))
+
+    def _resize(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"images must be (N, 1 or 3, H, W), got shape {tuple(images.shape)}")
+        if images.shape[1] == 3:
+            images = images.mean(dim=1, keepdim=True)
+        r = self.config.resolution
+        if images.shape[-2:] != (r, r):
+            images = nn.functional.interpolate(images, size=(r, r), mode="area")
+        return images.float().clamp(0, 1)
+
+    @torch.no_grad()
+    def classify(self, images: torch.Tensor, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, features)`` of ``images`` (N, C, H, W) in [0, 1]; resized to the judge's resolution."""
+        self.eval()
+        logits, features = [], []
+        for chunk in self._resize(images).split(batch_size):
+            feats = self.body(chunk * 2 - 1)
+            features.append(feats)
+            logits.append(self.head(feats))
+        if not logits:
+            return torch.empty(0, len(self.labels)), torch.empty(0, self.config.feature_dim)
+        return torch.cat(logits), torch.cat(features)
+
+
+def save_judge(judge: DigitJudge, directory: str | Path) -> None:
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(directory / _WEIGHTS_FILE))
+    (directory / _CONFIG_FILE).write_text(json.dumps(asdict(judge.config), indent=2) + "\n")
+
+
+def load_judge(directory: str | Path | None = None) -> DigitJudge:
+    """Load a judge directory (default: the embedded one)."""
+
+    directory = Path(directory) if directory is not None else DEFAULT_JUDGE
+    if not (directory / _CONFIG_FILE).is_file() or not (directory / _WEIGHTS_FILE).is_file():
+        raise InputNotFoundError(
+            f"{directory} is not an evaluation-classifier directory ({_CONFIG_FILE} + {_WEIGHTS_FILE})"
+        )
+    config = JudgeConfig(**json.loads((directory / _CONFIG_FILE).read_text()))
+    judge = DigitJudge(config)
+    judge.load_state_dict(load_file(str(directory / _WEIGHTS_FILE)))
+    return judge.eval()
+
+
+def train_judge(config: JudgeConfig | None = None, show_progress: bool = True) -> DigitJudge:
+    """Train a judge on the fixed training split and record its held-out accuracy in ``config.test_accuracy``."""
+
+    config = config or JudgeConfig()
+    images, labels = load_digit_arrays(config.dataset, config.resolution)
+    train_idx, test_idx = fixed_split(labels)
+    torch.manual_seed(config.seed)
+    judge = DigitJudge(config)
+    data = TensorDataset(torch.from_numpy(images[train_idx]), torch.from_numpy(labels[train_idx]))
+    loader = DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=True)
+    noise = torch.Generator().manual_seed(config.seed)
+
+    def loss(model: nn.Module, batch) -> torch.Tensor:
+        x, y = batch
+        x = (x + config.noise_std * torch.randn(x.shape, generator=noise)).clamp(0, 1)
+        return nn.functional.cross_entropy(model(x), y)
+
+    trainer_config = TrainerConfig(
+        max_train_steps=config.max_train_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler="cosine",
+        seed=config.seed,
+        show_progress=show_progress,
+    )
+    Trainer(judge, trainer_config, loader, compute_loss=loss).train()
+    logits, _ = judge.classify(torch.from_numpy(images[test_idx]))
+    config.test_accuracy = float((logits.argmax(1).numpy() == labels[test_idx]).mean())
+    return judge.eval()

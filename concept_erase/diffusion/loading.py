@@ -1,0 +1,271 @@
+"""Loading Stable Diffusion pipelines, checking concepts against their tokenizer, and applying erasure adapters.
+
+    pipe = load_pipeline("concept_erase/diffusion/assets/tiny-sd")      # or "runwayml/stable-diffusion-v1-5", any SD dir
+    concept_token_ids(pipe.tokenizer, "seven")                 # [id]; a clear error if it cannot be represented
+    apply_adapter(pipe, "out/erase-seven")                     # a LoRA or a weight file, checked against the model
+
+An *adapter* is what an erasure produces, in one of two safetensors formats:
+
+- diffusers LoRA (``pytorch_lora_weights.safetensors``, keys ``unet.<module>.lora_A.weight`` ...), loaded with
+  ``pipe.load_lora_weights`` and fused;
+- concept-erase weights (``erasure.safetensors``, keys ``<component>.<parameter>``, metadata ``mode`` =
+  ``replace`` or ``delta``) for methods that change a selected set of weights directly.
+
+Every key is checked against the model before anything is changed: an adapter made for another model fails with a
+one-line error that names the first key that does not fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.utils import logging as diffusers_logging
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers.utils import logging as transformers_logging
+
+from concept_erase.core.errors import AdapterError, ConfigError, ModelLoadError
+
+__all__ = [
+    "ADAPTER_FILES",
+    "REQUIRED_COMPONENTS",
+    "apply_adapter",
+    "concept_token_ids",
+    "find_adapter_file",
+    "load_pipeline",
+    "looks_like_hub_id",
+    "save_weights_adapter",
+]
+
+REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+WEIGHTS_FILE = "erasure.safetensors"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+ADAPTER_FILES = (WEIGHTS_FILE, LORA_FILE)
+WEIGHTS_FORMAT = "concept-erase/weights-v1"
+
+
+# ---------------------------------------------------------------------------------------------------- pipelines
+
+
+def _check_pipeline_dir(path: Path) -> None:
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(f"{path} is not a diffusers pipeline directory: it has no model_index.json")
+    try:
+        components = json.loads(index.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{index} is not valid JSON: {exc}") from None
+    listed = {name for name, value in components.items() if isinstance(value, list) and value[0] is not None}
+    missing = [name for name in REQUIRED_COMPONENTS if name not in listed or not (path / name).is_dir()]
+    if missing:
+        raise ModelLoadError(
+            f"{path} is missing Stable Diffusion component(s): {', '.join(missing)} "
+            f"(a pipeline needs {', '.join(REQUIRED_COMPONENTS)})"
+        )
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Hide diffusers' and transformers' per-component loading bars (our callers show their own progress)."""
+
+    states = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    verbosity = transformers_logging.get_verbosity()
+    for lib, _ in states:
+        lib.disable_progress_bar()
+    transformers_logging.set_verbosity_error()  # its "requires torchvision" notices concern image processors we never use
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        for lib, enabled in states:
+            if enabled:
+                lib.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _diffusers_errors_only():
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+
+
+def pipeline_class():
+    """``diffusers.StableDiffusionPipeline``, imported without transformers' notices about torchvision."""
+    with _quiet_loading():  # kept local: the import itself prints the notices that this hides
+        from diffusers import StableDiffusionPipeline
+    return StableDiffusionPipeline
+
+
+def looks_like_hub_id(model: str | Path) -> bool:
+    """``owner/name`` that is not an existing local path: ``from_pretrained`` would ask the Hub for it."""
+    text = str(model)
+    return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))
+
+
+def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None, device: str | None = None):
+    """``StableDiffusionPipeline.from_pretrained`` on a local directory or a hub id, with clear errors.
+
+    The safety checker is not loaded (it judges photographs, not the concepts we erase); the pipeline's own
+    progress bar is disabled because callers show one over whole batches.
+    """
+    path = Path(model)
+    is_local = not looks_like_hub_id(model)
+    if is_local:
+        if not path.exists():
+            raise ModelLoadError(f"model {model} does not exist (give a diffusers pipeline directory or a hub id)")
+        _check_pipeline_dir(path)
+    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+    try:
+        with _quiet_loading():
+            pipe = pipeline_class().from_pretrained(str(model), **kwargs)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        where = "directory" if is_local else "hub id"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"could not load a Stable Diffusion pipeline from {where} {model}: {first}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+def concept_token_ids(tokenizer, concept: str) -> list[int]:
+    """The token ids of ``concept`` as the model's tokenizer writes it (no special tokens).
+
+    Raises ConfigError if the concept is empty, contains text the tokenizer maps to its unknown token (or drops),
+    or does not fit in the tokenizer's context.
+    """
+    if not concept or not concept.strip():
+        raise ConfigError("concept must be a non-empty string")
+    ids = tokenizer(concept, add_special_tokens=False).input_ids
+    unknown = {tokenizer.unk_token_id} - {None}
+    if tokenizer.unk_token_id == tokenizer.eos_token_id:  # CLIP maps unknown text to end-of-text
+        unknown.add(tokenizer.eos_token_id)
+    if not ids or any(i in unknown for i in ids):
+        raise ConfigError(
+            f"concept {concept!r} cannot be represented by the model's tokenizer (it becomes "
+            f"{tokenizer.convert_ids_to_tokens(ids) or 'nothing'}); use text the tokenizer knows, e.g. plain ASCII"
+        )
+    limit = tokenizer.model_max_length - 2
+    if len(ids) > limit:
+        raise ConfigError(f"concept {concept!r} is {len(ids)} tokens long; the tokenizer's context holds {limit}")
+    return list(ids)
+
+
+# ---------------------------------------------------------------------------------------------------- adapters
+
+
+def find_adapter_file(path: str | Path) -> Path:
+    """The adapter's safetensors file: ``path`` itself, or the known file inside a directory."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise AdapterError(f"adapter {path} is not a .safetensors file")
+        return path
+    if path.is_dir():
+        for name in ADAPTER_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise AdapterError(f"adapter directory {path} holds none of {', '.join(ADAPTER_FILES)}")
+    raise AdapterError(f"adapter {path} does not exist")
+
+
+def _read_adapter(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return load_file(str(file)), metadata
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise AdapterError(f"adapter {file} is not a readable safetensors file: {exc}") from None
+
+
+def _component(pipe, key: str) -> tuple[str, torch.nn.Module, str]:
+    name, _, rest = key.partition(".")
+    module = getattr(pipe, name, None)
+    if not isinstance(module, torch.nn.Module) or not rest:
+        raise AdapterError(f"adapter key {key!r} does not name a model component (expected unet.* or text_encoder.*)")
+    return name, module, rest
+
+
+def _check_weights(pipe, tensors: dict[str, torch.Tensor]) -> None:
+    for key, value in tensors.items():
+        name, module, param = _component(pipe, key)
+        state = module.state_dict()
+        if param not in state:
+            raise AdapterError(f"adapter does not match the model: {name} has no parameter {param!r}")
+        if tuple(state[param].shape) != tuple(value.shape):
+            raise AdapterError(
+                f"adapter does not match the model: {key} has shape {tuple(value.shape)}, "
+                f"the model's is {tuple(state[param].shape)}"
+            )
+
+
+def _check_lora(pipe, tensors: dict[str, torch.Tensor]) -> None:
+    """Check peft-style LoRA keys (``<component>.<module>.lora_A.weight`` / ``lora_B``) against the modules."""
+    for key, value in tensors.items():
+        for marker, dim in ((".lora_A.", 1), (".lora_B.", 0)):
+            if marker not in key:
+                continue
+            name, component, rest = _component(pipe, key)
+            module_name = rest.split(marker)[0]
+            try:
+                module = component.get_submodule(module_name)
+            except AttributeError:
+                raise AdapterError(f"adapter does not match the model: {name} has no module {module_name!r}") from None
+            base = getattr(module, "base_layer", module)
+            expected = base.weight.shape[dim]
+            if value.ndim < 2 or value.shape[dim] != expected:
+                raise AdapterError(
+                    f"adapter does not match the model: {key} has shape {tuple(value.shape)}, "
+                    f"but {name}.{module_name} needs size {expected} in dimension {dim}"
+                )
+
+
+@torch.no_grad()
+def apply_adapter(pipe, adapter: str | Path) -> dict[str, Any]:
+    """Apply an erasure adapter to ``pipe`` in place (the files are never modified); returns a short description."""
+    file = find_adapter_file(adapter)
+    tensors, metadata = _read_adapter(file)
+    if not tensors:
+        raise AdapterError(f"adapter {file} holds no tensors")
+    if any("lora" in key for key in tensors):
+        _check_lora(pipe, tensors)
+        try:
+            with _diffusers_errors_only():  # "no LoRA keys for the text encoder" is expected: erasures train the UNet
+                pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name="erasure")
+            pipe.fuse_lora(adapter_names=["erasure"])
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise AdapterError(f"adapter {file} could not be loaded as a LoRA: {str(exc).splitlines()[0]}") from None
+        return {"path": str(file), "format": "lora", "tensors": len(tensors)}
+    mode = metadata.get("mode", "replace")
+    if metadata.get("format", WEIGHTS_FORMAT) != WEIGHTS_FORMAT or mode not in ("replace", "delta"):
+        raise AdapterError(
+            f"adapter {file} has format {metadata.get('format')!r} / mode {mode!r}; "
+            f"accepted: a diffusers LoRA, or {WEIGHTS_FORMAT} with mode replace or delta"
+        )
+    _check_weights(pipe, tensors)
+    for key, value in tensors.items():
+        _, module, param = _component(pipe, key)
+        target = module.get_parameter(param) if param in dict(module.named_parameters()) else module.get_buffer(param)
+        value = value.to(device=target.device, dtype=target.dtype)
+        target.copy_(target + value if mode == "delta" else value)
+    return {"path": str(file), "format": WEIGHTS_FORMAT, "mode": mode, "tensors": len(tensors)}
+
+
+def save_weights_adapter(path: str | Path, tensors: dict[str, torch.Tensor], mode: str = "replace", **metadata) -> None:
+    """Write a concept-erase weights adapter: ``{component.parameter: tensor}`` plus string metadata."""
+
+    if mode not in ("replace", "delta"):
+        raise ConfigError(f"mode must be 'replace' or 'delta', got {mode!r}")
+    header = {"format": WEIGHTS_FORMAT, "mode": mode, **{k: str(v) for k, v in metadata.items()}}
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=header)

@@ -1,0 +1,221 @@
+"""One report comparing erasure methods with each other, the original model and the retrain oracle.
+
+    rows = [summarize_evaluation("fmn", "out/eval-fmn/metrics.json"), ...]
+    write_erasure_report(rows, "out/report", title="Erasing seven")
+
+Each row joins an evaluation's ``metrics.json`` with the ``erasure.json`` of the erasure it scored: forget and retain
+accuracy (with the original's and the oracle's), Frechet distance, erasure wall time as a share of the oracle's
+training time, peak memory and artifact size, and whether each goal is met. The report directory holds
+``report.md``, ``report.json``, ``comparison.png`` (accuracies and cost per method) and ``grid.png`` (the same prompts
+and seeds through the original, every erased model and the oracle).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from concept_erase.core.errors import ConfigError
+from concept_erase.core.io import write_json
+from concept_erase.diffusion.erasure import read_erasure
+from concept_erase.diffusion.evaluation import EvaluationConfig, load_samples, plot_grid
+
+__all__ = ["GOALS", "summarize_evaluation", "write_erasure_report"]
+
+# The issue's goals: forget accuracy within 10 points of the oracle's, retain accuracy within 3 points of the
+# original's, and erasure time as a share of the oracle's training time (per method).
+GOALS = {"forget_gap_to_oracle": 0.10, "retain_drop": 0.03, "time_share": {"fmn": 0.02, "salun": 0.10, "esd": 0.10}}
+
+
+def _oracle_seconds(oracle: str | None) -> float | None:
+    """The oracle's training wall time, from the recipe the toolkit wrote next to it."""
+    if not oracle:
+        return None
+    recipe = Path(oracle) / "tiny_sd_recipe.json"
+    return json.loads(recipe.read_text()).get("seconds") if recipe.is_file() else None
+
+
+def summarize_evaluation(name: str, metrics_path: str | Path) -> dict[str, Any]:
+    """A report row from an evaluation's metrics.json (and its erasure's erasure.json, when it scored one)."""
+
+    path = Path(metrics_path)
+    if not path.is_file():
+        raise ConfigError(f"evaluation metrics not found: {path}")
+    metrics = json.loads(path.read_text())
+    settings = metrics.get("settings", {})
+    erasure = read_erasure(settings["erasure"]) if settings.get("erasure") else None
+    oracle, original = metrics.get("oracle"), metrics["original"]
+    row: dict[str, Any] = {
+        "name": name,
+        "method": erasure["method"] if erasure else None,
+        "metrics_path": str(path),
+        "forget_accuracy": metrics["forget_accuracy"],
+        "retain_accuracy": metrics["retain_accuracy"],
+        "frechet_to_real": metrics.get("frechet_to_real"),
+        "frechet_to_original": metrics.get("frechet_to_original"),
+        "original": {k: original[k] for k in ("forget_accuracy", "retain_accuracy", "frechet_to_real")},
+        "oracle": {k: oracle[k] for k in ("forget_accuracy", "retain_accuracy", "frechet_to_real")} if oracle else None,
+        "oracle_seconds": _oracle_seconds(settings.get("oracle")),
+        "samples": str(path.parent / "samples.safetensors"),
+        "forget": metrics["forget"],
+        "retain": metrics["retain"],
+        "settings": settings,
+    }
+    if erasure is not None:
+        artifact = erasure.get("artifact", {})
+        row.update(
+            seconds=erasure["seconds"],
+            steps=erasure["steps"],
+            peak_memory_mb=round(erasure["peak_memory"].get("cpu_peak_rss", 0) / 2**20, 1),
+            artifact_format=artifact.get("format"),
+            artifact_bytes=artifact.get("bytes"),
+            artifact_fraction=artifact.get("fraction_of_unet"),
+        )
+    row["goals"] = _goals(row)
+    return row
+
+
+def _goals(row: dict[str, Any]) -> dict[str, bool | None]:
+    oracle = row["oracle"]
+    forget_ok = (
+        None if oracle is None else row["forget_accuracy"] - oracle["forget_accuracy"] <= GOALS["forget_gap_to_oracle"]
+    )
+    retain_ok = row["original"]["retain_accuracy"] - row["retain_accuracy"] <= GOALS["retain_drop"]
+    time_ok = None
+    share_goal = GOALS["time_share"].get(row.get("method") or "")
+    if share_goal is not None and row.get("seconds") is not None and row["oracle_seconds"]:
+        row["time_share"] = row["seconds"] / row["oracle_seconds"]
+        time_ok = row["time_share"] <= share_goal
+    return {"forget": forget_ok, "retain": retain_ok, "time": time_ok}
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _mark(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("yes" if ok else "**no**")
+
+
+def _markdown(rows: list[dict[str, Any]], title: str) -> str:
+    first = rows[0]
+    oracle = first["oracle"]
+    lines = [
+        f"# {title}",
+        "",
+        f"Erased: {', '.join(first['forget'])}. Scored on {first['settings'].get('num_images')} images per concept "
+        "from held-out prompt paraphrases never used during erasure, by the embedded digit judge.",
+        "",
+        "| model | forget acc | retain acc | FD to real | erasure time | time / oracle training | peak RSS | artifact |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| original | {_pct(first['original']['forget_accuracy'])} | {_pct(first['original']['retain_accuracy'])} | "
+        f"{first['original']['frechet_to_real']:.1f} | | | | |",
+    ]
+    if oracle:
+        oracle_time = f"{first['oracle_seconds']:.0f} s (training)" if first["oracle_seconds"] else ""
+        lines.append(
+            f"| retrain oracle | {_pct(oracle['forget_accuracy'])} | {_pct(oracle['retain_accuracy'])} | "
+            f"{oracle['frechet_to_real']:.1f} | {oracle_time} | 100% | | |"
+        )
+    for row in rows:
+        size = (
+            f"{row['artifact_format']}, {row['artifact_bytes'] / 1024:.0f} KiB ({_pct(row['artifact_fraction'])} of UNet)"
+            if row.get("artifact_bytes")
+            else ""
+        )
+        seconds = f"{row['seconds']:.1f} s" if row.get("seconds") is not None else ""
+        memory = f"{row['peak_memory_mb']:.0f} MiB" if row.get("peak_memory_mb") else ""
+        lines.append(
+            f"| {row['name']} | {_pct(row['forget_accuracy'])} | {_pct(row['retain_accuracy'])} | "
+            f"{row['frechet_to_real']:.1f} | {seconds} | {_pct(row.get('time_share'))} | {memory} | {size} |"
+        )
+    lines += [
+        "",
+        "Goals: forget accuracy within 10 points of the oracle's; retain accuracy within 3 points of the original's; "
+        "erasure time <= 2% (fmn) or 10% (salun, esd) of the oracle's training time.",
+        "",
+        "| model | forget goal | retain goal | time goal |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        g = row["goals"]
+        lines.append(f"| {row['name']} | {_mark(g['forget'])} | {_mark(g['retain'])} | {_mark(g['time'])} |")
+    lines += ["", "![comparison](comparison.png)", "", "![grid](grid.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in rows]
+    x = np.arange(len(rows))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for offset, key, label in ((-0.2, "forget_accuracy", "forget acc"), (0.2, "retain_accuracy", "retain acc")):
+        left.bar(x + offset, [100 * r[key] for r in rows], 0.4, label=label)
+    first = rows[0]
+    left.axhline(100 * first["original"]["retain_accuracy"], color="gray", ls="--", lw=1, label="original retain")
+    if first["oracle"]:
+        left.axhline(100 * first["oracle"]["forget_accuracy"], color="k", ls=":", lw=1, label="oracle forget")
+    left.set_xticks(x, names)
+    left.set_ylabel("accuracy judged by the digit classifier (%)")
+    left.set_ylim(0, 105)
+    left.legend(fontsize=8, loc="center right")
+    shares = [100 * r.get("time_share", 0) for r in rows]
+    right.bar(x, shares, 0.5, color="tab:green")
+    for i, row in enumerate(rows):
+        goal = GOALS["time_share"].get(row.get("method") or "")
+        if goal is not None:
+            right.hlines(100 * goal, i - 0.3, i + 0.3, colors="red", lw=2)
+    right.set_xticks(x, names)
+    right.set_ylabel("erasure time / oracle training time (%)\nred: goal")
+    fig.suptitle(f"erasing {', '.join(first['forget'])}: methods vs the original and the retrain oracle")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _grid(rows: list[dict[str, Any]], path: Path) -> bool:
+    """original | each erased model | oracle, from the samples every evaluation saved; False if any is missing."""
+
+    if not all(Path(r["samples"]).is_file() for r in rows):
+        return False
+    loaded = [load_samples(r["samples"]) for r in rows]
+    panels = {"original": loaded[0]["original"]}
+    panels.update({row["name"]: samples["erased"] for row, samples in zip(rows, loaded)})
+    if "oracle" in loaded[0]:
+        panels["oracle"] = loaded[0]["oracle"]
+    settings = rows[0]["settings"]
+    config = EvaluationConfig(
+        forget=rows[0]["forget"],
+        templates=settings["templates"],
+        num_images=settings["num_images"],
+        seed=settings["seed"],
+    )
+    plot_grid(panels, rows[0]["forget"] + rows[0]["retain"], rows[0]["forget"], config, path)
+    return True
+
+
+def write_erasure_report(rows: list[dict[str, Any]], output_dir: str | Path, title: str = "") -> dict[str, str]:
+    """Write report.md, report.json, comparison.png and grid.png into ``output_dir`` (which must exist)."""
+
+    if not rows:
+        raise ConfigError("an erasure report needs at least one evaluation")
+    forgets = {tuple(r["forget"]) for r in rows}
+    if len(forgets) > 1:
+        raise ConfigError(f"the evaluations erased different concepts ({sorted(forgets)}); report them separately")
+    out = Path(output_dir)
+    title = title or f"Erasing {', '.join(rows[0]['forget'])} from the tiny Stable Diffusion"
+    write_json(out / "report.json", {"title": title, "goals": GOALS, "rows": rows})
+    _plot(rows, out / "comparison.png")
+    paths = {"report_path": str(out / "report.md"), "report_json": str(out / "report.json")}
+    paths["plot_path"] = str(out / "comparison.png")
+    if _grid(rows, out / "grid.png"):
+        paths["grid_path"] = str(out / "grid.png")
+    (out / "report.md").write_text(_markdown(rows, title))
+    return paths

@@ -1,0 +1,130 @@
+"""The embedded tiny Stable Diffusion: tokenizer, recipe, saving/loading through diffusers, the oracle cache."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from concept_erase.core.digits import CONCEPTS, fixed_split, load_digit_arrays
+from concept_erase.core.errors import ConfigError
+from concept_erase.diffusion.judge import load_judge
+from concept_erase.diffusion.loading import concept_token_ids
+from concept_erase.diffusion.oracle import find_oracle, get_oracle
+from concept_erase.diffusion.tiny_sd import (
+    ASSETS,
+    DEFAULT_MODEL,
+    EVAL_TEMPLATES,
+    RECIPE_FILE,
+    TRAIN_TEMPLATES,
+    TinySDConfig,
+    build_pipeline,
+    build_tokenizer,
+    read_recipe,
+    save_pipeline,
+    train_tiny_sd,
+)
+
+QUICK = {"vae_steps": 2, "unet_steps": 2, "batch_size": 32}
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPT_ERASE_CACHE", str(tmp_path / "cache"))
+
+
+def test_tokenizer_writes_every_concept_and_rejects_what_it_cannot_write(tmp_path):
+    tokenizer = build_tokenizer(tmp_path)
+    pieces = {c: tokenizer.convert_ids_to_tokens(concept_token_ids(tokenizer, c)) for c in CONCEPTS}
+    assert pieces["seven"] == ["seven</w>"]
+    assert pieces["nine"] == ["n", "in", "e</w>"]  # merge order splits it, as real CLIP splits rare words
+    assert all("".join(p).replace("</w>", "") == c for c, p in pieces.items())
+    assert len(concept_token_ids(tokenizer, "xylophone")) > 1  # unknown words fall back to characters
+    for bad in ("七", "", "   "):
+        with pytest.raises(ConfigError, match="concept"):
+            concept_token_ids(tokenizer, bad)
+
+
+def test_eval_templates_are_held_out_from_training():
+    assert not set(EVAL_TEMPLATES) & set(TRAIN_TEMPLATES)
+    assert all("{}" in t for t in EVAL_TEMPLATES + TRAIN_TEMPLATES)
+
+
+def test_untrained_pipeline_round_trips_through_save_pretrained_and_from_pretrained(tmp_path):
+    pipe = build_pipeline(TinySDConfig(unet_channels=[16, 32]))
+    save_pipeline(pipe, tmp_path / "sd")
+    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (tmp_path / "sd" / name).is_dir()
+    assert (tmp_path / "sd" / "tokenizer" / "vocab.json").is_file()
+    assert list((tmp_path / "sd").rglob("*.safetensors")) and not list((tmp_path / "sd").rglob("*.bin"))
+    loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "sd")
+    out = loaded(
+        ["a handwritten digit seven"] * 2,
+        num_inference_steps=2,
+        output_type="pt",
+        generator=[torch.Generator().manual_seed(i) for i in range(2)],
+    ).images
+    assert out.shape == (2, 1, 8, 8)
+
+
+def test_oracle_recipe_removes_the_concepts_images(tmp_path):
+    pipe = train_tiny_sd(TinySDConfig(exclude_concepts=["Seven", "two"], **QUICK), show_progress=False)
+    _, labels = load_digit_arrays("digits")
+    train_idx, _ = fixed_split(labels)
+    expected = int(np.isin(labels[train_idx], [2, 7], invert=True).sum())
+    assert pipe.tiny_sd_recipe["training_images"] == expected
+    assert pipe.tiny_sd_recipe["recipe"]["exclude_concepts"] == ["seven", "two"]
+    save_pipeline(pipe, tmp_path / "oracle")
+    assert read_recipe(tmp_path / "oracle") == TinySDConfig(exclude_concepts=["two", "seven"], **QUICK)
+
+
+def test_recipe_rejects_unknown_concepts_and_removing_everything():
+    with pytest.raises(ConfigError, match="zero, one"):
+        TinySDConfig(exclude_concepts=["banana"])
+    with pytest.raises(ConfigError, match="nothing is left"):
+        TinySDConfig(exclude_concepts=list(CONCEPTS))
+
+
+def test_oracle_is_trained_once_then_served_from_the_cache(tmp_path, monkeypatch):
+    model = tmp_path / "model"
+    save_pipeline(train_tiny_sd(TinySDConfig(**QUICK), show_progress=False), model)
+    assert find_oracle(model, ["seven"]) is None
+    path = get_oracle(model, ["seven"], show_progress=False)
+    assert read_recipe(path).exclude_concepts == ["seven"]
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the cached oracle must not be retrained")
+
+    monkeypatch.setattr("concept_erase.diffusion.tiny_sd.train_tiny_sd", fail)
+    assert get_oracle(model, ["seven"]) == path
+    assert StableDiffusionPipeline.from_pretrained(path).unet is not None
+
+
+def test_shipped_oracle_matches_the_shipped_model_recipe_without_seven():
+    assert find_oracle(DEFAULT_MODEL, ["seven"]) == ASSETS / "tiny-sd-without-seven"
+    shipped = json.loads((DEFAULT_MODEL / RECIPE_FILE).read_text())
+    assert shipped["recipe"] == TinySDConfig().to_dict()  # the shipped model is exactly the default recipe
+    assert shipped["seconds"] <= 20 * 60
+
+
+def test_oracle_needs_a_known_recipe(tmp_path):
+    shutil.copytree(DEFAULT_MODEL, tmp_path / "model")
+    (tmp_path / "model" / RECIPE_FILE).unlink()
+    with pytest.raises(ConfigError, match="training recipe is unknown"):
+        get_oracle(tmp_path / "model", ["seven"])
+
+
+def test_embedded_judge_is_accurate_on_held_out_real_digits():
+    judge = load_judge()
+    images, labels = load_digit_arrays("digits")
+    _, test_idx = fixed_split(labels)
+    logits, features = judge.classify(torch.from_numpy(images[test_idx]))
+    accuracy = float((logits.argmax(1).numpy() == labels[test_idx]).mean())
+    assert accuracy >= 0.97
+    assert judge.config.test_accuracy == pytest.approx(accuracy)
+    assert features.shape == (len(test_idx), judge.config.feature_dim)
+    assert judge.labels == CONCEPTS
