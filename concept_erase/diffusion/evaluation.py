@@ -41,7 +41,7 @@ from concept_erase.core.io import (
     RunRecorder,
     atomic_file,
     atomic_output_dir,
-    cache_dir,  # noqa: F401  (re-exported: it lived here first)
+    cache_dir,
     check_output_dir,
     peak_memory_bytes,
     write_json,
@@ -52,7 +52,7 @@ from concept_erase.diffusion.loading import apply_adapter, concept_token_ids, lo
 from concept_erase.diffusion.oracle import resolve_oracle
 from concept_erase.diffusion.tiny_sd import EVAL_TEMPLATES, UNSEEN_WORDS, resolve_model
 
-__all__ = ["EvaluationConfig", "cache_dir", "evaluate_erasure", "frechet_distance", "generate", "model_fingerprint"]
+__all__ = ["EvaluationConfig", "evaluate_erasure", "frechet_distance", "generate", "model_fingerprint"]
 
 
 @dataclass

@@ -14,8 +14,7 @@ import json
 from pathlib import Path
 
 from concept_erase.core.errors import ConfigError
-from concept_erase.core.io import atomic_output_dir
-from concept_erase.diffusion.evaluation import cache_dir
+from concept_erase.core.io import atomic_output_dir, cache_dir
 from concept_erase.diffusion.tiny_sd import ASSETS, RECIPE_FILE, TinySDConfig, read_recipe, save_pipeline, train_tiny_sd
 
 __all__ = ["find_oracle", "get_oracle", "oracle_recipe", "resolve_oracle"]
