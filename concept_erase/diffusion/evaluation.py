@@ -292,17 +292,11 @@ def evaluate_erasure(
     (atomically; ``atomic=False`` writes into an existing directory that its owner already made atomic).
 
     ``oracle``: ``"auto"`` finds the shipped or cached oracle of the original model's recipe (training and caching
-    it if needed), a path uses that pipeline, ``None`` or ``"none"`` skips it. Everything is validated before anything is generated.
+    it if needed), a path uses that pipeline, ``None`` or ``"none"`` skips it. Everything is validated before anything
+    is generated.
     """
-
     model, original = resolve_model(model), resolve_model(original)
-    erasure = read_erasure(model) if adapter is None else None
-    erasure_dir = Path(model) if erasure is not None else None
-    if erasure is not None:  # an erasure output directory: a full pipeline, or an adapter on its base model
-        model, adapter, base = resolve_erasure(model)
-        original = original if original is not None else base
-        if not config.forget:
-            config = dataclasses.replace(config, forget=list(erasure["concepts"]))
+    model, adapter, original, config, erasure_dir = _unpack_erasure(model, adapter, original, config)
     if oracle not in (None, "auto", "none"):
         oracle = resolve_model(oracle)
     if output_dir is not None and atomic:
@@ -334,12 +328,30 @@ def evaluate_erasure(
         metrics["peak_memory"] = peak_memory_bytes()
     if output_dir is not None:
         with atomic_output_dir(output_dir, overwrite) if atomic else contextlib.nullcontext(Path(output_dir)) as tmp:
-            write_json(tmp / "metrics.json", metrics)
-            plot_grid(panels, forget + retain, forget, config, tmp / "grid.png")
-            save_samples(panels, tmp / SAMPLES_FILE)
-            (tmp / "report.md").write_text(render_report(metrics))
+            _write_evaluation(tmp, metrics, panels, forget, retain, config)
             record.write(tmp)
     return metrics
+
+
+def _unpack_erasure(model, adapter, original, config: EvaluationConfig):
+    """An erasure output directory stands for its artifact on its base model (and names the concepts it erased):
+    ``(model, adapter, original, config, erasure directory or None)``."""
+    erasure = read_erasure(model) if adapter is None else None
+    if erasure is None:
+        return model, adapter, original, config, None
+    erasure_dir = Path(model)
+    model, adapter, base = resolve_erasure(model)  # a full pipeline, or an adapter on its base model
+    original = original if original is not None else base
+    if not config.forget:
+        config = dataclasses.replace(config, forget=list(erasure["concepts"]))
+    return model, adapter, original, config, erasure_dir
+
+
+def _write_evaluation(out: Path, metrics: dict, panels: dict, forget: list[str], retain: list[str], config) -> None:
+    write_json(out / "metrics.json", metrics)
+    plot_grid(panels, forget + retain, forget, config, out / "grid.png")
+    save_samples(panels, out / SAMPLES_FILE)
+    (out / "report.md").write_text(render_report(metrics))
 
 
 def _score_sources(sources: dict[str, Any], judge, forget: list[str], retain: list[str], config: EvaluationConfig):
