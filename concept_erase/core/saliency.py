@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure  # no pyplot: no global backend state
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -325,8 +326,6 @@ class SaliencyMask:
 
     def plot_summary(self, path: str | Path) -> Path:
         """Horizontal bar chart (PNG) of the fraction kept per tensor."""
-        from matplotlib.figure import Figure  # no pyplot: no global backend state
-
         stats = self.summary()
         names = list(stats["per_layer"])
         fig = Figure(figsize=(8, min(max(2.5, 0.16 * len(names) + 1.2), 120)))

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure  # no pyplot: no global backend state
 from safetensors.torch import load_file, save_file
 from scipy import linalg
 from tqdm.auto import tqdm
@@ -389,16 +390,10 @@ def _score_sources(sources: dict[str, Any], judge, forget: list[str], retain: li
 
 def plot_grid(panels: dict[str, _Generations], concepts: list[str], forget: list[str], config, path: Path) -> Path:
     """One panel per model (original | erased | oracle); rows are prompts (one per concept), columns seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     step = len(config.templates)
     columns = list(range(0, config.num_images, step))[: config.grid_seeds]  # first template, seeds 0, 1, ...
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(2.2 + 1.1 * len(panels) * len(columns) / 2, 0.45 * len(concepts) + 1)
-    )
+    fig = Figure(figsize=(2.2 + 1.1 * len(panels) * len(columns) / 2, 0.45 * len(concepts) + 1))
+    axes = fig.subplots(1, len(panels))
     axes = np.atleast_1d(axes)
     for ax, (name, gen) in zip(axes, panels.items()):
         rows = []
@@ -417,7 +412,6 @@ def plot_grid(panels: dict[str, _Generations], concepts: list[str], forget: list
     fig.suptitle(f"columns: seeds {config.seed}..{config.seed + len(columns) - 1}; red: erased concepts", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

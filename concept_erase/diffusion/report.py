@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global backend state
 
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.io import write_json
@@ -148,14 +149,10 @@ def _markdown(rows: list[dict[str, Any]], title: str) -> str:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     names = [r["name"] for r in rows]
     x = np.arange(len(rows))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    left, right = fig.subplots(1, 2)
     for offset, key, label in ((-0.2, "forget_accuracy", "forget acc"), (0.2, "retain_accuracy", "retain acc")):
         left.bar(x + offset, [100 * r[key] for r in rows], 0.4, label=label)
     first = rows[0]
@@ -177,7 +174,6 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.suptitle(f"erasing {', '.join(first['forget'])}: methods vs the original and the retrain oracle")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _grid(rows: list[dict[str, Any]], path: Path) -> bool:
