@@ -2,10 +2,10 @@
 ``mask_path``), so any method can be restricted to the weights that matter for the forget set.
 
     @dataclass
-    class GradAscentConfig(MaskOptions):
+    class GradAscentConfig(UnlearningConfig, MaskOptions):   # the mask keys first, then the training schedule
         epochs: int = 5
     applier, mask_info = prepare_mask(model, task, config)     # (None, None) without a mask
-    fit(model, data, ..., after_step=applier, extra_state={"saliency": applier} if applier else None)
+    fit_method(model, data, config, name="grad_ascent", applier=applier)   # restores the frozen weights every step
 
 The mask is SalUn's: the top ``mask_ratio`` of ``|d CE(forget set) / d w|`` over all weights (``saliency``), or as many
 weights per tensor at random positions (``random``, SalUn's ablation), computed on the model before unlearning.

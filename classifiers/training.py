@@ -10,9 +10,10 @@ of exact unlearning every method is compared with.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from concept_erase.core.trainer import Trainer, TrainerConfig
 
 __all__ = [
     "TrainConfig",
+    "UnlearningConfig",
     "train_classifier",
     "train_recipe",
     "fresh_model",
@@ -114,24 +116,25 @@ def fit(
         show_progress=sys.stderr.isatty(),
     )
     trainer = None
+    loss = _finite_loss(loss_fn, name, learning_rate, step=lambda: trainer.global_step + 1)
+    trainer = Trainer(model, config, loader, compute_loss=loss, after_step=after_step, extra_state=extra_state)
+    return trainer.train()
+
+
+def _finite_loss(loss_fn, name: str, learning_rate: float, step: Callable[[], int]):
+    """``loss_fn`` that stops the run with :class:`~concept_erase.core.errors.TrainingError` on a NaN or infinite
+    loss, naming ``name``, the step (``step()``) and the learning rate."""
 
     def guarded(module, batch):
         loss = loss_fn(module, batch)
         if not torch.isfinite(loss.detach()).all():
             raise TrainingError(
-                f"{name}: the loss became {float(loss.detach())} at step {trainer.global_step + 1}; "
+                f"{name}: the loss became {float(loss.detach())} at step {step()}; "
                 f"lower learning_rate (now {learning_rate:g})"
             )
         return loss
 
-    trainer = Trainer(model, config, loader, compute_loss=guarded, after_step=after_step, extra_state=extra_state)
-    return trainer.train()
-
-
-_SCHEDULE_KEYS = (
-    "epochs", "max_train_steps", "batch_size", "learning_rate", "optimizer", "momentum", "weight_decay", "seed",
-    "checkpointing_steps", "max_grad_norm",
-)  # fmt: skip
+    return guarded
 
 
 def check_schedule(config) -> None:
@@ -147,13 +150,76 @@ def check_schedule(config) -> None:
         raise ConfigError(f"learning_rate must be > 0, got {config.learning_rate}")
 
 
-def fit_method(model: nn.Module, dataset: TensorDataset, config, *, name: str, applier=None, **kwargs):
-    """:func:`fit` with a method config's schedule (epochs, batch size, optimizer, ..., seed, checkpointing) and its
-    saliency-mask applier (restoring the frozen weights after every step and checkpointed with them)."""
-    schedule = {k: getattr(config, k) for k in _SCHEDULE_KEYS if hasattr(config, k)}
+@dataclass
+class UnlearningConfig:
+    """The optimiser and schedule block every classifier method that trains with :func:`fit` shares.
+
+    A method's config subclasses it and redeclares a key where its paper's default differs from these (the
+    original model's recipe, :class:`TrainConfig`'s). A config that masks lists
+    :class:`~classifiers.masking.MaskOptions` second (``class FinetuneConfig(UnlearningConfig, MaskOptions)``), so
+    the mask keys come first and are checked first. A setting a method fixes instead of exposing is redeclared as a
+    ``ClassVar`` holding the value it always uses (boundary unlearning's SGD), which takes the key away;
+    ``max_grad_norm`` is such a fixed setting here (the toolkit's clipping) and a key where a method declares it.
+    """
+
+    epochs: int = TrainConfig.epochs
+    max_train_steps: int | None = TrainConfig.max_train_steps  # overrides epochs when set
+    batch_size: int = TrainConfig.batch_size
+    learning_rate: float = TrainConfig.learning_rate
+    optimizer: Literal["adamw", "adam", "sgd"] = TrainConfig.optimizer
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = TrainConfig.weight_decay
+    checkpointing_steps: int | None = TrainConfig.checkpointing_steps  # into the work directory (pipelines resume)
+    seed: int = TrainConfig.seed
+    max_grad_norm: ClassVar[float | None] = 1.0
+
+    def __post_init__(self) -> None:
+        checks = getattr(super(), "__post_init__", None)
+        if checks is not None:  # MaskOptions'
+            checks()
+        check_schedule(self)
+
+    def fit_options(self, **overrides: Any) -> dict:
+        """The keyword arguments of :func:`fit` for this schedule, updated with ``overrides``."""
+        values = dict(
+            epochs=self.epochs,
+            max_train_steps=self.max_train_steps,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            optimizer=self.optimizer,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            checkpointing_steps=self.checkpointing_steps,
+            seed=self.seed,
+            max_grad_norm=self.max_grad_norm,
+        )
+        values.update(overrides)
+        return values
+
+    def recipe(self) -> TrainConfig:
+        """These keys as a :class:`TrainConfig`: the original's recipe that ``retrain`` and ``amnesiac`` re-run."""
+        return TrainConfig(
+            epochs=self.epochs,
+            max_train_steps=self.max_train_steps,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            optimizer=self.optimizer,
+            weight_decay=self.weight_decay,
+            seed=self.seed,
+            checkpointing_steps=self.checkpointing_steps,
+        )
+
+
+def fit_method(
+    model: nn.Module, dataset: TensorDataset, config: UnlearningConfig, *, name: str, applier=None, **kwargs
+):
+    """:func:`fit` with a method config's schedule (:meth:`UnlearningConfig.fit_options`; ``kwargs`` are further
+    arguments of :func:`fit`) and its saliency-mask applier (restoring the frozen weights after every step and
+    checkpointed with them)."""
     extra_state = {**({"saliency": applier} if applier is not None else {}), **(kwargs.pop("extra_state", None) or {})}
     after_step = kwargs.pop("after_step", applier)
-    return fit(model, dataset, **schedule, after_step=after_step, extra_state=extra_state or None, name=name, **kwargs)
+    options = config.fit_options(after_step=after_step, extra_state=extra_state or None, name=name, **kwargs)
+    return fit(model, dataset, **options)
 
 
 def fit_summary(name: str, result, **extra) -> dict:

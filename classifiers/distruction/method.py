@@ -31,7 +31,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ from classifiers.distruction.bgd import BGDConfig, PreparedPosterior, prepare_mo
 from classifiers.masking import MaskOptions, prepare_mask
 from classifiers.methods.boundary_shrink import neighbour_labels
 from classifiers.methods.random_label import random_labels
-from classifiers.training import check_schedule, fit_method, fit_summary, reinitialise
+from classifiers.training import UnlearningConfig, fit_method, fit_summary, reinitialise
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.io import atomic_output_dir, cache_dir
 from concept_erase.core.registry import register_method
@@ -59,16 +59,16 @@ PREPARE_HINT = (
 
 
 @dataclass
-class DistructionConfig(MaskOptions):
+class DistructionConfig(UnlearningConfig, MaskOptions):
+    epochs: int = 3  # passes over the forget set
+    learning_rate: float = 1e-3  # Adam, on the mean and on log-sigma
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: ClassVar[float] = 0.9  # not a key (sgd only)
+    weight_decay: ClassVar[float] = 0.0  # not a key
+    max_grad_norm: float | None = None  # the loss is in summed units (|D_f| * U + KL): no clipping
     objective: str = "boundary_shrink"  # U: one of OBJECTIVES
     kl_weight: float = 0.5  # the paper's lambda in [0, 1]: 0 = forget objective only, 1 = stay at the prepared model
     mc_samples: int = 1  # weight samples per step for E_q[U]
-    epochs: int = 3  # passes over the forget set
-    max_train_steps: int | None = None  # overrides epochs when set
-    batch_size: int = 64
-    learning_rate: float = 1e-3  # Adam, on the mean and on log-sigma
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    max_grad_norm: float | None = None  # the loss is in summed units (|D_f| * U + KL): no clipping
     fgsm_bound: float = 0.1  # boundary_shrink objective: FGSM radius
     prepared_path: str | None = None  # a prepared artifact (directory); none: prepare here (see the docstring)
     require_prepared: bool = False  # refuse to prepare on the fly
@@ -77,12 +77,9 @@ class DistructionConfig(MaskOptions):
     prepare_mc_samples: int = 2
     prepare_batch_size: int = 128
     prepare_init_sigma: float = 0.06
-    checkpointing_steps: int | None = None
-    seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_schedule(self)
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.objective!r}; accepted: {', '.join(OBJECTIVES)}")
         if not 0.0 <= self.kl_weight <= 1.0:

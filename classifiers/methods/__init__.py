@@ -1,6 +1,14 @@
 """Classifier unlearning methods, one module per method.
 
-A method is a config dataclass plus one function, registered by name with the ``"classifier"`` tag::
+A method is a config dataclass plus one function, registered by name with the ``"classifier"`` tag. A method that
+trains subclasses :class:`~classifiers.training.UnlearningConfig` (the optimiser and schedule keys, passed to the
+training loop by :func:`~classifiers.training.fit_method`) and redeclares only the defaults its paper changes::
+
+    @dataclass
+    class FinetuneConfig(UnlearningConfig, MaskOptions):
+        epochs: int = 5
+        learning_rate: float = 0.01
+        ...
 
     @register_method("finetune", FinetuneConfig, tags=("classifier",))
     def finetune(model, task, config, *, work_dir=None) -> dict: ...

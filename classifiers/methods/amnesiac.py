@@ -43,7 +43,7 @@ from torch.utils.data import TensorDataset
 
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
-from classifiers.training import TrainConfig, check_schedule, fit, reinitialise
+from classifiers.training import TrainConfig, UnlearningConfig, fit, reinitialise
 from concept_erase.core.errors import ConfigError, InputNotFoundError
 from concept_erase.core.registry import register_method
 
@@ -53,18 +53,15 @@ RECORDS_FORMAT = "concept-erase/amnesiac-records/1"
 
 
 @dataclass
-class AmnesiacConfig(MaskOptions):
-    """The original's training recipe (as :class:`~classifiers.training.TrainConfig`) plus the repair."""
+class AmnesiacConfig(UnlearningConfig, MaskOptions):
+    """The original's training recipe (re-run when ``records_path`` is not given; defaults: those of
+    :class:`~classifiers.training.TrainConfig`, ``seed`` drawing the original's initial weights and data order) plus
+    the repair."""
 
     takes_recipe: ClassVar[bool] = True  # the harness fills the recipe keys from the job's recipe
+    momentum: ClassVar[float] = 0.9  # not a key: the recipe's
+    checkpointing_steps: ClassVar[None] = None  # not a key
 
-    epochs: int = TrainConfig.epochs  # recipe of the original (re-run when records_path is not given)
-    max_train_steps: int | None = TrainConfig.max_train_steps
-    batch_size: int = TrainConfig.batch_size
-    learning_rate: float = TrainConfig.learning_rate
-    optimizer: Literal["adamw", "adam", "sgd"] = TrainConfig.optimizer
-    weight_decay: float = TrainConfig.weight_decay
-    seed: int = TrainConfig.seed  # initial weights and data order of the original
     records_path: str | None = None  # records written by record_training; null: re-run the recipe
     require_exact: bool = True  # the re-run must reproduce the model bit for bit
     repair_epochs: int = 2  # passes over the retain set after the subtraction (0: none)
@@ -74,17 +71,12 @@ class AmnesiacConfig(MaskOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_schedule(self)
         if self.repair_epochs < 0:
             raise ConfigError(f"repair_epochs must be >= 0, got {self.repair_epochs}")
         if not self.repair_learning_rate > 0 or self.repair_batch_size < 1:
             raise ConfigError("repair_learning_rate must be > 0 and repair_batch_size >= 1")
         if self.records_path == "":
             self.records_path = None
-
-    def recipe(self) -> TrainConfig:
-        keys = ("epochs", "max_train_steps", "batch_size", "learning_rate", "optimizer", "weight_decay", "seed")
-        return TrainConfig(**{k: getattr(self, k) for k in keys})
 
 
 class UpdateRecorder:

@@ -27,7 +27,7 @@ from torch.utils.data import TensorDataset
 
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
-from classifiers.training import check_schedule, fit_method, fit_summary
+from classifiers.training import UnlearningConfig, fit_method, fit_summary
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.registry import register_method
 
@@ -35,20 +35,11 @@ __all__ = ["AmnesiacRelabelConfig", "amnesiac_relabel", "relabel_away"]
 
 
 @dataclass
-class AmnesiacRelabelConfig(MaskOptions):
+class AmnesiacRelabelConfig(UnlearningConfig, MaskOptions):
     epochs: int = 3  # passes over retain + relabelled forget (public code: 3)
-    max_train_steps: int | None = None  # overrides epochs when set
     batch_size: int = 128  # public code: 128
     learning_rate: float = 1e-4  # public code: Adam, 1e-4
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
-    checkpointing_steps: int | None = None  # checkpoint into the work directory (pipelines resume from it)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_schedule(self)
 
 
 def relabel_away(labels: torch.Tensor, num_classes: int, excluded: list[int] | None, seed: int) -> torch.Tensor:

@@ -36,7 +36,7 @@ from torch.utils.data import TensorDataset
 
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
-from classifiers.training import check_schedule, fit_method, fit_summary, reinitialise
+from classifiers.training import UnlearningConfig, fit_method, fit_summary, reinitialise
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.registry import register_method
 
@@ -44,22 +44,18 @@ __all__ = ["BadTeacherConfig", "bad_teacher", "bad_teacher_loss"]
 
 
 @dataclass
-class BadTeacherConfig(MaskOptions):
-    kl_temperature: float = 1.0  # authors: KL_temperature = 1
-    retain_fraction: float = 0.3  # share of the retain set distilled from the competent teacher (authors: 0.3)
+class BadTeacherConfig(UnlearningConfig, MaskOptions):
+    """``seed`` draws the retain subset; the incompetent teacher is drawn with ``seed + 1``."""
+
     epochs: int = 5  # authors: 1 (see the module docstring)
-    max_train_steps: int | None = None  # overrides epochs when set
     batch_size: int = 256  # authors: 256
     learning_rate: float = 2e-3  # authors: Adam, 1e-4 (see the module docstring)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
-    checkpointing_steps: int | None = None  # checkpoint into the work directory (pipelines resume from it)
-    seed: int = 0  # the retain subset; the incompetent teacher is drawn with seed + 1
+    kl_temperature: float = 1.0  # authors: KL_temperature = 1
+    retain_fraction: float = 0.3  # share of the retain set distilled from the competent teacher (authors: 0.3)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_schedule(self)
         if not self.kl_temperature > 0:
             raise ConfigError(f"kl_temperature must be > 0, got {self.kl_temperature}")
         if not 0.0 <= self.retain_fraction <= 1.0:

@@ -16,27 +16,18 @@ from torch import nn
 
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
-from classifiers.training import check_schedule, fit_method, fit_summary
+from classifiers.training import UnlearningConfig, fit_method, fit_summary
 from concept_erase.core.registry import register_method
 
 __all__ = ["FinetuneConfig", "finetune"]
 
 
 @dataclass
-class FinetuneConfig(MaskOptions):
+class FinetuneConfig(UnlearningConfig, MaskOptions):
     epochs: int = 5
-    max_train_steps: int | None = None  # overrides epochs when set
-    batch_size: int = 64
     learning_rate: float = 0.01
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = 0.9  # sgd only
     weight_decay: float = 5e-4
-    checkpointing_steps: int | None = None  # checkpoint into the work directory (pipelines resume from it)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_schedule(self)
 
 
 @register_method("finetune", FinetuneConfig, tags=("classifier",))

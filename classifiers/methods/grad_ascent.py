@@ -23,27 +23,17 @@ from torch import nn
 
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
-from classifiers.training import check_schedule, fit_method, fit_summary
+from classifiers.training import UnlearningConfig, fit_method, fit_summary
 from concept_erase.core.registry import register_method
 
 __all__ = ["GradAscentConfig", "grad_ascent", "negative_cross_entropy"]
 
 
 @dataclass
-class GradAscentConfig(MaskOptions):
+class GradAscentConfig(UnlearningConfig, MaskOptions):
     epochs: int = 5  # passes over the forget set
-    max_train_steps: int | None = None  # overrides epochs when set
-    batch_size: int = 64
     learning_rate: float = 4e-4
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"  # see the module docstring
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
-    checkpointing_steps: int | None = None  # checkpoint into the work directory (pipelines resume from it)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_schedule(self)
 
 
 def negative_cross_entropy(model: nn.Module, batch) -> torch.Tensor:

@@ -39,7 +39,7 @@ from torch.utils.data import TensorDataset
 
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
-from classifiers.training import check_schedule, fit_method, fit_summary
+from classifiers.training import UnlearningConfig, fit_method, fit_summary
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.registry import register_method
 
@@ -57,22 +57,18 @@ MAX_AUTO_RETAIN_WEIGHT = 10.0
 
 
 @dataclass
-class RandomLabelConfig(MaskOptions):
+class RandomLabelConfig(UnlearningConfig, MaskOptions):
+    """``batch_size`` forget samples per step, as many retain samples joining them."""
+
     epochs: int = 5  # passes over the forget set
-    max_train_steps: int | None = None  # overrides epochs when set
-    batch_size: int = 64  # forget samples per step (as many retain samples join them)
     learning_rate: float = 0.003
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = 0.9  # sgd only
     weight_decay: float = 5e-4
     retain_weight: float | None = None  # retain CE weight; null: |retain| / |forget| capped at 10; 0: forget only
     exclude_true_label: bool | None = None  # null: True for class-wise scenarios, False otherwise (SalUn)
-    checkpointing_steps: int | None = None  # checkpoint into the work directory (pipelines resume from it)
-    seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_schedule(self)
         if self.retain_weight is not None and self.retain_weight < 0:
             raise ConfigError(f"retain_weight must be >= 0, got {self.retain_weight}")
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from torch import nn
 
 from classifiers.data import UnlearningTask
-from classifiers.training import TrainConfig, fit_summary, reinitialise, train_recipe
+from classifiers.training import UnlearningConfig, fit_summary, reinitialise, train_recipe
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.registry import register_method
 
@@ -24,36 +24,17 @@ __all__ = ["RetrainConfig", "retrain"]
 
 
 @dataclass
-class RetrainConfig:
-    """The training recipe (defaults: :class:`~classifiers.training.TrainConfig`'s, i.e. the original model's)."""
+class RetrainConfig(UnlearningConfig):
+    """The training recipe (defaults: :class:`~classifiers.training.TrainConfig`'s, i.e. the original model's);
+    ``seed`` draws the initialisation and the data order."""
 
     takes_recipe: ClassVar[bool] = True  # the harness fills these keys from the job's recipe: retrain = the oracle
-    epochs: int = TrainConfig.epochs
-    max_train_steps: int | None = TrainConfig.max_train_steps  # overrides epochs when set
-    batch_size: int = TrainConfig.batch_size
-    learning_rate: float = TrainConfig.learning_rate
-    optimizer: Literal["adamw", "adam", "sgd"] = TrainConfig.optimizer
-    weight_decay: float = TrainConfig.weight_decay
-    seed: int = TrainConfig.seed  # initialisation and data order
-    checkpointing_steps: int | None = TrainConfig.checkpointing_steps
+    momentum: ClassVar[float] = 0.9  # not a key: the recipe's (train_recipe's)
 
     def __post_init__(self) -> None:
-        if self.learning_rate <= 0:
+        if self.learning_rate <= 0:  # this one first, then the schedule's other checks
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
-        self.recipe()  # TrainConfig validates epochs, batch_size and max_train_steps
-
-    def recipe(self) -> TrainConfig:
-        """These fields as a :class:`~classifiers.training.TrainConfig` for ``train_recipe``."""
-        return TrainConfig(
-            epochs=self.epochs,
-            max_train_steps=self.max_train_steps,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            optimizer=self.optimizer,
-            weight_decay=self.weight_decay,
-            seed=self.seed,
-            checkpointing_steps=self.checkpointing_steps,
-        )
+        super().__post_init__()
 
 
 @register_method("retrain", RetrainConfig, tags=("classifier",))
