@@ -57,7 +57,7 @@ class BGDConfig:
     """How BGD prepares a model (see the module docstring)."""
 
     epochs: int = 1  # passes over the training set (summed gradients: 1 = the whole data set counted once)
-    mc_samples: int = 3  # Monte Carlo weight samples per batch (BGD: 10; see the DiStruction module docstring)
+    mc_samples: int = 3  # Monte Carlo weight samples per batch (BGD: 10; the distruction method prepares with 2)
     batch_size: int = 128
     init_sigma: float = 0.06  # BGD's range: 0.01-0.06
     cap_at_init: bool = True  # sigma <= init_sigma (see the module docstring)

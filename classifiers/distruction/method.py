@@ -2,9 +2,9 @@
 
 Dugue et al., "Machine Unlearning Without Repair using DiStruction" (2024). Two steps:
 
-1. **Preparation** (:mod:`classifiers.distruction.bgd`), once after training while the training data is still there and before
-   any forget set is known: Bayesian Gradient Descent learns a sigma per weight around the trained weights (the
-   mean, unchanged). Saved as a "prepared" artifact (``prepared.safetensors`` + ``prepared.json``).
+1. **Preparation** (:mod:`classifiers.distruction.bgd`), once after training while the training data is still
+   there and before any forget set is known: Bayesian Gradient Descent learns a sigma per weight around the trained
+   weights (the mean, unchanged). Saved as a "prepared" artifact (``prepared.safetensors`` + ``prepared.json``).
 2. **Forgetting**, reading the forget set only (never ``task.retain``): the forget model's Gaussians ``q`` (mean and
    log-sigma, starting at the prepared ``p``) minimise ``(1 - kl_weight) * |D_f| * E_q[U(batch)] + kl_weight *
    KL(q || p)`` with the diagonal-Gaussian KL in closed form and ``E_q`` by the reparameterisation trick
@@ -53,8 +53,8 @@ __all__ = ["OBJECTIVES", "DistructionConfig", "distruction", "gaussian_kl"]
 OBJECTIVES = ("grad_ascent", "random_label", "max_entropy", "bad_teacher", "boundary_shrink")
 PREPARE_HINT = (
     "prepare it once after training, with its training data: `concept-erase distruction prepare --dataset D "
-    "--model M [--weights W] --output DIR` or classifiers.distruction.bgd.prepare_model(model, train_set).save(DIR), then pass "
-    "prepared_path: DIR"
+    "--model M [--weights W] --output DIR` or classifiers.distruction.bgd.prepare_model(model, train_set).save(DIR), "
+    "then pass prepared_path: DIR"
 )
 
 
