@@ -18,7 +18,6 @@ shared store; rank 0 holds the store lock and writes the ledger and ``models.jso
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -54,9 +53,6 @@ def single_model_epochs(epochs_per_stage: int, n_slices: int) -> int:
     """The single-model budget that ``epochs_per_stage`` over ``n_slices`` stages matches (inverse of
     :func:`stage_epochs`)."""
     return max(1, round(epochs_per_stage * (n_slices + 1) / 2))
-
-
-CRASH_HOOK = "CONCEPT_ERASE_SISA_CRASH_AFTER"  # tests: SIGKILL this process after N stage checkpoints
 
 
 class SISAClassifier(BaseEstimator):
@@ -211,14 +207,7 @@ class SISAClassifier(BaseEstimator):
             stage_seed = derive_seed(self.seed, shard, r)
             train_stage(model, self.inputs_[index], self.labels_[index], self.recipe_, stage_seed)
             self.store_.save_checkpoint(keys[r], model.state_dict())
-            self._crash_hook()
         return list(range(start, self.n_slices))
-
-    def _crash_hook(self) -> None:
-        if CRASH_HOOK in os.environ:
-            self._stages_written = getattr(self, "_stages_written", 0) + 1
-            if self._stages_written >= int(os.environ[CRASH_HOOK]):
-                os.kill(os.getpid(), signal.SIGKILL)
 
     def _bring_up_to_date(self, track_resumed: bool = True) -> dict[int, list[int]]:
         """Train every missing stage for the ledger's deleted set (resuming an interrupted request), record it, and

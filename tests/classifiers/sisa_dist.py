@@ -1,4 +1,4 @@
-"""Run by tests/test_sisa_store.py under ``torchrun --nproc_per_node 2`` (and once in a single process).
+"""Run by tests/classifiers/test_sisa_store.py under ``torchrun --nproc_per_node 2`` (and once in a single process).
 
 Fits a small SISA store on digits, then unlearns a few indices. Usage: python sisa_dist.py STORE
 """

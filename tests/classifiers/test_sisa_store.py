@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 
 from classifiers.data import load_dataset
 from classifiers.sisa import SISAClassifier
-from classifiers.sisa.estimator import CRASH_HOOK
 from concept_erase.core.errors import StoreError
 from pipelines.cli import main
 
@@ -34,11 +33,14 @@ def _copy(trained, tmp_path, name="store"):
     return Path(shutil.copytree(trained[0], tmp_path / name))
 
 
-def _cli(*args, env=None):
-    command = [sys.executable, "-m", "pipelines.cli", "sisa", *map(str, args)]
-    return subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, **ENV, **(env or {})}, timeout=120
-    )
+def _cli(*args, killed_after_checkpoints: int | None = None):
+    """``concept-erase sisa ARGS`` in a subprocess; with ``killed_after_checkpoints=N`` it is SIGKILLed right after
+    writing its N-th stage checkpoint (``sisa_crash.py``)."""
+    if killed_after_checkpoints is None:
+        command = [sys.executable, "-m", "pipelines.cli", "sisa", *map(str, args)]
+    else:
+        command = [sys.executable, str(HERE / "sisa_crash.py"), str(killed_after_checkpoints), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **ENV}, timeout=120)
 
 
 def _requests(store):
@@ -126,7 +128,7 @@ def test_two_processes_forgetting_at_once_leave_a_consistent_store(trained, tmp_
 def test_kill_9_mid_retraining_then_rerun_equals_an_uninterrupted_run(trained, tmp_path):
     crashed, clean = _copy(trained, tmp_path, "crashed"), _copy(trained, tmp_path, "clean")
     indices = ",".join(map(str, trained[1][0][0][:3]))  # slice 0 of shard 0: three stages to retrain
-    killed = _cli("forget", "--store", crashed, "--indices", indices, env={CRASH_HOOK: "1"})
+    killed = _cli("forget", "--store", crashed, "--indices", indices, killed_after_checkpoints=1)
     assert killed.returncode == -9
     assert [r["status"] for r in _requests(crashed)] == ["pending"]  # interrupted after one stage checkpoint
     resumed = _cli("forget", "--store", crashed, "--indices", indices)
