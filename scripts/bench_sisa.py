@@ -68,6 +68,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from classifiers.sisa.estimator import stage_epochs  # noqa: E402
+from classifiers.sisa.sharding import first_slices  # noqa: E402
+
 PAPER_HEADLINE = 4.63  # Bourtoule et al.'s headline: SISA's retraining speed-up on Purchase
 RATIO_GOAL = 0.8
 
@@ -87,11 +90,6 @@ QUICK = {
 
 def _ints(text: str) -> list[int]:
     return [int(v) for v in str(text).split(",") if v.strip()]
-
-
-def stage_epochs(total_epochs: int, n_slices: int) -> int:
-    """Epochs per stage so that a shard's training cost matches ``total_epochs`` over the shard (paper's budget)."""
-    return max(1, int(2 * total_epochs / (n_slices + 1) + 0.5))
 
 
 # ---------------------------------------------------------------------------------------------------- cost model
@@ -115,16 +113,12 @@ def sample_costs(shards: list, epochs: int, n: int) -> np.ndarray:
 def batched_costs(shards: list, requests: list[int], batch: int, epochs: int) -> tuple[list[int], int]:
     """Cost model of serving ``requests`` in batches of ``batch``: shards hit per batch and samples retrained (each
     hit shard retrains once, from the earliest slice any of the batch's samples sat in)."""
-    where = {i: (s, r) for s, shard in enumerate(shards) for r, part in enumerate(shard) for i in part}
     deleted: set[int] = set()
     hits, total = [], 0
     for start in range(0, len(requests), batch):
         chunk = requests[start : start + batch]
         deleted |= set(chunk)
-        affected: dict[int, int] = {}
-        for i in chunk:
-            s, r = where[i]
-            affected[s] = min(r, affected.get(s, r))
+        affected = first_slices(shards, chunk)
         hits.append(len(affected))
         for s, r in affected.items():
             total += retrain_cost([[i for i in p if i not in deleted] for p in shards[s]], r, epochs)
@@ -215,7 +209,7 @@ def accuracy_sweep(name: str, model: str, splits, args, tmp: Path) -> tuple[dict
     keep_for_stream = {(s, args.base_slices) for s in args.stream_shards}
     rows, kept = [], {}
     for S, R in configs:
-        e = stage_epochs(args.epochs, R)
+        e = stage_epochs(R, total=args.epochs)
         runs = []
         for seed in args.seeds:
             store = tmp / f"{name}-S{S}-R{R}-seed{seed}"
@@ -365,7 +359,7 @@ def strategies(name: str, model: str, splits, args, tmp: Path, uniform_store: Pa
     probs[hot] = args.hot_mass / len(hot)
     requests = [int(i) for i in rng.choice(n, size=args.strategy_requests, replace=False, p=probs)]
     S, R, seed = args.base_shards, args.base_slices, args.seeds[0]
-    e = stage_epochs(args.epochs, R)
+    e = stage_epochs(R, total=args.epochs)
     ests, rows = {}, {}
     for strategy in ("uniform", "label", "kmeans", "distribution"):
         store = tmp / f"{name}-strategy-{strategy}"

@@ -42,6 +42,7 @@ def main() -> None:
     from classifiers.distruction.method import DistructionConfig
     from classifiers.harness import UnlearnJob, load_splits, original_reference
     from classifiers.methods import unlearn
+    from classifiers.metrics import accuracy
 
     job = UnlearnJob(method="distruction", dataset=args.dataset, model=args.model, forget=args.forget, seed=args.seed)
     splits = load_splits(job)
@@ -49,19 +50,14 @@ def main() -> None:
     original = original_reference(job, splits, None, job.train_config()).model
     out = Path(args.output_dir)
     prepare_model(original, splits.train, DistructionConfig(seed=args.seed).bgd()).save(out / "prepared")
-
-    def accuracy(model, data) -> float:
-        with torch.no_grad():
-            return 100 * float((model(data.tensors[0]).argmax(1) == data.tensors[1]).float().mean())
-
     runs = {}
     for value in (float(v) for v in args.lambdas.split(",")):
         model = copy.deepcopy(original)
         config = {"kl_weight": value, "objective": args.objective, "epochs": args.epochs, "seed": args.seed}
         with contextlib.redirect_stdout(io.StringIO()):
             summary = unlearn("distruction", model, task, {**config, "prepared_path": str(out / "prepared")})
-        runs[value] = {"kl": summary["kl_history"], "df_acc": accuracy(model, task.forget)}
-        runs[value]["dr_acc"] = accuracy(model, task.retain)
+        runs[value] = {"kl": summary["kl_history"], "df_acc": 100 * accuracy(model, task.forget)}
+        runs[value]["dr_acc"] = 100 * accuracy(model, task.retain)
         print(f"lambda {value:g}: final KL {summary['final_kl']:.1f}, D_f acc {runs[value]['df_acc']:.1f}, "
               f"D_r acc {runs[value]['dr_acc']:.1f}")  # fmt: skip
     fig, ax = plt.subplots(figsize=(6, 4))

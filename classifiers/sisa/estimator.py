@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from classifiers.data import DatasetSplits, load_dataset
 from classifiers.models import ModelConfig
 from classifiers.sisa.aggregation import AGGREGATIONS, Ensemble, aggregate, as_inputs, training_data
-from classifiers.sisa.sharding import STRATEGIES, check_probabilities, make_shards
+from classifiers.sisa.sharding import STRATEGIES, check_probabilities, first_slices, make_shards
 from classifiers.sisa.store import SISAStore, build_manifest, fingerprint_tensors
 from classifiers.sisa.training import Distribution, SliceRecipe, derive_seed, initial_model, train_stage
 from concept_erase.core.errors import ConfigError, NotFittedError
@@ -282,10 +282,7 @@ class SISAClassifier(BaseEstimator):
                 new = [i for i in wanted if i not in deleted]
                 if len(deleted) + len(new) >= len(self.labels_):
                     raise ConfigError("unlearning these indices would delete every training sample")
-                where = {i: (s, r) for s, shard in enumerate(self.shards_) for r, p in enumerate(shard) for i in p}
-                affected: dict[int, int] = {}
-                for s, r in (where[i] for i in new if i in where):
-                    affected[s] = min(r, affected.get(s, r))
+                affected = first_slices(self.shards_, new)
                 request_id = 1 + max((r["request_id"] for r in records), default=0)
                 version = self.version_ + (1 if new else 0)
                 store.append_ledger({"request_id": request_id, "status": "pending" if new else "noop",

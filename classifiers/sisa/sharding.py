@@ -25,7 +25,7 @@ from sklearn.cluster import KMeans
 
 from concept_erase.core.errors import ConfigError
 
-__all__ = ["STRATEGIES", "make_shards", "check_probabilities"]
+__all__ = ["STRATEGIES", "make_shards", "check_probabilities", "first_slices"]
 
 STRATEGIES = ("uniform", "label", "kmeans", "distribution")
 
@@ -119,3 +119,13 @@ def make_shards(
             shard = rng.permutation(shard)
         out.append([[int(i) for i in part] for part in np.array_split(shard, n_slices)])
     return out
+
+
+def first_slices(shards: list[list[list[int]]], indices) -> dict[int, int]:
+    """``{shard: the first slice holding one of indices}`` for the shards that hold any of ``indices`` (indices the
+    map does not hold are skipped): what deleting them retrains, from that slice on."""
+    where = {i: (s, r) for s, shard in enumerate(shards) for r, part in enumerate(shard) for i in part}
+    affected: dict[int, int] = {}
+    for s, r in (where[i] for i in indices if i in where):
+        affected[s] = min(r, affected.get(s, r))
+    return affected
