@@ -6,7 +6,8 @@
 
 Modules: :mod:`~classifiers.sisa.sharding` (shard/slice strategies), :mod:`~classifiers.sisa.training` (the local
 per-stage loop), :mod:`~classifiers.sisa.store` (the persistent store and deletion ledger),
-:mod:`~classifiers.sisa.aggregation`, :mod:`~classifiers.sisa.estimator` and :mod:`~classifiers.sisa.cli`.
+:mod:`~classifiers.sisa.aggregation`, :mod:`~classifiers.sisa.estimator` and :mod:`~classifiers.sisa.evaluation`
+(UA/RA/TA/MIA against the retrain oracle). The command line is ``concept-erase sisa`` (:mod:`pipelines.cli.sisa`).
 """
 
 from classifiers.sisa.aggregation import AGGREGATIONS

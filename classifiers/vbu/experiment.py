@@ -21,11 +21,13 @@ import numpy as np
 from sklearn.datasets import make_moons
 
 from classifiers.vbu.gp import NotPositiveDefiniteError, SparseGPClassifier
+from classifiers.vbu.plots import plot_kl_vs_lambda, plot_maps
 from classifiers.vbu.shards import AGGREGATIONS, METHODS, SHARD_MODES, ShardedGPUnlearner, check_erase_indices
 from classifiers.vbu.unlearn import check_lambda
 from concept_erase.core.errors import ConfigError
+from concept_erase.core.io import write_json
 
-__all__ = ["DEFAULT_LAMBDAS", "MoonsConfig", "bernoulli_kl", "moons_data", "run_moons"]
+__all__ = ["DEFAULT_LAMBDAS", "MoonsConfig", "bernoulli_kl", "map_panels", "moons_data", "run_moons", "write_moons"]
 
 DEFAULT_LAMBDAS = (0.0, 1e-9, 1e-7, 1e-5, 1e-3, 1e-1, 1.0)
 ERASE_MODES = ("largest", "random")
@@ -184,3 +186,47 @@ def _progress(total: int, enabled: bool):
     except ImportError:  # pragma: no cover
         return _NoBar()
     return tqdm(total=total, desc="vbu moons", unit="run")
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+
+
+def map_panels(result: dict) -> tuple[dict, tuple]:
+    """The probability-map panels of a :func:`run_moons` result, and their ``(xx, yy)`` grid.
+
+    For the first (shard mode, S) run and the first aggregation: the predictive probabilities of the retrained
+    posterior, of the full ``q(theta|D)`` and of each method's best ``lambda`` (best: smallest KL on ``D_e``).
+    """
+    mode, num_shards, extra = result["maps"]
+    X, vbu, posteriors = result["X"], extra["vbu"], extra["posteriors"]
+    agg = result["config"]["aggregations"][0]
+    xx, yy = np.meshgrid(np.linspace(X[:, 0].min() - 0.5, X[:, 0].max() + 0.5, 70), np.linspace(-1.2, 1.7, 60))
+    grid = np.c_[xx.ravel(), yy.ravel()]
+    ps = result["config"]["predict_samples"]
+    panels = {"retrained on D_r": vbu.predict_proba(grid, agg, posteriors["retrained"], ps)}
+    panels["full q(theta|D)"] = vbu.predict_proba(grid, agg, posteriors["full"], ps)
+    for row in result["best"]:
+        if (row["shard_mode"], row["num_shards"], row["aggregation"]) == (mode, num_shards, agg):
+            if row["method"] != "full":
+                title = f"{row['method']} (lambda={row['lambda']:g}, S={num_shards})"
+                panels[title] = vbu.predict_proba(grid, agg, posteriors[(row["method"], row["lambda"])], ps)
+    return panels, (xx, yy)
+
+
+def write_moons(result: dict, out_dir) -> list[str]:
+    """Write a :func:`run_moons` result into ``out_dir``: results.json, one KL-vs-lambda figure per shard mode and
+    aggregation, and maps.png; returns the file names written."""
+    data = result["data"]
+    write_json(
+        out_dir / "results.json",
+        {"config": result["config"], "data": data, "rows": result["rows"], "best": result["best"]},
+    )
+    names = ["results.json"]
+    for mode in result["config"]["shard_modes"]:
+        for agg in result["config"]["aggregations"]:
+            name = f"kl_vs_lambda_{mode}_{agg}.png"
+            plot_kl_vs_lambda(result["rows"], out_dir / name, mode, agg)
+            names.append(name)
+    panels, grid = map_panels(result)
+    plot_maps(panels, grid, result["X"], result["y"], np.asarray(data["erased_indices"]), out_dir / "maps.png")
+    return [*names, "maps.png"]
