@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import yaml
 from classifiers.models import build_model, load_model, save_model
 from concept_erase import __version__
 from concept_erase.core.registry import METHODS, register_method
-from pipelines.cli import main
+from pipelines.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,13 +60,65 @@ def test_version_through_the_console_script_and_python_m():
         assert result.returncode == 0 and result.stdout.strip() == f"concept-erase {__version__}"
 
 
+COMMANDS = ["unlearn", "bench", "erase", "evaluate", "oracle", "run", "demo", "sisa", "vbu", "distruction", "list"]
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def _listed_commands(help_text: str) -> list[str]:
+    """The command names of the help's listing: the lines indented by 4 under ``COMMAND`` (help on the same line or,
+    for a long name, the next one, indented further)."""
+    listing = help_text.split("  COMMAND\n", 1)[1].split("\noptions:", 1)[0]
+    return [line.split()[0] for line in listing.splitlines() if line.startswith("    ") and line[4] != " "]
+
+
 def test_help_lists_every_subcommand(capsys):
+    parser = build_parser()
+    commands = _subcommands(parser)
+    assert list(commands) == COMMANDS
+    assert list(_subcommands(commands["sisa"])) == ["train", "forget", "evaluate"]
+    assert list(_subcommands(commands["distruction"])) == ["prepare"]
     code, out, _ = run_main(capsys, "--help")
     assert code == 0
-    for command in ("erase", "unlearn", "evaluate", "run", "list", "--debug", "--version"):
-        assert command in out
+    assert _listed_commands(out) == COMMANDS
+    assert "--debug" in out and "--version" in out
+    code, out, _ = run_main(capsys, "sisa", "--help")
+    assert code == 0 and _listed_commands(out.replace("SISA_COMMAND", "COMMAND")) == ["train", "forget", "evaluate"]
     code, out, _ = run_main(capsys, "unlearn", "--help")
     assert code == 0 and "--method" in out and "--overwrite" in out and "--set" in out
+
+
+def test_every_subcommand_has_a_handler_and_its_help_works(capsys):
+    for name, parser in _subcommands(build_parser()).items():
+        nested = _subcommands(parser) if name in ("sisa", "distruction") else {name: parser}
+        for sub in nested.values():
+            assert callable(sub.get_default("func")), sub.prog
+            assert run_main(capsys, *sub.prog.split()[1:], "--help")[0] == 0, sub.prog
+
+
+def test_help_loads_no_library_code():
+    """--help builds every parser without torch, sklearn, diffusers or any library module (the handlers import it)."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from pipelines.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['--help']) == 0 and main(['sisa', 'train', '--help']) == 0\n"
+        "heavy = ('torch', 'sklearn', 'diffusers', 'transformers', 'classifiers', 'concept_erase.core')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_sisa_help_names_the_library_strategies_and_aggregations():
+    from classifiers.sisa import AGGREGATIONS, STRATEGIES
+    from pipelines.cli import sisa
+
+    assert sisa.STRATEGIES == tuple(STRATEGIES) and sisa.AGGREGATIONS == tuple(AGGREGATIONS)
 
 
 def test_unknown_subcommand_is_one_line_and_status_2():
