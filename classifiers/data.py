@@ -412,6 +412,41 @@ def _check_classes(splits: DatasetSplits, classes: tuple[int, ...], fine: bool) 
         raise ConfigError(f"unknown class {bad} for dataset {splits.name!r}: its {what} are 0..{count - 1}")
 
 
+def _forget_masks(splits: DatasetSplits, scenario: Scenario, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean masks of the training samples ``scenario`` forgets and of the test samples of its forgotten
+    (sub-)classes (none for sample-wise scenarios)."""
+    n_train = len(splits.train)
+    train_labels, test_labels = splits.train.tensors[1], splits.test.tensors[1]
+    forget_test = torch.zeros(len(test_labels), dtype=torch.bool)
+    if scenario.kind == "subclass":
+        if splits.train_fine is None:
+            raise ConfigError("a subclass scenario needs super-class labels: use splits.with_superclasses(...)")
+        _check_classes(splits, scenario.classes, fine=True)
+        return _class_members(splits.train_fine, scenario.classes), _class_members(splits.test_fine, scenario.classes)
+    if scenario.kind == "class":
+        if splits.superclasses is not None:
+            raise ConfigError("this dataset uses super-class labels: forget a sub-class with subclass:C")
+        _check_classes(splits, scenario.classes, fine=False)
+        return _class_members(train_labels, scenario.classes), _class_members(test_labels, scenario.classes)
+    forget = torch.zeros(n_train, dtype=torch.bool)
+    if scenario.kind == "random":
+        count = int(round(scenario.fraction * n_train))
+        if count == 0:
+            raise EmptyDataError(f"random:{scenario.fraction:g} of {n_train} training samples selects no sample")
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
+        forget[order[:count]] = True
+        return forget, forget_test
+    index = torch.as_tensor(scenario.indices, dtype=torch.int64)
+    bad = index[(index < 0) | (index >= n_train)]
+    if len(bad):
+        raise ConfigError(
+            f"{scenario.source or 'indices'}: indices {bad[:5].tolist()} out of range for the {n_train} training "
+            f"samples of {splits.name!r} (valid: 0..{n_train - 1})"
+        )
+    forget[index] = True
+    return forget, forget_test
+
+
 def make_task(splits: DatasetSplits, scenario: str | Scenario, seed: int = 0) -> UnlearningTask:
     """The :class:`UnlearningTask` of ``scenario`` on ``splits`` (``seed`` draws the random forget set).
 
@@ -420,43 +455,12 @@ def make_task(splits: DatasetSplits, scenario: str | Scenario, seed: int = 0) ->
         EmptyDataError: the forget set is empty, or it is the whole training set (nothing would be retained).
     """
     scenario = Scenario.parse(scenario)
-    n_train = len(splits.train)
-    train_labels, test_labels = splits.train.tensors[1], splits.test.tensors[1]
-    forget_test = torch.zeros(len(test_labels), dtype=torch.bool)
-    if scenario.kind == "subclass":
-        if splits.train_fine is None:
-            raise ConfigError("a subclass scenario needs super-class labels: use splits.with_superclasses(...)")
-        _check_classes(splits, scenario.classes, fine=True)
-        forget = _class_members(splits.train_fine, scenario.classes)
-        forget_test = _class_members(splits.test_fine, scenario.classes)
-    elif scenario.kind == "class":
-        if splits.superclasses is not None:
-            raise ConfigError("this dataset uses super-class labels: forget a sub-class with subclass:C")
-        _check_classes(splits, scenario.classes, fine=False)
-        forget = _class_members(train_labels, scenario.classes)
-        forget_test = _class_members(test_labels, scenario.classes)
-    elif scenario.kind == "random":
-        count = int(round(scenario.fraction * n_train))
-        if count == 0:
-            raise EmptyDataError(f"random:{scenario.fraction:g} of {n_train} training samples selects no sample")
-        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
-        forget = torch.zeros(n_train, dtype=torch.bool)
-        forget[order[:count]] = True
-    else:
-        index = torch.as_tensor(scenario.indices, dtype=torch.int64)
-        bad = index[(index < 0) | (index >= n_train)]
-        if len(bad):
-            raise ConfigError(
-                f"{scenario.source or 'indices'}: indices {bad[:5].tolist()} out of range for the {n_train} training "
-                f"samples of {splits.name!r} (valid: 0..{n_train - 1})"
-            )
-        forget = torch.zeros(n_train, dtype=torch.bool)
-        forget[index] = True
+    forget, forget_test = _forget_masks(splits, scenario, seed)
     if not forget.any():
         raise EmptyDataError(f"the forget set of {scenario} is empty: no training sample matches it")
     if forget.all():
         raise EmptyDataError(f"the forget set of {scenario} is the whole training set: nothing would be retained")
-    x_train, (x_test, _) = splits.train.tensors[0], splits.test.tensors
+    (x_train, train_labels), (x_test, test_labels) = splits.train.tensors, splits.test.tensors
     return UnlearningTask(
         dataset=splits.name,
         num_classes=splits.num_classes,

@@ -137,11 +137,9 @@ def _retain_subset(retain: TensorDataset, per_class: int, seed: int) -> TensorDa
     return TensorDataset(inputs[chosen], labels[chosen])
 
 
-@register_method("unsir", UnsirConfig, tags=("classifier",))
-def unsir(model: nn.Module, task: UnlearningTask, config: UnsirConfig, *, work_dir: Path | None = None) -> dict:
-    """UNSIR (Tarun et al., TNNLS 2023): error-maximising noise for the forget classes, impair, then repair."""
-    classes = _noise_classes(task)
-    start = time.perf_counter()
+def _class_noises(model: nn.Module, task: UnlearningTask, classes: list[int], config: UnsirConfig):
+    """The error-maximising noise of each class (``(noise, label)`` pairs, drawn with ``seed + i``) and the first and
+    last objective values per class."""
     noises, objective = [], {}
     for i, label in enumerate(classes):
         noise, history = error_maximising_noise(
@@ -156,11 +154,25 @@ def unsir(model: nn.Module, task: UnlearningTask, config: UnsirConfig, *, work_d
         )
         noises.append((noise, label))
         objective[str(label)] = {"first": round(history[0], 4), "last": round(history[-1], 4)}
+    return noises, objective
+
+
+def _impair_set(noises: list[tuple[torch.Tensor, int]], repeats: int, retain: TensorDataset) -> TensorDataset:
+    """Each noise batch ``repeats`` times under its class label, then the retain subset."""
+    noise_x = torch.cat([n.repeat(repeats, *[1] * (n.ndim - 1)) for n, _ in noises])
+    noise_y = torch.cat([torch.full((len(n) * repeats,), c, dtype=torch.int64) for n, c in noises])
+    return TensorDataset(torch.cat([noise_x, retain.tensors[0]]), torch.cat([noise_y, retain.tensors[1]]))
+
+
+@register_method("unsir", UnsirConfig, tags=("classifier",))
+def unsir(model: nn.Module, task: UnlearningTask, config: UnsirConfig, *, work_dir: Path | None = None) -> dict:
+    """UNSIR (Tarun et al., TNNLS 2023): error-maximising noise for the forget classes, impair, then repair."""
+    classes = _noise_classes(task)
+    start = time.perf_counter()
+    noises, objective = _class_noises(model, task, classes, config)
     noise_seconds = time.perf_counter() - start
     retain = _retain_subset(task.retain, config.retain_per_class, config.seed)
-    noise_x = torch.cat([n.repeat(config.noise_repeats, *[1] * (n.ndim - 1)) for n, _ in noises])
-    noise_y = torch.cat([torch.full((len(n) * config.noise_repeats,), c, dtype=torch.int64) for n, c in noises])
-    impair_set = TensorDataset(torch.cat([noise_x, retain.tensors[0]]), torch.cat([noise_y, retain.tensors[1]]))
+    impair_set = _impair_set(noises, config.noise_repeats, retain)
     applier, mask_info = prepare_mask(model, task, config, seed=config.seed)
     common = dict(
         batch_size=config.batch_size,
