@@ -130,11 +130,15 @@ def test_gradient_accumulation_matches_a_larger_batch():
     model_b, _ = make_task(n=32, dropout=0.0)
     _, loader_small = make_task(n=32, batch=4, dropout=0.0)
     _, loader_big = make_task(n=32, batch=8, dropout=0.0)
+    initial = params(model_a)
     common = dict(max_train_steps=4, optimizer="sgd", learning_rate=0.1, show_progress=False, max_grad_norm=None)
-    Trainer(model_a, TrainerConfig(gradient_accumulation_steps=2, **common), loader_small, ce).train()
+    result = Trainer(model_a, TrainerConfig(gradient_accumulation_steps=2, **common), loader_small, ce).train()
     Trainer(model_b, TrainerConfig(**common), loader_big, ce).train()
+    assert result.global_step == 4 and len(result.losses) == 4  # 4 optimizer steps of 2 micro-batches each
     for (name, a), b in zip(model_a.named_parameters(), model_b.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        # every tensor moved: equal because both runs trained the same way, not because neither trained
+        assert (a.detach() - initial[name]).abs().max() > 1e-3, name
 
 
 def test_parameter_subset_by_pattern_and_module_filter():
@@ -171,6 +175,23 @@ def test_bf16_mixed_precision_keeps_trainable_parameters_in_fp32():
     ).train()
     assert model[3].weight.dtype == torch.float32 and model[0].weight.dtype == torch.bfloat16
     assert all(torch.isfinite(torch.tensor(result.losses)))
+
+
+@pytest.mark.gpu
+def test_fp16_mixed_precision_on_cuda_computes_in_fp16_and_trains_fp32_weights():
+    model, loader = make_task(dropout=0.0)
+    before = params(model)
+    seen = set()
+    model[0].register_forward_hook(lambda module, inputs, output: seen.add((output.device.type, output.dtype)))
+    config = TrainerConfig(max_train_steps=8, mixed_precision="fp16", learning_rate=1e-2, show_progress=False)
+    trainer = Trainer(model, config, loader, ce)
+    result = trainer.train()
+    assert seen == {("cuda", torch.float16)}  # autocast ran the layers in half precision on the GPU
+    assert trainer.accelerator.scaler is not None  # fp16 needs a loss scaler (bf16 does not)
+    assert all(torch.isfinite(torch.tensor(result.losses))) and result.global_step == 8
+    for name, value in params(trainer.model).items():
+        assert value.dtype == torch.float32 and torch.isfinite(value).all(), name
+        assert not torch.equal(value.cpu(), before[name]), name  # the scaler cannot have skipped every step
 
 
 def test_gradient_clipping_bounds_the_update():
@@ -291,6 +312,7 @@ LAUNCHERS = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_two_processes_match_single_process(tmp_path, launcher, free_port):
     """2 CPU processes (gloo) with 4 samples each == 1 process with 8: ranks identical, result matches."""
