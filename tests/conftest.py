@@ -1,9 +1,26 @@
-"""Shared test fixtures."""
+"""Shared test fixtures and the test markers.
+
+Markers (declared in pyproject.toml):
+
+- ``slow``: takes more than a few seconds (multi-process runs, killed-and-resumed pipelines, benchmarks, diffusion
+  conformance runs). CI runs everything, slow tests included: ``python -m pytest -q``. The quick developer loop
+  leaves them out: ``python -m pytest -q -m "not slow"``.
+- ``gpu``: needs a CUDA device; skipped, with the reason, when ``torch.cuda.is_available()`` is false.
+"""
 
 import socket
 
 import pytest
 import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``gpu`` tests on a machine without CUDA (checked once, only when some are collected)."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu_tests and not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="gpu: needs a CUDA device (torch.cuda.is_available() is False)")
+        for item in gpu_tests:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)
