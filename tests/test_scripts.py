@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_bench_saliency_small_run(tmp_path):
     output = tmp_path / "saliency.json"
     script = ROOT / "scripts" / "bench_saliency.py"
@@ -64,6 +65,7 @@ def test_bench_classifiers_checks_the_goals_per_seed_and_on_the_mean(tmp_path):
     assert output.with_suffix(".md").read_text() == "# grid\n"
 
 
+@pytest.mark.slow
 def test_bench_sisa_quick_run_writes_tables_plots_and_goal_checks(tmp_path):
     output = tmp_path / "sisa.json"
     script = ROOT / "scripts" / "bench_sisa.py"

@@ -97,6 +97,7 @@ def test_corrupt_or_truncated_ledger_is_refused_and_never_rewritten(trained, tmp
     assert ledger.read_bytes() == damaged
 
 
+@pytest.mark.slow
 def test_two_processes_forgetting_at_once_leave_a_consistent_store(trained, tmp_path):
     store = _copy(trained, tmp_path)
     shards = trained[1]
@@ -125,6 +126,7 @@ def test_two_processes_forgetting_at_once_leave_a_consistent_store(trained, tmp_
     _assert_same_store(store, reference)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_retraining_then_rerun_equals_an_uninterrupted_run(trained, tmp_path):
     crashed, clean = _copy(trained, tmp_path, "crashed"), _copy(trained, tmp_path, "clean")
     indices = ",".join(map(str, trained[1][0][0][:3]))  # slice 0 of shard 0: three stages to retrain
@@ -137,6 +139,7 @@ def test_kill_9_mid_retraining_then_rerun_equals_an_uninterrupted_run(trained, t
     _assert_same_store(crashed, clean)
 
 
+@pytest.mark.slow
 def test_two_processes_build_the_same_store_as_one(tmp_path, free_port):
     multi, single = tmp_path / "multi", tmp_path / "single"
     script = str(HERE / "sisa_dist.py")

@@ -145,6 +145,7 @@ def test_non_positive_definite_covariance_jitters_then_fails():
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_moons_writes_results(tmp_path, capsys):
     out = tmp_path / "vbu"
     args = ["vbu", "moons", "--shards", "1,2", "--lambdas", "0,1e-5,1", "--methods", "eubo,rkl", "--quiet"]

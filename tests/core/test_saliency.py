@@ -470,6 +470,7 @@ def dist_worker(out: Path) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_sum_gradients_across_ranks(tmp_path, free_port):
     command = [
         sys.executable,

@@ -54,12 +54,14 @@ def test_images_do_not_depend_on_the_batch_they_were_generated_in():
     assert not torch.equal(a[0], a[1])
 
 
+@pytest.mark.slow
 def test_embedded_model_draws_every_concept_it_is_asked_for():
     metrics = evaluate_erasure(DEFAULT_MODEL, EvaluationConfig(num_images=16), oracle=None)
     assert metrics["forget_accuracy"] is None and metrics["retain"] == list(metrics["per_concept"])
     assert metrics["retain_accuracy"] >= 0.85, metrics["per_concept"]
 
 
+@pytest.mark.slow
 def test_evaluating_the_oracle_against_the_original_shows_the_concept_gone(tmp_path):
     out = tmp_path / "eval"
     metrics = evaluate_erasure(

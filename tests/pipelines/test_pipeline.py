@@ -358,6 +358,7 @@ def long_training(tmp_path) -> Path:
     return config
 
 
+@pytest.mark.slow
 def test_killed_pipeline_resumes_from_its_checkpoint_bit_identically(tmp_path, long_training):
     reference = tmp_path / "reference"
     subprocess.run(_cli("run", str(long_training), "--output_dir", str(reference)), check=True, capture_output=True)
@@ -371,6 +372,7 @@ def test_killed_pipeline_resumes_from_its_checkpoint_bit_identically(tmp_path, l
     assert (out / model).read_bytes() == (reference / model).read_bytes()
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_on_resume_fails_clearly(tmp_path, long_training):
     out = tmp_path / "out"
     _start_and_kill_after_first_checkpoint(long_training, out)
