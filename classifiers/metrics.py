@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure  # no pyplot: no global backend state
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -302,16 +303,12 @@ def evaluate_classifier(model: nn.Module, task: UnlearningTask, batch_size: int 
 
 def plot_per_class(metrics: dict, path: str | Path, title: str | None = None) -> Path:
     """Bar chart of per-class test accuracy, forgotten classes in red."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     classes = list(metrics["per_class_accuracy"])
     values = [v if v is not None else 0.0 for v in metrics["per_class_accuracy"].values()]
     forget = {str(c) for c in metrics["forget_classes"]}
     colors = ["tab:red" if c in forget else "tab:blue" for c in classes]
-    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    fig = Figure(figsize=(6, 3), dpi=100)
+    ax = fig.subplots()
     ax.bar(classes, values, color=colors)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("class (red: forgotten)")
@@ -319,23 +316,18 @@ def plot_per_class(metrics: dict, path: str | Path, title: str | None = None) ->
     ax.set_title(title or f"per-class test accuracy ({metrics['dataset']})")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_per_class_comparison(runs: dict[str, dict], path: str | Path, title: str | None = None) -> Path:
     """Grouped bars of per-class test accuracy, one colour per run (e.g. original, unlearned, retrained); the
     forgotten classes' ticks are marked in red."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     first = next(iter(runs.values()))
     classes = list(first["per_class_accuracy"])
     forget = {str(c) for c in first["forget_classes"]}
     width = 0.8 / max(len(runs), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes) * max(len(runs), 1) ** 0.5), 3.2), dpi=100)
+    fig = Figure(figsize=(max(6, 0.6 * len(classes) * max(len(runs), 1) ** 0.5), 3.2), dpi=100)
+    ax = fig.subplots()
     x = np.arange(len(classes))
     for i, (label, metrics) in enumerate(runs.items()):
         values = [metrics["per_class_accuracy"].get(c) or 0.0 for c in classes]
@@ -352,7 +344,6 @@ def plot_per_class_comparison(runs: dict[str, dict], path: str | Path, title: st
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
@@ -378,17 +369,13 @@ def plot_metric_bars(rows: dict[str, dict], path: str | Path, title: str | None 
     ``"oracle"`` when there is one (it is also drawn as a bar), otherwise from the ``"oracle"`` entry of the first
     row that has one; without either there is no line. A missing value leaves its bar out.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     if not rows:
         raise ConfigError("plot_metric_bars needs at least one row of metrics")
     names, reference = list(rows), _oracle_reference(rows)
     x = np.arange(len(names))
     width = len(_BAR_PANELS) * (1.2 + 0.35 * len(names))
-    fig, axes = plt.subplots(1, len(_BAR_PANELS), figsize=(width, 3.4), dpi=100)
+    fig = Figure(figsize=(width, 3.4), dpi=100)
+    axes = fig.subplots(1, len(_BAR_PANELS))
     for ax, (key, label) in zip(axes, _BAR_PANELS):
         values = [_number(rows[n].get(key)) for n in names]
         errors = np.array([_number(rows[n].get(f"{key}_std")) for n in names])
@@ -404,7 +391,6 @@ def plot_metric_bars(rows: dict[str, dict], path: str | Path, title: str | None 
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 

@@ -1,23 +1,15 @@
-"""Figures of the moons study: KL vs lambda per S, and predictive probability maps (matplotlib, Agg backend)."""
+"""Figures of the moons study: KL vs lambda per S, and predictive probability maps (matplotlib figures, no pyplot)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global backend state
 
 __all__ = ["plot_kl_vs_lambda", "plot_maps"]
 
 _STYLE = {"eubo": ("C0", "o"), "eubo_adam": ("C2", "s"), "rkl": ("C1", "^")}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _x_positions(lambdas: list[float]) -> tuple[np.ndarray, float]:
@@ -29,10 +21,10 @@ def _x_positions(lambdas: list[float]) -> tuple[np.ndarray, float]:
 
 def plot_kl_vs_lambda(rows: list[dict], path: str | Path, shard_mode: str, aggregation: str) -> Path:
     """Rows of panels, one row per S: KL on D_e (left) and D_r (right) vs lambda; ``full`` as a dashed line."""
-    plt = _pyplot()
     rows = [r for r in rows if r["shard_mode"] == shard_mode and r["aggregation"] == aggregation]
     shard_counts = sorted({r["num_shards"] for r in rows})
-    fig, axes = plt.subplots(len(shard_counts), 2, figsize=(9, 2.8 * len(shard_counts)), squeeze=False, dpi=100)
+    fig = Figure(figsize=(9, 2.8 * len(shard_counts)), dpi=100)
+    axes = fig.subplots(len(shard_counts), 2, squeeze=False)
     for axes_row, s in zip(axes, shard_counts):
         mine = [r for r in rows if r["num_shards"] == s]
         full = next(r for r in mine if r["method"] == "full")
@@ -58,15 +50,14 @@ def plot_kl_vs_lambda(rows: list[dict], path: str | Path, shard_mode: str, aggre
     fig.suptitle(f"VBU on moons ({shard_mode} shards, {aggregation})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_maps(panels: dict[str, np.ndarray], grid: tuple, X, y, erase, path: str | Path) -> Path:
     """One panel per predictive probability map ``p(y=1|x)`` on ``grid = (xx, yy)``; D_e circled."""
-    plt = _pyplot()
     xx, yy = grid
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2), squeeze=False, dpi=100)
+    fig = Figure(figsize=(3.4 * len(panels), 3.2), dpi=100)
+    axes = fig.subplots(1, len(panels), squeeze=False)
     erased = np.zeros(len(X), dtype=bool)
     erased[erase] = True
     for ax, (title, probs) in zip(axes[0], panels.items()):
@@ -79,5 +70,4 @@ def plot_maps(panels: dict[str, np.ndarray], grid: tuple, X, y, erase, path: str
         ax.set_yticks([])
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="p(y=1|x)")
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
