@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from sklearn.datasets import make_moons
+from tqdm.auto import tqdm
 
 from classifiers.vbu.gp import NotPositiveDefiniteError, SparseGPClassifier
 from classifiers.vbu.plots import plot_kl_vs_lambda, plot_maps
@@ -143,7 +144,7 @@ def run_moons(config: MoonsConfig | None = None, progress: bool = True) -> dict:
     X, y, Z, erase = moons_data(config)
     model = SparseGPClassifier(Z)
     total = len(config.shard_modes) * len(config.shards) * len(config.methods) * len(config.lambdas)
-    bar = _progress(total, progress)
+    bar = tqdm(total=total, desc="vbu moons", unit="run", disable=not progress)
     rows, fits = [], []
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -168,24 +169,6 @@ def _grid(config, model, X, y, erase, bar, rows, fits) -> None:
                 fits.append({**fit, "extra": (mode, num_shards, extra) if not fits else None})
     finally:
         bar.close()
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return _NoBar()
-    return tqdm(total=total, desc="vbu moons", unit="run")
 
 
 # ---------------------------------------------------------------------------------------------------- outputs

@@ -21,6 +21,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from concept_erase.core.config import config_to_dict
 from concept_erase.core.errors import OutputExistsError
 
@@ -112,13 +114,8 @@ def peak_memory_bytes() -> dict[str, int]:
     """Peak resident memory of this process (and peak CUDA allocation when CUDA is in use), in bytes."""
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux, bytes on macOS
     out = {"cpu_peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}
-    try:
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            out["cuda_peak_allocated"] = int(torch.cuda.max_memory_allocated())
-    except ImportError:  # pragma: no cover
-        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda_peak_allocated"] = int(torch.cuda.max_memory_allocated())
     return out
 
 
