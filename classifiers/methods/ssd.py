@@ -12,10 +12,10 @@ estimate diagonal Fisher importances, then one multiplication.
 
 Defaults are the paper's ResNet18 values: ``dampening_constant`` (lambda) 1, ``selection_weighting`` (alpha) 10, and
 the authors' exponent 1 and upper bound 1 on beta (fixed here). Importance batches of 64 (``batch_size``). For the
-ViT, issue 7 quotes alpha 5 / 25 / 10 for full-class / sub-class / random forgetting (``VIT_SELECTION_WEIGHTING``;
-not re-checked against the authors' scripts): pass ``selection_weighting=...`` to use them. The authors skip
-single-element parameters (``numel() <= 1``, e.g. a scalar scale); so does this code. Larger lambda dampens less,
-larger alpha selects fewer parameters. With ``mask: saliency`` only the masked weights may be dampened.
+ViT, the values quoted to us are alpha 5 / 25 / 10 for full-class / sub-class / random forgetting
+(``VIT_SELECTION_WEIGHTING``; not re-checked against the authors' scripts): pass ``selection_weighting=...`` to use
+them. The authors skip single-element parameters (``numel() <= 1``, e.g. a scalar scale); so does this code. Larger
+lambda dampens less, larger alpha selects fewer parameters. With ``mask: saliency`` only the masked weights may be dampened.
 
 Measured (class:3, seed 0): on digits + the MLP the defaults forget the class (forget accuracy 92 -> 0, test accuracy
 on the other classes 95.0 -> 93.3). On mnist5k + the small CNN, which fits its training set perfectly, the defaults
@@ -40,7 +40,7 @@ from concept_erase.core.registry import register_method
 
 __all__ = ["VIT_SELECTION_WEIGHTING", "SSDConfig", "dampen", "fisher_importance", "ssd"]
 
-# alpha for the ViT per scenario kind, as quoted in issue 7 (the ResNet value, 10, is the default)
+# alpha for the ViT per scenario kind, as quoted to us (the ResNet value, 10, is the default)
 VIT_SELECTION_WEIGHTING = {"class": 5.0, "subclass": 25.0, "random": 10.0}
 
 

@@ -11,7 +11,7 @@ deterministic, so it is minimised with L-BFGS); the KL between Gaussians is exac
 
 **Adjusted likelihood** with threshold ``lambda`` in [0, 1]: ``p_adj(D_e|theta; lambda) = p(D_e|theta)`` where
 ``q(theta|D) > lambda * max_theta q(theta|D)``, and 1 elsewhere (so ``log p_adj = 0`` there). This is the paper's
-definition; the issue's "else 0" would make ``log p_adj = -inf`` outside the region and ``lambda = 1`` could then not
+definition; an "else 0" (as it is sometimes restated) would make ``log p_adj = -inf`` outside the region and ``lambda = 1`` could then not
 mean "no unlearning". For a Gaussian ``q(theta|D) = N(mu, Sigma)`` the region is the ellipsoid
 ``(theta - mu)^T Sigma^-1 (theta - mu) < -2 log lambda``: ``lambda = 0`` keeps every theta (full unlearning),
 ``lambda = 1`` keeps none (``q_u = q(theta|D)``: no unlearning). The adjusted EUBO and the rKL below use it.

@@ -26,7 +26,7 @@ from concept_erase.diffusion.evaluation import EvaluationConfig, load_samples, p
 
 __all__ = ["GOALS", "summarize_evaluation", "write_erasure_report"]
 
-# The goals: forget accuracy within 10 points of the oracle's, retain accuracy within 3 points of the
+# The demo's goals: forget accuracy within 10 points of the oracle's, retain accuracy within 3 points of the
 # original's, and erasure time as a share of the oracle's training time (per method).
 GOALS = {"forget_gap_to_oracle": 0.10, "retain_drop": 0.03, "time_share": {"fmn": 0.02, "salun": 0.10, "esd": 0.10}}
 
