@@ -90,3 +90,23 @@ def test_bench_sisa_quick_run_writes_tables_plots_and_goal_checks(tmp_path):
     assert "accuracy_loss_points" in goals["speed-up >= 4.63x at S=8"]
     assert len(result["plots"]) == 3 and all(Path(p).is_file() for p in result["plots"])
     assert "## Goals" in output.with_suffix(".md").read_text()
+
+
+def test_bench_startup_writes_medians_ratios_and_the_help_goal(tmp_path):
+    output = tmp_path / "startup.json"
+    script = ROOT / "scripts" / "bench_startup.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--repeats", "1", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(output.read_text())
+    rows = result["commands"]
+    assert {"python -c pass", "concept-erase --help", "concept-erase list (loads every method)"} <= set(rows)
+    assert rows["python -c pass"]["over_bare_python"] == 1.0
+    # --help imports none of the library; `list` imports every method (torch, diffusers): one run, relative timing
+    assert rows["concept-erase --help"]["median_s"] < rows["concept-erase list (loads every method)"]["median_s"]
+    assert [g["goal"] for g in result["goals"]] == ["concept-erase --help <= 0.5 s"]
