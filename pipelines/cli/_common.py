@@ -107,8 +107,11 @@ def _one_line(exc: BaseException) -> str:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the chosen command's handler; errors become one line on stderr and an exit status (see the package)."""
-    from concept_erase.core.errors import ConceptEraseError  # here, not at the top: --help stays free of sklearn
-
+    try:  # here, not at the top: --help stays free of sklearn
+        from concept_erase.core.errors import ConceptEraseError
+    except ImportError as exc:  # a broken installation: say what is missing, without a traceback
+        print(f"{PROG}: error: {exc} (is concept-erase installed with its dependencies?)", file=sys.stderr)
+        return 1
     debug = getattr(args, "debug", False)
     try:
         return int(args.func(args) or 0)
