@@ -17,7 +17,7 @@ from concept_erase import __version__
 from concept_erase.core.registry import METHODS, register_method
 from pipelines.cli import build_parser, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
