@@ -62,6 +62,14 @@ class OutputExistsError(ConceptEraseError, FileExistsError):
     """An output directory already exists and is not empty (pass ``overwrite`` to replace it)."""
 
 
+class OutputOverlapsInputError(ConceptEraseError, ValueError):
+    """An output path equals, contains or lies inside one of the inputs (writing it would destroy that input)."""
+
+
+class NonFiniteValueError(ConceptEraseError, ValueError):
+    """A number that must be finite is NaN or infinite (in a setting, or in a result about to be written as JSON)."""
+
+
 class PipelineError(ConceptEraseError, RuntimeError):
     """A pipeline config is invalid or one of its steps failed."""
 

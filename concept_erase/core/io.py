@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import resource
@@ -16,7 +17,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,13 @@ from typing import Any
 import torch
 
 from concept_erase.core.config import config_to_dict
-from concept_erase.core.errors import OutputExistsError
+from concept_erase.core.errors import NonFiniteValueError, OutputExistsError, OutputOverlapsInputError
 
 __all__ = [
     "cache_dir",
     "atomic_file",
     "atomic_output_dir",
+    "check_disjoint",
     "check_output_dir",
     "package_versions",
     "peak_memory_bytes",
@@ -50,9 +52,11 @@ _TRACKED_PACKAGES = (
 )
 
 
-def check_output_dir(path: str | Path, overwrite: bool = False) -> Path:
-    """Refuse an existing non-empty directory (or a file) at ``path`` unless ``overwrite``."""
+def check_output_dir(path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Refuse an existing non-empty directory (or a file) at ``path`` unless ``overwrite``, and, with or without
+    ``overwrite``, an output that equals, contains or lies inside one of ``inputs`` (see :func:`check_disjoint`)."""
     path = Path(path)
+    check_disjoint(path, inputs)
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"output path {path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
@@ -60,13 +64,41 @@ def check_output_dir(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+def check_disjoint(output: str | Path, inputs: Iterable[str | Path | None]) -> None:
+    """Refuse an ``output`` path that equals, contains or lies inside an existing input path (a model, an adapter, a
+    data set, a store, a config): writing it, or replacing it with ``overwrite``, would destroy that input.
+
+    Inputs that are not local paths (``None``, a hub id) are skipped; links are followed on both sides.
+    """
+    out = Path(output).expanduser().resolve()
+    for given in inputs:
+        if given is None or not Path(given).expanduser().exists():
+            continue
+        source = Path(given).expanduser().resolve()
+        if out == source:
+            relation = "is"
+        elif out in source.parents:
+            relation = "contains"
+        elif source in out.parents:
+            relation = "lies inside"
+        else:
+            continue
+        raise OutputOverlapsInputError(
+            f"output {output} {relation} the input {given}: writing it would destroy that input; "
+            "choose an output path outside every input"
+        )
+
+
 @contextlib.contextmanager
-def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(
+    path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path | None] = ()
+) -> Iterator[Path]:
     """Yield a fresh temporary sibling of ``path``; on success rename it to ``path``, on error delete it.
 
-    With ``overwrite`` an existing directory is replaced only after the new one is complete.
+    With ``overwrite`` an existing directory is replaced only after the new one is complete. ``inputs`` are checked
+    as :func:`check_output_dir` does: an output overlapping one of them is refused before anything is created.
     """
-    final = check_output_dir(path, overwrite).absolute()
+    final = check_output_dir(path, overwrite, inputs).absolute()
     created = [p for p in final.parents if not p.exists()]  # parents this call creates, deepest first
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -130,7 +162,31 @@ def _json_default(obj: Any) -> Any:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Write ``data`` as strict JSON (no ``NaN`` / ``Infinity``: a non-finite number is refused, naming its key)."""
+    bad = _non_finite(data)
+    if bad is not None:
+        raise NonFiniteValueError(f"cannot write {Path(path).name}: {bad} (strict JSON has no NaN or Infinity)")
+    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    Path(path).write_text(text + "\n")
+
+
+def _non_finite(data: Any, where: str = "") -> str | None:
+    """``"key.path is nan"`` for the first non-finite float in ``data`` (dicts, lists, tuples, arrays), else None."""
+    if isinstance(data, float):
+        return None if math.isfinite(data) else f"{where or 'the value'} is {data}"
+    if isinstance(data, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in data.items())
+    elif isinstance(data, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(data))
+    elif hasattr(data, "tolist") and not isinstance(data, (str, bytes)):
+        return _non_finite(data.tolist(), where)
+    else:
+        return None
+    for key, value in items:
+        found = _non_finite(value, key)
+        if found is not None:
+            return found
+    return None
 
 
 def cache_dir() -> Path:

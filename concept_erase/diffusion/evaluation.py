@@ -119,15 +119,15 @@ def generate(pipe, prompts: list[str], seeds: list[int], config: EvaluationConfi
     return torch.cat(out)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to feature sets ``a`` and ``b`` (rows are samples).
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Frechet distance between Gaussians fitted to feature sets ``a`` and ``b`` (rows are samples); None when a set
+    has fewer than two samples (no covariance: the distance is undefined, and JSON has no NaN).
 
     Like FID it is biased for small samples: compare values computed with the same number of images, ideally more
     images than feature dimensions (the judge's features have 32).
     """
-
     if len(a) < 2 or len(b) < 2:
-        return float("nan")
+        return None
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     with warnings.catch_warnings():  # fewer samples than feature dimensions give singular covariances

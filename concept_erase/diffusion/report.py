@@ -101,6 +101,10 @@ def _mark(ok: bool | None) -> str:
     return "n/a" if ok is None else ("yes" if ok else "**no**")
 
 
+def _fd(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def _markdown(rows: list[dict[str, Any]], title: str) -> str:
     first = rows[0]
     oracle = first["oracle"]
@@ -113,13 +117,13 @@ def _markdown(rows: list[dict[str, Any]], title: str) -> str:
         "| model | forget acc | retain acc | FD to real | erasure time | time / oracle training | peak RSS | artifact |",
         "|---|---|---|---|---|---|---|---|",
         f"| original | {_pct(first['original']['forget_accuracy'])} | {_pct(first['original']['retain_accuracy'])} | "
-        f"{first['original']['frechet_to_real']:.1f} | | | | |",
+        f"{_fd(first['original']['frechet_to_real'])} | | | | |",
     ]
     if oracle:
         oracle_time = f"{first['oracle_seconds']:.0f} s (training)" if first["oracle_seconds"] else ""
         lines.append(
             f"| retrain oracle | {_pct(oracle['forget_accuracy'])} | {_pct(oracle['retain_accuracy'])} | "
-            f"{oracle['frechet_to_real']:.1f} | {oracle_time} | 100% | | |"
+            f"{_fd(oracle['frechet_to_real'])} | {oracle_time} | 100% | | |"
         )
     for row in rows:
         size = (
@@ -131,7 +135,7 @@ def _markdown(rows: list[dict[str, Any]], title: str) -> str:
         memory = f"{row['peak_memory_mb']:.0f} MiB" if row.get("peak_memory_mb") else ""
         lines.append(
             f"| {row['name']} | {_pct(row['forget_accuracy'])} | {_pct(row['retain_accuracy'])} | "
-            f"{row['frechet_to_real']:.1f} | {seconds} | {_pct(row.get('time_share'))} | {memory} | {size} |"
+            f"{_fd(row['frechet_to_real'])} | {seconds} | {_pct(row.get('time_share'))} | {memory} | {size} |"
         )
     lines += [
         "",
