@@ -42,7 +42,7 @@ class EraseStepConfig:
         self.config = config_to_dict(get_method(self.method, tag="diffusion").make_config(self.config))
 
 
-@register_step("erase", EraseStepConfig)
+@register_step("erase", EraseStepConfig, outputs=("output_dir", "seconds", "artifact_bytes"))
 def erase_step(context, config: EraseStepConfig) -> dict:
     """Erase concepts from a diffusion model (artifact + erasure.json in the step directory)."""
 
@@ -65,7 +65,11 @@ class EvaluateErasureStepConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
-@register_step("evaluate_erasure", EvaluateErasureStepConfig)
+@register_step(
+    "evaluate_erasure",
+    EvaluateErasureStepConfig,
+    outputs=("erasure_metrics_path", "forget_accuracy", "retain_accuracy", "frechet_to_real", "seconds"),
+)
 def evaluate_erasure_step(context, config: EvaluateErasureStepConfig) -> dict:
     """Forget / retain accuracy, Frechet distances, gaps to the oracle; metrics.json, grid.png, report.md."""
 
@@ -91,7 +95,9 @@ class ErasureReportStepConfig:
     evaluations: list[str] = field(default_factory=list)  # evaluate_erasure step ids; empty: every earlier one
 
 
-@register_step("erasure_report", ErasureReportStepConfig)
+@register_step(
+    "erasure_report", ErasureReportStepConfig, outputs=("report_path", "report_json", "plot_path", "grid_path")
+)
 def erasure_report_step(context, config: ErasureReportStepConfig) -> dict:
     """Tabulate forget / retain accuracy, distance, time, memory and artifact size per erasure; plot; grid."""
 

@@ -49,7 +49,19 @@ def _need(value: str, key: str) -> str:
 # ---------------------------------------------------------------------------------------------------- train
 
 
-@register_step("train_classifier", TrainConfig)
+@register_step(
+    "train_classifier",
+    TrainConfig,
+    outputs=(
+        "model_dir",
+        "test_accuracy",
+        "train_samples",
+        "global_step",
+        "final_loss",
+        "train_seconds",
+        "resumed_from",
+    ),
+)
 def train_classifier_step(context, config: TrainConfig) -> dict:
     """Train a classifier from scratch; with exclude_classes, the retrained-without-the-forget-set oracle."""
     work_dir = context.work_dir() if config.checkpointing_steps else None
@@ -82,7 +94,7 @@ class SaliencyMaskConfig:
             raise ConfigError(f"ratio must be in (0, 1], got {self.ratio}")
 
 
-@register_step("saliency_mask", SaliencyMaskConfig)
+@register_step("saliency_mask", SaliencyMaskConfig, outputs=("mask_path", "fraction_kept"))
 def saliency_mask_step(context, config: SaliencyMaskConfig) -> dict:
     """Compute a saliency mask for forgetting the given classes."""
 
@@ -134,7 +146,7 @@ def run_unlearning(model, task, method: str, config: Any, out_dir: Path, work_di
     return summary
 
 
-@register_step("unlearn", UnlearnStepConfig)
+@register_step("unlearn", UnlearnStepConfig, outputs=("model_dir", "global_step", "seconds"))
 def unlearn_step(context, config: UnlearnStepConfig) -> dict:
     """Unlearn the forget classes from a model directory with a registered classifier method."""
     cfg = method_config(config.method, config.method_config, config.seed)
@@ -147,7 +159,7 @@ def unlearn_step(context, config: UnlearnStepConfig) -> dict:
 # ---------------------------------------------------------------------------------------------------- bench
 
 
-@register_step("bench_classifiers", BenchConfig)
+@register_step("bench_classifiers", BenchConfig, outputs=("report_path", "results_csv", "summary_path"))
 def bench_classifiers_step(context, config: BenchConfig) -> dict:
     """A benchmark grid (methods x scenarios x seeds) scored against the retrain oracle: tables, CSV, plots."""
     run_bench(config, context.step_dir, log=context.log)
@@ -161,7 +173,11 @@ def bench_classifiers_step(context, config: BenchConfig) -> dict:
 # ---------------------------------------------------------------------------------------------------- evaluate
 
 
-@register_step("evaluate_classifier", EvaluateConfig)
+@register_step(
+    "evaluate_classifier",
+    EvaluateConfig,
+    outputs=("metrics_path", "forget_accuracy", "retain_accuracy", "test_accuracy", "forget_test_accuracy"),
+)
 def evaluate_classifier_step(context, config: EvaluateConfig) -> dict:
     """Forget / retain / test accuracies of a model directory, with a per-class bar chart."""
     metrics = evaluate_model_dir(config, context.step_dir)
@@ -187,7 +203,7 @@ class ReportConfig:
             raise ConfigError(f"reference {self.reference!r} must be one of evaluations: {', '.join(self.evaluations)}")
 
 
-@register_step("report", ReportConfig)
+@register_step("report", ReportConfig, outputs=("report_path", "report_json", "plot_path"))
 def report_step(context, config: ReportConfig) -> dict:
     """Tabulate earlier evaluations (accuracies in %, and the average gap to the reference)."""
     ids = context.outputs_with("metrics_path", config.evaluations)

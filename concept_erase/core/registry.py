@@ -44,6 +44,7 @@ class Entry:
     kind: str
     tags: tuple[str, ...] = ()
     description: str = ""
+    outputs: tuple[str, ...] | None = None  # a step's output keys (``None``: not declared, checked only when it runs)
 
     def make_config(self, values: dict | None = None, overrides: list[str] | None = None):
         """Build this entry's config from a mapping and dotted ``key=value`` overrides (validated)."""
@@ -69,8 +70,10 @@ class Registry:
         *,
         tags: tuple[str, ...] | list[str] = (),
         description: str = "",
+        outputs: tuple[str, ...] | list[str] | None = None,
     ) -> Callable[[Any], Any]:
-        """Decorator registering a function or class under ``name``.
+        """Decorator registering a function or class under ``name``; a step declares the keys it may return in
+        ``outputs`` (so a pipeline's references to them are checked before anything runs).
 
         Raises:
             RegistryError: the name is not lowercase ``[a-z][a-z0-9_]*``, is already registered with one of these
@@ -86,10 +89,14 @@ class Registry:
                 raise RegistryError(f"{self.kind} {name!r} is already registered")
         if config_cls is not None and not dataclasses.is_dataclass(config_cls):
             raise RegistryError(f"config class of {self.kind} {name!r} must be a dataclass, got {config_cls!r}")
+        if outputs is not None:
+            outputs = tuple(outputs)
+            if not all(isinstance(k, str) and k for k in outputs):
+                raise RegistryError(f"outputs of {self.kind} {name!r} must be non-empty strings, got {outputs!r}")
 
         def decorator(target: Any) -> Any:
             doc = description or (target.__doc__ or "").strip().split("\n")[0]
-            self._entries.setdefault(name, []).append(Entry(name, config_cls, target, self.kind, tags, doc))
+            self._entries.setdefault(name, []).append(Entry(name, config_cls, target, self.kind, tags, doc, outputs))
             return target
 
         return decorator
