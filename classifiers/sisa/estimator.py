@@ -25,7 +25,10 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import accuracy_score
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import validate_data
 from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
@@ -55,11 +58,20 @@ def single_model_epochs(epochs_per_stage: int, n_slices: int) -> int:
     return max(1, round(epochs_per_stage * (n_slices + 1) / 2))
 
 
-class SISAClassifier(BaseEstimator):
+def _is_torch_data(X) -> bool:
+    """The inputs SISA always took (kept exactly as before): a tensor, a TensorDataset or DatasetSplits."""
+    return isinstance(X, (torch.Tensor, TensorDataset, DatasetSplits))
+
+
+class SISAClassifier(ClassifierMixin, BaseEstimator):
     """An ensemble of ``n_shards`` models, each trained in ``n_slices`` incremental stages, that deletes exactly.
 
-    ``model`` is ``"mlp"`` / ``"cnn"`` / ``"vit"``, a :class:`~classifiers.models.ModelConfig`, or any ``nn.Module``
-    (a template: each shard gets a re-initialised copy). ``epochs`` counts passes per stage; None gives
+    ``model`` is ``"auto"`` (``"mlp"`` for a 2-D feature matrix, ``"cnn"`` for images), ``"mlp"`` / ``"cnn"`` /
+    ``"vit"``, a :class:`~classifiers.models.ModelConfig`, or any ``nn.Module`` (a template: each shard gets a
+    re-initialised copy). ``fit`` takes what a scikit-learn classifier takes, a 2-D array-like ``X`` (N, F) with
+    labels ``y`` of any kind (``classes_`` holds them, sorted), or images (N, C, H, W); or, as before, a tensor, a
+    TensorDataset or DatasetSplits, whose labels are the integers ``0..num_classes-1`` (``classes_`` is
+    ``arange(num_classes)``). ``epochs`` counts passes per stage; None gives
     :func:`stage_epochs` (``round(2 * 20 / (n_slices + 1))``: every shard then processes about the 20 epochs of the
     single-model recipe over its own data, the budget of Bourtoule et al.'s code). ``store`` is a
     directory (created, or reopened when it holds the same data and configuration); None uses a temporary one.
@@ -67,7 +79,7 @@ class SISAClassifier(BaseEstimator):
 
     def __init__(
         self,
-        model: str | ModelConfig | nn.Module = "cnn",
+        model: str | ModelConfig | nn.Module = "auto",
         n_shards: int = 8,
         n_slices: int = 4,
         strategy: str = "uniform",
@@ -101,13 +113,61 @@ class SISAClassifier(BaseEstimator):
 
     # ------------------------------------------------------------------------------------------------ fit
 
+    def _model_name(self, ndim: int) -> str | ModelConfig | nn.Module:
+        if isinstance(self.model, str) and self.model == "auto":
+            return "mlp" if ndim == 2 else "cnn"
+        return self.model
+
     def _template(self, num_classes: int, input_shape: tuple[int, ...]) -> ModelConfig | nn.Module:
-        if isinstance(self.model, nn.Module):
-            return self.model
-        config = ModelConfig(name=self.model) if isinstance(self.model, str) else self.model
+        model = self._model_name(1 + len(input_shape))
+        if isinstance(model, nn.Module):
+            return model
+        config = ModelConfig(name=model) if isinstance(model, str) else model
         if not isinstance(config, ModelConfig):
-            raise ConfigError(f"model must be a name, a ModelConfig or an nn.Module, got {type(self.model).__name__}")
+            raise ConfigError(
+                f"model must be 'auto', a name, a ModelConfig or an nn.Module, got {type(self.model).__name__}"
+            )
+        if len(input_shape) == 1:  # a feature matrix: the member models see (N, 1, 1, F)
+            if config.name != "mlp":
+                raise ConfigError(
+                    f"model {config.name!r} needs images (N, channels, height, width), got a 2-D feature matrix "
+                    "(N, features); use model='mlp' or 'auto'"
+                )
+            input_shape = (1, 1, *input_shape)
         return replace(config, num_classes=num_classes, input_shape=tuple(input_shape))
+
+    def _member_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """A feature matrix reshaped to (N, 1, 1, F) for a ModelConfig member (an nn.Module template gets it 2-D)."""
+        if inputs.dim() == 2 and not isinstance(self.template_, nn.Module):
+            return inputs.reshape(len(inputs), 1, 1, inputs.shape[1])
+        return inputs
+
+    def _sklearn_data(self, X, y) -> tuple[torch.Tensor, torch.Tensor, dict, np.ndarray]:
+        """Array-likes validated as scikit-learn does (2-D features or N-D images; finite, dense, real, non-empty),
+        labels of any kind encoded as indices into ``classes_``."""
+        X, y = validate_data(self, X, y, dtype=np.float32, allow_nd=True, ensure_min_samples=1)
+        check_classification_targets(y)
+        if X.ndim not in (2, 4) and not isinstance(self.model, nn.Module):
+            raise ConfigError(f"X must be 2-D (samples, features) or 4-D images (N, C, H, W), got shape {X.shape}")
+        classes, encoded = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ConfigError(
+                f"{type(self).__name__} needs samples of at least 2 classes in the data, got 1 class ({classes[0]!r})"
+            )
+        info = {"dataset": "tensors", "split": None, "num_classes": len(classes)}
+        inputs = torch.from_numpy(np.array(X, dtype=np.float32, order="C"))
+        return inputs, torch.from_numpy(encoded.astype(np.int64).reshape(-1)), info, classes
+
+    def _predict_inputs(self, X) -> torch.Tensor:
+        if _is_torch_data(X):
+            return self._member_inputs(as_inputs(X))
+        X = validate_data(self, X, dtype=np.float32, allow_nd=True, reset=False)
+        if tuple(X.shape[1:]) != self.input_shape_:
+            raise ConfigError(
+                f"X has samples of shape {tuple(X.shape[1:])}, but {type(self).__name__} was fitted on samples of "
+                f"shape {self.input_shape_}"
+            )
+        return self._member_inputs(torch.from_numpy(np.array(X, dtype=np.float32, order="C")))
 
     def _shard_map(self, shards, labels: torch.Tensor, inputs: torch.Tensor) -> list:
         n = len(labels)
@@ -135,13 +195,22 @@ class SISAClassifier(BaseEstimator):
         """Train (or reopen and complete) the ensemble on ``X``: DatasetSplits (its training split), a TensorDataset,
         or inputs with labels ``y``. ``shards`` gives an explicit shard map ``shards[s][r] = [indices]``."""
         self._check_params()
-        inputs, labels, info = training_data(X, y)
+        if _is_torch_data(X):
+            inputs, labels, info = training_data(X, y)
+            classes = np.arange(info["num_classes"])
+            if inputs.dim() >= 2:
+                self.n_features_in_ = int(inputs.shape[1])
+        else:
+            inputs, labels, info, classes = self._sklearn_data(X, y)
+        self.input_shape_ = tuple(inputs.shape[1:])
         if self.deletion_probabilities is not None:
             check_probabilities(self.deletion_probabilities, len(labels))
         shard_map = self._shard_map(shards, labels, inputs)
         epochs = stage_epochs(self.n_slices) if self.epochs is None else self.epochs
         recipe = SliceRecipe(epochs, self.batch_size, self.learning_rate, self.optimizer, self.weight_decay)
         template = self._template(info["num_classes"], tuple(inputs.shape[1:]))
+        self.template_ = template
+        inputs = self._member_inputs(inputs)
         params = {k: getattr(self, k) for k in ("n_shards", "n_slices", "strategy", "aggregation", "seed")}
         manifest = build_manifest(info, fingerprint_tensors(inputs, labels), len(labels), template, recipe, params)
         if self.store is None:
@@ -150,7 +219,7 @@ class SISAClassifier(BaseEstimator):
         store, dist = SISAStore(path), Distribution()
         self.inputs_, self.labels_, self.template_, self.recipe_ = inputs, labels, template, recipe
         self.store_, self.shards_, self.n_classes_, self.dist_ = store, shard_map, info["num_classes"], dist
-        self.classes_ = np.arange(self.n_classes_)
+        self.classes_ = classes
         with store.locked(dist.rank == 0):
             if dist.rank == 0:
                 store.initialise(manifest, shard_map)
@@ -246,9 +315,32 @@ class SISAClassifier(BaseEstimator):
 
     # ------------------------------------------------------------------------------------------------ unlearn
 
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "models_")
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "models_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit first")
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = True
+        tags.input_tags.three_d_array = False
+        tags.input_tags.sparse = False
+        tags.input_tags.allow_nan = False
+        tags.target_tags.required = True
+        tags.classifier_tags.multi_class = True
+        tags.classifier_tags.multi_label = False
+        tags.non_deterministic = self.device != "cpu"  # bit-identical on CPU only
+        return tags
+
+    def __getstate__(self) -> dict:
+        # a temporary store belongs to the process that made it: a pickled copy keeps the fitted ensemble (predict,
+        # predict_proba, score) but not the directory (unlearn then needs a store= directory)
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_tmp", None)
+        return state
 
     def _indices(self, indices) -> list[int]:
         values = np.asarray(list(indices) if not isinstance(indices, (np.ndarray, torch.Tensor)) else indices)
@@ -311,12 +403,15 @@ class SISAClassifier(BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """Aggregated class probabilities ``(N, n_classes)`` (``aggregation``: vote, mean or weighted)."""
         self._check_fitted()
-        return aggregate(self.models_, self.shard_sizes_, as_inputs(X).to(self.device), self.aggregation).numpy()
+        inputs = self._predict_inputs(X).to(self.device)
+        return aggregate(self.models_, self.shard_sizes_, inputs, self.aggregation).numpy()
 
     def predict(self, X) -> np.ndarray:
-        return self.predict_proba(X).argmax(axis=1)
+        """The class (from ``classes_``) with the highest aggregated probability."""
+        best = self.predict_proba(X).argmax(axis=1)
+        return self.classes_[best]
 
-    def score(self, X, y=None) -> float:
+    def score(self, X, y=None, sample_weight=None) -> float:
         """Accuracy on ``X`` (a TensorDataset or DatasetSplits carries its labels; else pass ``y``)."""
 
         if isinstance(X, DatasetSplits):
@@ -325,6 +420,8 @@ class SISAClassifier(BaseEstimator):
             y = X.tensors[1]
         if y is None:
             raise ConfigError("score needs labels: pass a TensorDataset or y")
+        if sample_weight is not None:
+            return float(accuracy_score(np.asarray(y), self.predict(X), sample_weight=sample_weight))
         return float((self.predict(X) == np.asarray(y)).mean())
 
     def as_module(self) -> nn.Module:
@@ -335,7 +432,7 @@ class SISAClassifier(BaseEstimator):
     def shard_accuracy(self, X, y=None) -> list[float | None]:
         """Each shard model's accuracy on ``X`` (None for a shard with no training data left)."""
         self._check_fitted()
-        inputs = as_inputs(X).to(self.device)
+        inputs = self._predict_inputs(X).to(self.device)
         y = torch.as_tensor(np.asarray(X.tensors[1] if y is None else y))
         out = []
         for model, size in zip(self.models_, self.shard_sizes_):
