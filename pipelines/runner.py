@@ -20,8 +20,11 @@ text. The output directory holds ``steps/<id>/`` (each written atomically, with 
 pipeline) and ``manifest.json`` (status, outputs, config hash and timings of every step).
 
 The whole pipeline is validated before anything runs (unique step names, registered step types, every config
-parsed; values holding references are left out of that check, so give the fields they fill a default). Re-running skips steps that completed with the same resolved
-config; the first step that has to run makes every later step run again too.
+parsed; values holding references are left out of that check, so give the fields they fill a default; every
+reference names an earlier step and, when that step type declares its outputs, one of them) and the output directory
+must not be, contain or lie inside any input path of a step or the pipeline file. Re-running skips steps that
+completed with the same resolved config; the first step that has to run makes every later step run again too, and
+temporaries left by a killed run (``.<id>.tmp-<pid>-...`` of a process that is gone) are removed.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
@@ -43,7 +47,7 @@ import yaml
 
 from concept_erase.core.config import config_to_dict, dump_config, from_dict, merge_dicts, parse_overrides, read_yaml
 from concept_erase.core.errors import ConceptEraseError, ConfigError, OutputExistsError, PipelineError
-from concept_erase.core.io import RunRecorder, atomic_file, atomic_output_dir, check_output_dir
+from concept_erase.core.io import RunRecorder, atomic_file, atomic_output_dir, check_disjoint, check_output_dir
 from concept_erase.core.registry import Entry, get_step
 
 __all__ = ["PipelineConfig", "StepSpec", "StepContext", "Pipeline", "load_pipeline", "run_pipeline", "MANIFEST_NAME"]
@@ -52,6 +56,10 @@ MANIFEST_NAME = "manifest.json"
 _REF_RE = re.compile(r"\$\{steps\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_.-]+)\}")
 _STEP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _HASH_FILE = ".config_hash"
+# a temporary left by atomic_output_dir / atomic_file: ``.<name>.tmp-<pid>-<8 hex>``
+_TMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+# config keys whose values name input paths (checked against the output directory before anything runs)
+_INPUT_KEY_RE = re.compile(r"(_dir|_path|_file)$|^(model|adapter|original|oracle|judge|dataset|data|store|path)$")
 
 
 @dataclass
@@ -136,7 +144,7 @@ def load_pipeline(
     config = from_dict(PipelineConfig, data)
     if output_dir is not None:
         config.output_dir = str(output_dir)
-    return Pipeline(config)
+    return Pipeline(config, source=None if isinstance(source, dict) else source)
 
 
 # ---------------------------------------------------------------------------------------------------- references
@@ -186,6 +194,48 @@ def _resolve(value: Any, outputs: dict[str, dict], where: str) -> Any:
     return _REF_RE.sub(lambda m: str(lookup(*m.groups())), value)
 
 
+def _input_values(data: Any, key: str = "") -> list[str]:
+    """The non-empty strings under path-like keys of a config mapping (recursing into mappings and lists)."""
+    if isinstance(data, dict):
+        return [v for k, item in data.items() for v in _input_values(item, str(k))]
+    if isinstance(data, (list, tuple)):
+        return [v for item in data for v in _input_values(item, key)]
+    if isinstance(data, str) and data.strip() and _INPUT_KEY_RE.search(key):
+        return [data]
+    return []
+
+
+def _remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the ``.<name>.tmp-<pid>-<hex>`` temporaries in ``directory`` whose process is gone (a run killed with
+    kill -9 cannot clean up after itself); those of a live process are kept. Returns what was removed."""
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for path in directory.iterdir():
+        match = _TMP_RE.match(path.name)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists (another user's) or cannot tell: keep it
+    return True
+
+
 def _relocate(value: Any, old: str, new: str) -> Any:
     """Rewrite paths inside the temporary step directory to the final one."""
     if isinstance(value, str) and value.startswith(old):
@@ -232,8 +282,9 @@ def _with_prefix(exc: ConceptEraseError, prefix: str) -> ConceptEraseError:
 class Pipeline:
     """A validated pipeline. :meth:`run` executes it into ``output_dir``."""
 
-    def __init__(self, config: PipelineConfig):
+    def __init__(self, config: PipelineConfig, source: str | Path | None = None):
         self.config = config
+        self.source = source  # the pipeline file, when it was read from one
         self.steps = self._validate(config)
 
     @staticmethod
@@ -242,6 +293,7 @@ class Pipeline:
             raise PipelineError(f"pipeline {config.name!r} has no steps")
         planned: list[_PlannedStep] = []
         seen: list[str] = []
+        declared: dict[str, tuple[str, tuple[str, ...] | None]] = {}  # step id -> (step type, its output keys)
         for i, spec in enumerate(config.steps):
             where = f"steps[{i}] {spec.name!r}"
             if not _STEP_ID_RE.match(spec.name):
@@ -263,12 +315,19 @@ class Pipeline:
                         f"{where}: ${{steps.{step_id}.{key}}} must refer to an earlier step; earlier steps: "
                         f"{', '.join(seen) or '(none)'}"
                     )
+                step_type, keys = declared[step_id]
+                if keys is not None and key not in keys:
+                    raise PipelineError(
+                        f"{where}: ${{steps.{step_id}.{key}}}: step {step_id!r} ({step_type}) has no output {key!r}; "
+                        f"its outputs: {', '.join(keys) or '(none)'}"
+                    )
             try:
                 entry.make_config(_strip_references(raw))
             except ConceptEraseError as exc:
                 raise _with_prefix(exc, f"{where} ({spec.step})") from None
             planned.append(_PlannedStep(spec, entry, raw))
             seen.append(spec.name)
+            declared[spec.name] = (spec.step, entry.outputs)
         return planned
 
     def resolved_config(self) -> dict:
@@ -292,7 +351,18 @@ class Pipeline:
         target = output_dir or self.config.output_dir
         if not target:
             raise ConfigError("no output directory: set output_dir in the pipeline file or pass --output_dir")
+        check_disjoint(target, self.input_paths())  # before anything is created or replaced
         return _Run(self, Path(target).absolute(), overwrite, log).execute()
+
+    def input_paths(self) -> list[str]:
+        """The local paths the steps read that are given literally (references point into the output directory):
+        values of path-like config keys (``model_dir``, ``mask_path``, ``model``, ``dataset``, ...) and the pipeline
+        file itself."""
+        paths = [str(self.source)] if self.source is not None else []
+        for p in self.steps:
+            values = p.entry.make_config(_strip_references(p.raw)) if p.entry.config_cls else None
+            paths += _input_values(config_to_dict(values) if values is not None else {})
+        return paths
 
 
 class _Run:
@@ -301,16 +371,20 @@ class _Run:
         self.previous = self._prepare(overwrite)
 
     def _prepare(self, overwrite: bool) -> dict:
+        previous = self._read_previous(overwrite)
+        for directory in (self.out, self.out / "steps"):  # left by a run that was killed (kill -9)
+            for path in _remove_stale_temporaries(directory):
+                self.log(f"removed {path.name}, a temporary left by a run that was killed")
+        return previous
+
+    def _read_previous(self, overwrite: bool) -> dict:
         out, name = self.out, self.pipeline.config.name
         manifest_path = out / MANIFEST_NAME
         if overwrite:
             check_output_dir(out, overwrite=True)  # refuses a file
             shutil.rmtree(out, ignore_errors=True)
         elif manifest_path.is_file():
-            try:
-                previous = json.loads(manifest_path.read_text())
-            except json.JSONDecodeError:
-                raise PipelineError(f"{manifest_path} is corrupt; pass --overwrite to start again") from None
+            previous = _read_manifest(manifest_path)
             if previous.get("pipeline") != name:
                 raise OutputExistsError(
                     f"output directory {out} holds pipeline {previous.get('pipeline')!r}, not {name!r}; "
@@ -390,7 +464,7 @@ class _Run:
         """Keep ``.work/<id>`` only when it was made for the same config (a resumable failed attempt)."""
         work = self.out / ".work" / step_id
         hash_file = work / _HASH_FILE
-        if work.exists() and (not hash_file.is_file() or hash_file.read_text().strip() != digest):
+        if work.exists() and (not hash_file.is_file() or hash_file.read_bytes().strip() != digest.encode()):
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
         hash_file.write_text(digest + "\n")
@@ -464,6 +538,41 @@ class _Run:
             f"step {step_id!r} ({record['step']}) failed: {message} (completed steps are kept in {self.out}; "
             "rerun to resume)"
         ) from exc
+
+
+def _read_manifest(path: Path) -> dict:
+    """A previous run's manifest, checked: a truncated, non-JSON or malformed one is refused in one line."""
+
+    def corrupt(what: str) -> PipelineError:
+        return PipelineError(f"{path} is corrupt ({what}); pass --overwrite to start again")
+
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise corrupt("not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise corrupt(f"not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except OSError as exc:
+        raise PipelineError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not isinstance(data, dict):
+        raise corrupt(f"expected a JSON object, got {type(data).__name__}")
+    if not isinstance(data.get("pipeline"), str):
+        raise corrupt("'pipeline' is missing or not a string")
+    runs = data.get("runs", 0)
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 0:
+        raise corrupt(f"'runs' must be a non-negative integer, got {runs!r}")
+    steps = data.get("steps", {})
+    if not isinstance(steps, dict):
+        raise corrupt(f"'steps' must be an object, got {type(steps).__name__}")
+    for step_id, record in steps.items():
+        if not isinstance(record, dict):
+            raise corrupt(f"steps.{step_id} must be an object, got {type(record).__name__}")
+        step_runs = record.get("runs", 0)
+        if isinstance(step_runs, bool) or not isinstance(step_runs, int) or step_runs < 0:
+            raise corrupt(f"steps.{step_id}.runs must be a non-negative integer, got {step_runs!r}")
+        if record.get("outputs") is not None and not isinstance(record["outputs"], dict):
+            raise corrupt(f"steps.{step_id}.outputs must be an object, got {type(record['outputs']).__name__}")
+    return data
 
 
 def _path_to_str(obj: Any) -> str:
