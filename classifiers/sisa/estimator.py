@@ -39,7 +39,7 @@ from classifiers.sisa.aggregation import AGGREGATIONS, Ensemble, aggregate, as_i
 from classifiers.sisa.sharding import STRATEGIES, check_probabilities, first_slices, make_shards
 from classifiers.sisa.store import SISAStore, build_manifest, fingerprint_tensors
 from classifiers.sisa.training import Distribution, SliceRecipe, derive_seed, initial_model, train_stage
-from concept_erase.core.errors import ConfigError, NotFittedError
+from concept_erase.core.errors import ConfigError, NotFittedError, StoreError
 
 __all__ = ["SISAClassifier", "single_model_epochs", "stage_epochs"]
 
@@ -233,21 +233,28 @@ class SISAClassifier(ClassifierMixin, BaseEstimator):
     def from_store(cls, store, dataset=None, model: nn.Module | None = None, **params) -> SISAClassifier:
         """Reopen a store; ``dataset`` defaults to the one named in its manifest (reloaded and checked)."""
 
-        manifest = SISAStore(store).manifest()
+        opened = SISAStore(store)
+        manifest = opened.manifest()
         if dataset is None:
             if manifest["dataset"] == "tensors" or not manifest.get("split"):
                 raise ConfigError(f"{store} was trained on in-memory tensors: pass the dataset to from_store")
-            dataset = load_dataset(manifest["dataset"], **manifest["split"])
+            try:
+                dataset = load_dataset(manifest["dataset"], **manifest["split"])
+            except TypeError as exc:  # split keys load_dataset does not take
+                raise StoreError(f"{opened.manifest_path} is corrupt: 'split' {exc}") from None
         if model is None:
             if "class" in manifest["model"]:
                 raise ConfigError(f"{store} holds a custom nn.Module: pass model= the template to from_store")
-            model = ModelConfig(**{k: v for k, v in manifest["model"].items()})
+            try:
+                model = ModelConfig(**{k: v for k, v in manifest["model"].items()})
+            except (TypeError, ValueError) as exc:
+                raise StoreError(f"{opened.manifest_path} is corrupt: 'model' {str(exc).splitlines()[0]}") from None
         keys = ("n_shards", "n_slices", "strategy", "aggregation", "seed")
         settings = {k: manifest[k] for k in keys} | {k: manifest["recipe"][k] for k in
                                                       ("epochs", "batch_size", "learning_rate", "optimizer",
                                                        "weight_decay")}  # fmt: skip
         estimator = cls(model=model, store=store, **{**settings, **params})
-        return estimator.fit(dataset, shards=SISAStore(store).shards())
+        return estimator.fit(dataset, shards=opened.shards(manifest))
 
     # ------------------------------------------------------------------------------------------------ training
 
@@ -261,13 +268,35 @@ class SISAClassifier(ClassifierMixin, BaseEstimator):
     def _model(self, shard: int, key: str | None) -> nn.Module:
         model = initial_model(self.template_, self.seed, shard).to(self.device)
         if key is not None:
-            model.load_state_dict(self.store_.load_checkpoint(key))
+            state = self.store_.load_checkpoint(key)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as exc:  # missing or unexpected tensors, wrong shapes
+                detail = str(exc).splitlines()[1 if len(str(exc).splitlines()) > 1 else 0].strip()[:100]
+                raise StoreError(
+                    f"{self.store_.checkpoint_path(key)} is corrupt: its tensors do not fit shard {shard}'s model "
+                    f"({detail})"
+                ) from None
         return model.eval()
+
+    def _start(self, shard: int, deleted: set[int]) -> tuple[int, list[str]]:
+        """The first stage of ``shard`` to train for ``deleted`` (``n_slices``: none) and the stage keys."""
+        keys = self._keys(shard, deleted)
+        start = next((r + 1 for r in reversed(range(self.n_slices)) if self.store_.has_checkpoint(keys[r])), 0)
+        return start, keys
+
+    def _check_resume_points(self, deleted: set[int]) -> None:
+        """Load the checkpoint each shard would resume from for ``deleted`` (a damaged one is refused now, before a
+        request is written to the ledger)."""
+        for shard in range(self.n_shards):
+            start, keys = self._start(shard, deleted)
+            if 0 < start < self.n_slices:
+                self._model(shard, keys[start - 1])
 
     def _train_shard(self, shard: int, deleted: set[int]) -> list[int]:
         """Train the stages of ``shard`` whose checkpoint is missing; returns the retrained slice ids."""
-        keys, surviving = self._keys(shard, deleted), self._surviving(shard, deleted)
-        start = next((r + 1 for r in reversed(range(self.n_slices)) if self.store_.has_checkpoint(keys[r])), 0)
+        start, keys = self._start(shard, deleted)
+        surviving = self._surviving(shard, deleted)
         if start == self.n_slices:
             return []
         model = self._model(shard, keys[start - 1] if start else None)
@@ -285,6 +314,14 @@ class SISAClassifier(ClassifierMixin, BaseEstimator):
         dist, store = self.dist_, self.store_
         records = store.ledger()
         deleted = store.deleted(records)
+        models = store.models()  # models.json is written after the ledger: it can lag behind it, never lead it
+        if models and (
+            models["deleted"] > len(deleted) or models["version"] > sum(r["status"] == "pending" for r in records)
+        ):
+            raise StoreError(
+                f"{store.ledger_path} is corrupt: it records {len(deleted)} deleted samples but models.json records "
+                f"{models['deleted']} (lines are missing); the ledger is never rewritten: restore it from a backup"
+            )
         mine = [s for s in range(self.n_shards) if s % dist.world == dist.rank]
         show = sys.stderr.isatty() if self.show_progress is None else self.show_progress
         retrained = {}
@@ -295,9 +332,11 @@ class SISAClassifier(ClassifierMixin, BaseEstimator):
             if slices:
                 retrained[shard] = slices
         dist.barrier()
+        final = [self._keys(s, deleted)[-1] for s in range(self.n_shards)]
+        loaded = dict(zip(getattr(self, "model_keys_", []), getattr(self, "models_", [])))  # reuse unchanged shards
+        models = [loaded.get(key) or self._model(s, key) for s, key in enumerate(final)]  # checked before any write
         self.deleted_ = sorted(deleted)
         self.version_ = sum(r["status"] == "pending" for r in records)
-        final = [self._keys(s, deleted)[-1] for s in range(self.n_shards)]
         self.shard_sizes_ = [sum(len(p) for p in self._surviving(s, deleted)) for s in range(self.n_shards)]
         if dist.rank == 0:
             for record in store.unfinished(records):
@@ -308,9 +347,7 @@ class SISAClassifier(ClassifierMixin, BaseEstimator):
                       enumerate(zip(final, self.shard_sizes_))]  # fmt: skip
             store.write_models({"version": self.version_, "deleted": len(deleted), "shards": shards})
         dist.barrier()
-        loaded = dict(zip(getattr(self, "model_keys_", []), getattr(self, "models_", [])))  # reuse unchanged shards
-        self.models_ = [loaded.get(key) or self._model(s, key) for s, key in enumerate(final)]
-        self.model_keys_ = final
+        self.models_, self.model_keys_ = models, final
         return retrained
 
     # ------------------------------------------------------------------------------------------------ unlearn
@@ -374,6 +411,7 @@ class SISAClassifier(ClassifierMixin, BaseEstimator):
                 new = [i for i in wanted if i not in deleted]
                 if len(deleted) + len(new) >= len(self.labels_):
                     raise ConfigError("unlearning these indices would delete every training sample")
+                self._check_resume_points(deleted | set(new))
                 affected = first_slices(self.shards_, new)
                 request_id = 1 + max((r["request_id"] for r in records), default=0)
                 version = self.version_ + (1 if new else 0)

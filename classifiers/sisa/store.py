@@ -17,6 +17,12 @@ Ledger records: ``{"status": "pending", "request_id", "indices", "new_indices", 
 so a request interrupted by a crash is completed by the next command (its checkpoints are content-keyed: those
 already written are reused). The ledger is never rewritten: a corrupt or truncated line stops every command with an
 error that names the line. Every other file is replaced atomically (temporary file, fsync, ``os.replace``).
+
+Every file is checked when it is read back (:class:`~concept_erase.core.errors.StoreError`, one line naming the file
+and what is wrong): the manifest's keys and types, the shard map against the manifest (``n_shards`` x ``n_slices``
+lists of distinct indices in ``0..num_samples-1``), each ledger record's fields, types and indices, ``models.json``,
+and each checkpoint (a readable safetensors file). Nothing is ever created in a directory that is not a store, or an
+empty one that ``train`` makes into one.
 """
 
 from __future__ import annotations
@@ -43,6 +49,61 @@ FORMAT_VERSION = 1
 # manifest keys that must match when a store is opened again for the same data and configuration
 IDENTITY_KEYS = ("dataset_fingerprint", "model", "recipe", "n_shards", "n_slices", "strategy", "seed", "format")
 _STATUSES = ("pending", "done", "noop")
+# manifest keys and what each must be (the format version is checked first, on its own)
+_MANIFEST_TYPES = {
+    "method": ("sisa",),
+    "dataset": str,
+    "split": (dict, type(None)),
+    "dataset_fingerprint": str,
+    "num_samples": "count",
+    "num_classes": "count",
+    "model": dict,
+    "recipe": dict,
+    "n_shards": "count",
+    "n_slices": "count",
+    "strategy": ("uniform", "label", "kmeans", "distribution"),  # classifiers.sisa.sharding.STRATEGIES
+    "aggregation": ("vote", "mean", "weighted"),  # classifiers.sisa.aggregation.AGGREGATIONS
+    "seed": int,
+}
+_RECIPE_TYPES = {"epochs": "count", "batch_size": "count", "learning_rate": float, "optimizer": str,
+                 "weight_decay": float}  # fmt: skip
+# ledger fields per status: "ids" a list of training indices, "count" an int >= 1 (request ids), int any int >= 0
+_LEDGER_FIELDS = {
+    "pending": {"request_id": "count", "indices": "ids", "new_indices": "ids", "already_deleted": "ids",
+                "affected": dict, "version": int},
+    "noop": {"request_id": "count", "indices": "ids", "new_indices": "ids", "already_deleted": "ids",
+             "affected": dict, "version": int},
+    "done": {"request_id": "count", "version": int, "retrained": dict},
+}  # fmt: skip
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _type_problem(value, kind) -> str | None:
+    """What is wrong with ``value`` for ``kind`` (a type, a tuple of accepted values or types, "count", "ids"), or
+    None when it is fine."""
+    if kind == "count":
+        return None if _is_int(value) and value >= 1 else "must be an integer >= 1"
+    if kind == "ids":
+        if not isinstance(value, list) or not all(_is_int(v) for v in value):
+            return "must be a list of integer training indices"
+        return None
+    if kind is int:
+        return None if _is_int(value) and value >= 0 else "must be an integer >= 0"
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+        return None if ok else "must be a number"
+    if isinstance(kind, tuple) and all(isinstance(k, str) for k in kind):
+        return None if value in kind else f"must be one of {', '.join(kind)}"
+    if isinstance(kind, tuple):
+        return None if isinstance(value, kind) else f"must be one of {', '.join(k.__name__ for k in kind)}"
+    return None if isinstance(value, kind) and not isinstance(value, bool) else f"must be a {kind.__name__}"
+
+
+def _shown(value) -> str:
+    return json.dumps(value)[:60]
 
 
 def fingerprint_tensors(*tensors: torch.Tensor) -> str:
@@ -115,34 +176,112 @@ class SISAStore:
         return self.manifest_path.is_file()
 
     def require(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"{self.path} is a file, not a SISA store directory")
         if not self.path.is_dir():
             raise InputNotFoundError(f"SISA store not found: {self.path}")
         if not self.exists():
             raise StoreError(f"{self.path} is not a SISA store (no manifest.json); create one with `sisa train`")
 
     def _read_json(self, name: str):
+        path = self.path / name
         try:
-            return json.loads((self.path / name).read_text())
+            text = path.read_text()
         except FileNotFoundError:
             raise StoreError(f"{self.path} is incomplete: {name} is missing") from None
+        except IsADirectoryError:
+            raise StoreError(f"{path} is corrupt: a directory, not a JSON file") from None
+        except UnicodeDecodeError:
+            raise StoreError(f"{path} is corrupt: not UTF-8 text (garbage bytes)") from None
+        if not text.strip():
+            raise StoreError(f"{path} is corrupt: the file is empty")
+        try:
+            return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise StoreError(f"{self.path / name} is corrupt: {exc}") from None
+            raise StoreError(f"{path} is corrupt: not valid JSON (truncated?): {exc}") from None
+
+    def _corrupt(self, name: str, what: str) -> StoreError:
+        return StoreError(f"{self.path / name} is corrupt: {what}")
 
     def manifest(self) -> dict:
+        """The manifest, checked: every key present with the right type, and this format version."""
         self.require()
-        return self._read_json("manifest.json")
+        manifest = self._read_json("manifest.json")
+        if not isinstance(manifest, dict):
+            raise self._corrupt("manifest.json", f"expected a JSON object, got {type(manifest).__name__}")
+        if "format" not in manifest:
+            raise self._corrupt("manifest.json", "'format' is missing")
+        if manifest["format"] != FORMAT_VERSION:
+            raise StoreError(
+                f"{self.manifest_path}: store format {_shown(manifest['format'])}; this version reads format "
+                f"{FORMAT_VERSION}"
+            )
+        for fields, where in ((_MANIFEST_TYPES, manifest), (_RECIPE_TYPES, manifest.get("recipe"))):
+            for key, kind in fields.items():
+                name = key if where is manifest else f"recipe.{key}"
+                if key not in where:
+                    raise self._corrupt("manifest.json", f"{name!r} is missing")
+                problem = _type_problem(where[key], kind)
+                if problem:
+                    raise self._corrupt("manifest.json", f"{name!r} {problem}, got {_shown(where[key])}")
+        if manifest["dataset"] != "tensors" and manifest["split"] is None:
+            raise self._corrupt("manifest.json", f"'split' is missing for dataset {manifest['dataset']!r}")
+        return manifest
 
-    def shards(self) -> list[list[list[int]]]:
-        return self._read_json("shards.json")
+    def shards(self, manifest: dict | None = None) -> list[list[list[int]]]:
+        """The shard map, checked against the manifest: ``n_shards`` lists of ``n_slices`` lists of distinct training
+        indices in ``0..num_samples-1``."""
+        manifest = self.manifest() if manifest is None else manifest
+        shards = self._read_json("shards.json")
+        n_shards, n_slices, n = manifest["n_shards"], manifest["n_slices"], manifest["num_samples"]
+        shape = f"{n_shards} shards of {n_slices} slices (lists of training indices)"
+        if not isinstance(shards, list) or len(shards) != n_shards:
+            raise self._corrupt("shards.json", f"expected {shape}")
+        for s, shard in enumerate(shards):
+            if not isinstance(shard, list) or len(shard) != n_slices or not all(isinstance(p, list) for p in shard):
+                raise self._corrupt("shards.json", f"shard {s} is not {n_slices} lists of indices ({shape})")
+        flat = [i for shard in shards for part in shard for i in part]
+        bad = [i for i in flat if not _is_int(i)]
+        if bad:
+            raise self._corrupt("shards.json", f"index {_shown(bad[0])} is not an integer")
+        bad = [i for i in flat if not 0 <= i < n]
+        if bad:
+            raise self._corrupt("shards.json", f"index {bad[0]} is out of range for the {n} training samples")
+        if len(set(flat)) != len(flat):
+            seen, dup = set(), None
+            for i in flat:
+                if i in seen:
+                    dup = i
+                    break
+                seen.add(i)
+            raise self._corrupt("shards.json", f"index {dup} is in two slices")
+        return shards
 
     def models(self) -> dict | None:
-        return self._read_json("models.json") if (self.path / "models.json").is_file() else None
+        """``models.json`` (written for readers of the store; the ensemble itself follows the ledger), checked."""
+        if not (self.path / "models.json").exists():
+            return None
+        models = self._read_json("models.json")
+        ok = (
+            isinstance(models, dict)
+            and _is_int(models.get("version"))
+            and _is_int(models.get("deleted"))
+            and isinstance(models.get("shards"), list)
+            and all(isinstance(s, dict) and isinstance(s.get("checkpoint"), str) for s in models["shards"])
+        )
+        if not ok:
+            raise self._corrupt(
+                "models.json",
+                "expected {version, deleted, shards: [{shard, checkpoint, samples}]}; delete it to "
+                "have the next command rewrite it from the ledger",
+            )
+        return models
 
     def initialise(self, manifest: dict, shards: list) -> None:
         """Create the store (an empty or missing directory) or check that an existing one matches ``manifest``."""
         if self.exists():
             self.check(manifest)
-            if self.shards() != shards:
+            if self.shards(self.manifest()) != shards:
                 raise StoreError(f"{self.path} holds another shard map; use a new --store directory")
             return
         if self.path.exists() and not self.path.is_dir():
@@ -172,6 +311,14 @@ class SISAStore:
 
     # ------------------------------------------------------------------------------------------------ lock
 
+    def _check_lockable(self) -> None:
+        """Refuse, before creating anything, a path that is a file or a non-empty directory that is not a store: the
+        lock file is only ever made in a store, or in the empty (or missing) directory ``train`` makes into one."""
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"store path {self.path} exists and is not a directory")
+        if self.path.is_dir() and not self.exists() and any(p.name != "lock" for p in self.path.iterdir()):
+            raise StoreError(f"{self.path} is not empty and is not a SISA store; use a new --store directory")
+
     @contextlib.contextmanager
     def locked(self, enabled: bool = True) -> Iterator[None]:
         """Hold an exclusive ``flock`` on ``DIR/lock`` (re-entrant within this object); other processes wait."""
@@ -179,6 +326,7 @@ class SISAStore:
             yield
             return
         if self._lock_depth == 0:
+            self._check_lockable()
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock_file = open(self.path / "lock", "a+")
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
@@ -214,20 +362,36 @@ class SISAStore:
         path = self.checkpoint_path(key)
         if not path.is_file():
             raise StoreError(f"{self.path} is incomplete: checkpoint {path.name} is missing")
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) for a damaged file
+            detail = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+            raise StoreError(f"{path} is corrupt: not a readable safetensors checkpoint ({detail})") from None
 
     def write_models(self, models: dict) -> None:
         _write_atomic(self.path / "models.json", _json_bytes(models))
 
     # ------------------------------------------------------------------------------------------------ ledger
 
-    def ledger(self) -> list[dict]:
-        """The ledger's records, validated; a corrupt or truncated line is an error naming it (never repaired)."""
-        if not self.ledger_path.is_file():
+    def ledger(self, num_samples: int | None = None) -> list[dict]:
+        """The ledger's records, validated (fields, types, request ids, indices in ``0..num_samples-1``, by default
+        the manifest's); a corrupt or truncated line is an error naming it (never repaired)."""
+        if not self.ledger_path.exists():
             return []
-        text = self.ledger_path.read_text()
+        if num_samples is None and self.exists():
+            num_samples = self.manifest()["num_samples"]
+        try:
+            text = self.ledger_path.read_bytes().decode()
+        except IsADirectoryError:
+            raise StoreError(f"{self.ledger_path} is corrupt: a directory, not the ledger file") from None
+        except UnicodeDecodeError as exc:
+            line = self.ledger_path.read_bytes()[: exc.start].count(b"\n") + 1
+            raise StoreError(
+                f"{self.ledger_path}: line {line} is corrupt (not UTF-8 text); the ledger is never rewritten: restore "
+                "it from a backup"
+            ) from None
         lines = text.split("\n")
-        records, seen = [], set()
+        records, pending, done, deleted = [], set(), set(), set()
         for number, line in enumerate(lines, start=1):
             if number == len(lines):
                 if line:
@@ -237,17 +401,63 @@ class SISAStore:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 record = None
-            ok = isinstance(record, dict) and record.get("status") in _STATUSES and "request_id" in record
-            if ok and record["status"] == "done":
-                ok = record["request_id"] in seen
-            if not ok:
+            problem = self._record_problem(record, num_samples, pending, done, deleted)
+            if problem:
                 raise StoreError(
-                    f"{self.ledger_path}: line {number} is corrupt (not a ledger record); the ledger is never "
-                    "rewritten: restore it from a backup"
+                    f"{self.ledger_path}: line {number} is corrupt ({problem}); the ledger is never rewritten: "
+                    "restore it from a backup"
                 )
-            seen.add(record["request_id"])
             records.append(record)
         return records
+
+    @staticmethod
+    def _record_problem(record, n: int | None, pending: set, done: set, deleted: set) -> str | None:
+        """What is wrong with one ledger record given the records before it (their pending and done request ids and
+        deleted indices, updated here), or None."""
+        if not isinstance(record, dict) or record.get("status") not in _STATUSES:
+            return "not a ledger record"
+        status = record["status"]
+        for key, kind in _LEDGER_FIELDS[status].items():
+            if key not in record:
+                return f"{status} record without {key!r}"
+            problem = _type_problem(record[key], kind)
+            if problem:
+                return f"{key!r} {problem}, got {_shown(record[key])}"
+        request = record["request_id"]
+        if status == "done":
+            if request not in pending:
+                return f"'done' for request {request}, which is not a pending request before it"
+            if request in done:
+                return f"request {request} is done twice"
+            done.add(request)
+            return None
+        if request in pending:
+            return f"request_id {request} is used twice"
+        for key in ("indices", "new_indices", "already_deleted"):
+            values = record[key]
+            bad = [i for i in values if i < 0 or (n is not None and i >= n)]
+            if bad:
+                valid = f"0..{n - 1}" if n is not None else ">= 0"
+                return f"{key!r} holds index {bad[0]}, out of range for the training samples (valid: {valid})"
+            if len(set(values)) != len(values):
+                return f"{key!r} holds an index twice"
+        if status == "noop" and record["new_indices"]:
+            return "a no-op record with new_indices"
+        if not set(record["new_indices"]) | set(record["already_deleted"]) == set(record["indices"]):
+            return "new_indices and already_deleted do not add up to indices"
+        again = deleted & set(record["new_indices"])
+        if again:
+            return f"'new_indices' holds {min(again)}, deleted by an earlier request"
+        unknown = set(record["already_deleted"]) - deleted
+        if unknown:
+            return f"'already_deleted' holds {min(unknown)}, which no earlier request deleted"
+        if status == "pending":
+            pending.add(request)
+            deleted |= set(record["new_indices"])
+        else:
+            pending.add(request)  # a no-op's id is taken too (but is never 'done')
+            done.add(request)
+        return None
 
     def append_ledger(self, record: dict) -> None:
         """Append one record as one line and fsync it before returning."""

@@ -8,6 +8,7 @@ concept-erase sisa evaluate --store out/sisa
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from pipelines.cli._common import ARCHITECTURE_HELP, add_dataset_option, add_seed_option, pct, say
@@ -19,14 +20,41 @@ STRATEGIES = ("uniform", "label", "kmeans", "distribution")  # classifiers.sisa.
 AGGREGATIONS = ("vote", "mean", "weighted")  # classifiers.sisa.aggregation.AGGREGATIONS
 
 
-def _parse_indices(args: argparse.Namespace) -> list[int] | None:
+def _read_indices_file(path: str) -> list[int]:
+    """``--indices-file``, checked: readable, integers, no duplicates, at least one (each error names the file)."""
     from classifiers.data import read_indices
+    from concept_erase.core.errors import ConfigError, InputNotFoundError
+
+    if os.path.isdir(path):
+        raise InputNotFoundError(f"index file {path} is a directory, not a file")
+    try:
+        values = list(read_indices(path))
+    except (EOFError, OSError) as exc:  # a truncated .npy
+        raise ConfigError(f"{path}: expected integer indices ({str(exc).splitlines()[0][:120]})") from None
+    if not values:
+        raise ConfigError(f"{path}: the file holds no indices; name at least one training index")
+    return values
+
+
+def _check_indices_in_range(indices: list[int], path: str | None, n: int) -> None:
+    """Name the index file (``--indices-file``) when one of its indices is outside the training set."""
+    from concept_erase.core.errors import ConfigError
+
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad and path:
+        raise ConfigError(
+            f"{path}: index {bad[0]} is out of range for the {n} training samples (valid: 0..{n - 1})"
+            + (f"; {len(bad)} indices are" if len(bad) > 1 else "")
+        )
+
+
+def _parse_indices(args: argparse.Namespace) -> list[int] | None:
     from concept_erase.core.errors import ConfigError
 
     if args.indices and args.indices_file:
         raise ConfigError("give either --indices or --indices-file, not both")
     if args.indices_file:
-        return list(read_indices(args.indices_file))
+        return _read_indices_file(args.indices_file)
     if args.indices is None:
         return None
     try:
@@ -98,6 +126,7 @@ def cmd_sisa_forget(args: argparse.Namespace) -> int:
     if indices is None:
         raise ConfigError("name the training indices to forget with --indices 12,99 or --indices-file FILE")
     estimator = _open(args.store)
+    _check_indices_in_range(indices, args.indices_file, len(estimator.labels_))
     summary = estimator.unlearn(indices)
     if summary["noop"]:
         say(f"request {summary['request_id']}: all {len(indices)} indices were already deleted (no-op, recorded)")
@@ -143,6 +172,8 @@ def cmd_sisa_evaluate(args: argparse.Namespace) -> int:
     say(f"  shard sizes (surviving): {' '.join(map(str, estimator.shard_sizes_))}")
     say(f"  ledger: {_ledger_summary(estimator.store_.ledger())}; model version {estimator.version_}")
     indices = _parse_indices(args)
+    if indices is not None:
+        _check_indices_in_range(indices, args.indices_file, len(estimator.labels_))
     indices = estimator.deleted_ if indices is None else indices
     if not indices:
         say("  no deletion set (the ledger is empty and no --indices given): no unlearning metrics")
