@@ -10,6 +10,8 @@ and nested dataclasses) and a wrong type names the key, the expected type and th
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -17,18 +19,112 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from concept_erase.core.errors import ConfigError, ConfigParseError, UnknownConfigKeyError
+from concept_erase.core.errors import (
+    ConfigError,
+    ConfigParseError,
+    NonFiniteConfigError,
+    UnknownConfigKeyError,
+    excerpt,
+)
 
-__all__ = ["merge_dicts", "load_config", "from_dict", "config_to_dict", "read_yaml", "parse_overrides", "dump_config"]
+__all__ = [
+    "merge_dicts",
+    "load_config",
+    "from_dict",
+    "config_to_dict",
+    "read_yaml",
+    "safe_load",
+    "parse_overrides",
+    "dump_config",
+    "Range",
+    "check_numbers",
+    "MAX_ALIAS_NODES",
+    "number_range",
+    "SEED",
+    "POSITIVE",
+    "NON_NEGATIVE",
+    "COUNT",
+    "FRACTION",
+    "FINITE",
+]
+
+# ---------------------------------------------------------------------------------------------------- YAML
+
+MAX_ALIAS_NODES = 10_000  # nodes that aliases (``*name``) may expand to in one document
+
+
+class AliasBombError(yaml.YAMLError):
+    """The aliases of a YAML document expand to more than :data:`MAX_ALIAS_NODES` nodes, or recursively."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that counts the nodes its aliases expand to and refuses, while composing (before any
+    object is constructed), a document whose aliases expand beyond :data:`MAX_ALIAS_NODES` ("billion laughs") or
+    refer to themselves."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._expanded = 0
+        self._sizes: dict[int, int | None] = {}
+        self._open: set[str] = set()  # anchors of the nodes being composed
+
+    def _size(self, node: yaml.Node) -> int:
+        """Nodes in ``node``'s tree with aliases expanded (memoised: linear in the document's size)."""
+        key = id(node)
+        if key in self._sizes:
+            size = self._sizes[key]
+            if size is None:
+                raise AliasBombError("an alias refers to the node that contains it (a recursive structure)")
+            return size
+        self._sizes[key] = None
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            size += sum(self._size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size += sum(self._size(k) + self._size(v) for k, v in node.value)
+        self._sizes[key] = size
+        if size > MAX_ALIAS_NODES:
+            raise AliasBombError(f"aliases expand to more than {MAX_ALIAS_NODES} values")
+        return size
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open:
+                raise AliasBombError(f"alias *{excerpt(event.anchor)} refers to the node that contains it (recursive)")
+            node = super().compose_node(parent, index)
+            self._expanded += self._size(node)
+            if self._expanded > MAX_ALIAS_NODES:
+                raise AliasBombError(f"aliases expand to more than {MAX_ALIAS_NODES} values")
+            return node
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            self._open.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open.discard(anchor)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load(text)`` with alias expansion bounded (:class:`AliasBombError`, a ``yaml.YAMLError``)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping with ``yaml.safe_load``; errors name the file and the line."""
+    """Read a YAML mapping with :func:`safe_load` (``yaml.safe_load``, aliases bounded); errors name the file and
+    the line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigParseError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text())
+    except AliasBombError as exc:
+        raise ConfigParseError(f"{path} is refused: {exc}; write the values out instead of nesting aliases") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -48,9 +144,13 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
         key, sep, raw = item.partition("=")
         key = key.strip().lstrip("-")
         if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like key=value (dotted keys reach nested configs)")
+            raise ConfigError(f"override {excerpt(item)} must look like key=value (dotted keys reach nested configs)")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = safe_load(raw) if raw.strip() else ""
+        except AliasBombError as exc:
+            raise ConfigError(
+                f"override {excerpt(key)}: {exc}; write the value out instead of nesting aliases"
+            ) from None
         except yaml.YAMLError:
             value = raw
         node = out
@@ -58,7 +158,7 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with another override of {part!r}")
+                raise ConfigError(f"override {excerpt(item)} conflicts with another override of {excerpt(part)}")
         node[parts[-1]] = value
     return out
 
@@ -111,13 +211,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {type(value).__name__} {value!r}")
+            raise ConfigError(
+                f"{key}: expected a mapping for {tp.__name__}, got {type(value).__name__} {excerpt(value)}"
+            )
         return from_dict(tp, value, prefix=f"{key}.")
     if origin in (list, tuple) or tp in (list, tuple):
         return _coerce_sequence(value, tp, key)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {excerpt(value)}")
         return dict(value)
     return _coerce_scalar(value, tp, key)
 
@@ -125,7 +227,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _coerce_literal(value: Any, accepted: tuple, key: str) -> Any:
     if value in accepted and not (isinstance(value, bool) and not any(isinstance(a, bool) for a in accepted)):
         return value
-    raise ConfigError(f"{key}: invalid value {value!r}; accepted values: {', '.join(repr(a) for a in accepted)}")
+    accepted_text = ", ".join(excerpt(a) for a in accepted)
+    raise ConfigError(f"{key}: invalid value {excerpt(value)}; accepted values: {accepted_text}")
 
 
 def _coerce_union(value: Any, tp: Any, key: str) -> Any:
@@ -142,13 +245,13 @@ def _coerce_union(value: Any, tp: Any, key: str) -> Any:
             errors.append(exc)
     if len(errors) == 1:
         raise errors[0]
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {excerpt(value)}")
 
 
 def _coerce_sequence(value: Any, tp: Any, key: str) -> list | tuple:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {excerpt(value)}")
     if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
         if len(value) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
@@ -166,13 +269,18 @@ def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise NonFiniteConfigError(f"{key} must be a finite number, got {excerpt(value)}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -181,7 +289,7 @@ def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
             return value
     else:
         return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {excerpt(value)}")
 
 
 def from_dict(cls: type, data: dict, prefix: str = ""):
@@ -195,7 +303,9 @@ def from_dict(cls: type, data: dict, prefix: str = ""):
     for key in data:
         if key not in fields:
             valid = ", ".join(sorted(fields))
-            raise UnknownConfigKeyError(f"unknown key {prefix + key!r} for {cls.__name__}; valid keys: {valid}")
+            raise UnknownConfigKeyError(
+                f"unknown key {excerpt(prefix + str(key))} for {cls.__name__}; valid keys: {valid}"
+            )
     kwargs = {key: _coerce(value, hints[key], f"{prefix}{key}") for key, value in data.items()}
     missing = [
         name
@@ -223,3 +333,114 @@ def config_to_dict(config: Any) -> Any:
 def dump_config(config: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (``config_to_dict`` + ``yaml.safe_dump``)."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------------- numbers
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric setting accepts: ``low``/``high`` bounds (None: unbounded), each inclusive unless open."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def __str__(self) -> str:
+        low, high = _number_text(self.low), _number_text(self.high)
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {high}"
+        return "a finite number"
+
+
+def _number_text(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+SEED = Range(0, 2**32, high_open=True)  # numpy's RandomState and torch's generators both take [0, 2**32)
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+COUNT = Range(1)
+FRACTION = Range(0, 1)
+FINITE = Range()
+
+# The range of a numeric field by its name, unless its class declares one in ``NUMBER_RANGES``.
+_FAMILIES: tuple[tuple[re.Pattern, Range], ...] = tuple(
+    (re.compile(pattern), rng)
+    for pattern, rng in (
+        (r"(.+_)?seeds?", SEED),
+        (r"(.+_)?learning_rate", POSITIVE),
+        (r"(.+_)?(probability|fraction|accuracy)|(.+_)?lambdas?", FRACTION),
+        (r"(.+_)?ratio", Range(0, 1, low_open=True)),
+        (r"test_size", Range(0, 1, low_open=True, high_open=True)),
+        (r"(.+_)?temperature", POSITIVE),
+        (
+            r"(.+_)?(epochs|batch_size|samples|repeats|per_class|rank|channels|layers|heads|dim|length|hidden)"
+            r"|(.+_)?hidden_sizes?|num_.+|patch_size|intermediate_size|max_train_steps|gradient_accumulation_steps"
+            r"|checkpointing_steps|checkpoints_total_limit|generation_steps|num_inference_steps",
+            COUNT,
+        ),
+        (
+            r"(.+_)?(steps|weight|scale|std|sigma|decay|epsilon|l2|momentum|bound|noise)|max_grad_norm",
+            NON_NEGATIVE,
+        ),
+    )
+)
+
+
+def number_range(cls: type, name: str) -> Range:
+    """The :class:`Range` field ``name`` of config class ``cls`` accepts: its ``NUMBER_RANGES`` entry (the most
+    derived class that declares one wins), else the range of its name's family, else any finite number."""
+    for klass in cls.__mro__:
+        declared = klass.__dict__.get("NUMBER_RANGES")
+        if declared and name in declared:
+            return declared[name] or FINITE
+    for pattern, rng in _FAMILIES:
+        if pattern.fullmatch(name):
+            return rng
+    return FINITE
+
+
+def _numbers(value: Any) -> list[tuple[str, Any]]:
+    def is_number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if is_number(value):
+        return [("", value)]
+    if isinstance(value, (list, tuple)):
+        return [(f"[{i}]", v) for i, v in enumerate(value) if is_number(v)]
+    return []
+
+
+def check_numbers(config: Any) -> None:
+    """Refuse a NaN or infinite number, or one outside its :func:`number_range`, in any field of dataclass
+    ``config`` (numbers in lists and tuples too). Every config dataclass calls this from ``__post_init__``, so a
+    setting is checked however the config is built (YAML, ``--set``, CLI flags, the Python API).
+
+    Raises :class:`NonFiniteConfigError` (a :class:`ConfigError`) for NaN/inf, :class:`ConfigError` for a value
+    out of range; both name the field.
+    """
+    cls = type(config)
+    for f in dataclasses.fields(config):
+        if not f.init:
+            continue
+        rng = None
+        for suffix, value in _numbers(getattr(config, f.name)):
+            key = f.name + suffix
+            if isinstance(value, float) and not math.isfinite(value):
+                raise NonFiniteConfigError(f"{key} must be a finite number, got {value}")
+            rng = rng or number_range(cls, f.name)
+            if value not in rng:
+                raise ConfigError(f"{key} must be {rng}, got {excerpt(value)}")

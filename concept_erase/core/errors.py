@@ -8,7 +8,24 @@ The CLI prints ``str(error)`` on stderr and exits with status 2.
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+
+_EXCERPT = reprlib.Repr()
+_EXCERPT.maxlevel = 3
+_EXCERPT.maxlist = _EXCERPT.maxtuple = _EXCERPT.maxdict = _EXCERPT.maxset = 6
+_EXCERPT.maxstring = _EXCERPT.maxother = 60
+_EXCERPT.maxlong = 40
+
+
+def excerpt(value: Any, limit: int = 80) -> str:
+    """A short ``repr`` of user input for an error message: nested and long values are cut (``reprlib``), and the
+    result never exceeds ``limit`` characters, so a message cannot grow with the input (a huge or deeply aliased YAML
+    value, a multi-megabyte string)."""
+    text = _EXCERPT.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ConceptEraseError(Exception):
@@ -68,6 +85,10 @@ class OutputOverlapsInputError(ConceptEraseError, ValueError):
 
 class NonFiniteValueError(ConceptEraseError, ValueError):
     """A number that must be finite is NaN or infinite (in a setting, or in a result about to be written as JSON)."""
+
+
+class NonFiniteConfigError(ConfigError, NonFiniteValueError):
+    """A setting that must be a finite number is NaN or infinite."""
 
 
 class PipelineError(ConceptEraseError, RuntimeError):
