@@ -24,7 +24,7 @@ from classifiers.harness import UnlearnJob, load_splits, per_class_fractions, ru
 from classifiers.methods import get_classifier_method
 from classifiers.metrics import plot_metric_bars, plot_per_class_comparison
 from classifiers.training import warm_up
-from concept_erase.core.config import config_to_dict, parse_overrides
+from concept_erase.core.config import check_numbers, config_to_dict, parse_overrides
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.io import write_json
 
@@ -78,6 +78,7 @@ class BenchConfig:
     skip: list[str] = field(default_factory=list)  # ENTRY@KIND pairs not run (unsir@random: unsir refuses them)
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if not self.scenarios or not self.methods or not self.seeds:
             raise ConfigError("scenarios, methods and seeds must each name at least one entry")
         kinds = ("class", "subclass", "random", "indices")

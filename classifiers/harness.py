@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from classifiers.data import DatasetSplits, Scenario, UnlearningTask, load_dataset, make_task
@@ -31,9 +31,11 @@ from classifiers.metrics import plot_per_class_comparison, unlearning_metrics
 from classifiers.models import ModelConfig, build_model, is_model_dir, load_model, save_model
 from classifiers.oracle import RECIPE_FIELDS, Reference, get_oracle, get_original
 from classifiers.training import TrainConfig
-from concept_erase.core.config import config_to_dict, dump_config, from_dict
+from concept_erase.core.config import check_numbers, config_to_dict, dump_config, from_dict
 from concept_erase.core.errors import CheckpointError, ConfigError, InputNotFoundError
 from concept_erase.core.io import write_json
+from concept_erase.core.readers import read_json_object, require
+from concept_erase.core.tensorfile import save_tensors
 
 __all__ = [
     "JobResult",
@@ -42,9 +44,12 @@ __all__ = [
     "load_splits",
     "make_method_config",
     "per_class_fractions",
+    "read_unlearn_record",
     "run_job",
     "write_job",
 ]
+
+UNLEARN_RECORD = "unlearn.json"
 
 
 @dataclass
@@ -67,6 +72,7 @@ class UnlearnJob:
     cache: bool = True  # cache the original and the oracle under $CONCEPT_ERASE_CACHE/classifiers
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         unknown = set(self.recipe) - set(RECIPE_FIELDS) - {"checkpointing_steps"}
         if unknown:
             raise ConfigError(f"recipe: unknown key {sorted(unknown)[0]!r}; accepted keys: {', '.join(RECIPE_FIELDS)}")
@@ -143,6 +149,10 @@ def _load_weights(job: UnlearnJob, splits: DatasetSplits) -> nn.Module:
     path = Path(job.weights)
     if is_model_dir(path):
         return load_model(path)
+    if path.is_dir():
+        raise ConfigError(
+            f"weights {path} is a directory but not a model directory (model.safetensors + model_config.json)"
+        )
     if not path.is_file():
         raise InputNotFoundError(f"weights not found: {path} (a model directory or a .safetensors file)")
     if path.suffix != ".safetensors":
@@ -158,6 +168,23 @@ def _load_weights(job: UnlearnJob, splits: DatasetSplits) -> nn.Module:
     except Exception as exc:  # safetensors' own error type for damaged files
         raise CheckpointError(f"{path} is corrupt: {str(exc).splitlines()[0][:200]}") from None
     return model.eval()
+
+
+def read_unlearn_record(model_dir: str | Path) -> dict[str, Any] | None:
+    """The ``unlearn.json`` of an unlearned model directory (None when it has none), checked: a damaged file, or a
+    ``forget_classes`` that is not a list of class indices, raises :class:`CheckpointError` naming it."""
+    path = Path(model_dir) / UNLEARN_RECORD
+    if not path.exists():
+        return None
+    what = "unlearn record"
+    record = read_json_object(path, what, CheckpointError)
+    require(record, "method", str, path, what, CheckpointError, optional=True)
+    forget = require(record, "forget_classes", list, path, what, CheckpointError, optional=True)
+    if forget is not None and not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in forget):
+        raise CheckpointError(
+            f"{what} {path} is corrupt: 'forget_classes' must be a list of class indices, got {forget!r}"
+        )
+    return record
 
 
 def original_reference(
@@ -218,12 +245,12 @@ def write_job(result: JobResult, out_dir: str | Path) -> Path:
         save_model(result.model, out_dir)
     else:
         tensors = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
-        save_file(tensors, str(out_dir / "model.safetensors"))
+        save_tensors(tensors, str(out_dir / "model.safetensors"))
     write_json(out_dir / "metrics.json", result.metrics)
     job = config_to_dict(result.job)
     dump_config({**job, "method_config": config_to_dict(result.method_config)}, out_dir / "config.yaml")
     scenario = {"scenario": result.task.scenario, "forget_classes": list(result.task.forget_classes)}
-    write_json(out_dir / "unlearn.json", {**result.summary, **scenario, "job": job})
+    write_json(out_dir / UNLEARN_RECORD, {**result.summary, **scenario, "job": job})
     forget = result.task.forget_classes
     named = {"original": result.metrics.get("original"), "unlearned": result.metrics}
     named["retrain oracle"] = result.metrics.get("oracle")

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from classifiers.data import UnlearningTask
 from classifiers.training import cross_entropy
+from concept_erase.core.config import check_numbers
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.saliency import SaliencyMask, compute_saliency
 
@@ -39,6 +40,7 @@ class MaskOptions:
     mask_path: str | None = None  # a saved mask (mask.safetensors) instead of computing one
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.mask not in MASK_MODES:
             raise ConfigError(f"mask must be one of {', '.join(MASK_MODES)}, got {self.mask!r}")
         if not 0.0 < self.mask_ratio <= 1.0:

@@ -16,13 +16,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import ViTConfig, ViTForImageClassification
 
-from concept_erase.core.config import config_to_dict, from_dict
+from concept_erase.core.config import check_numbers, config_to_dict, from_dict
 from concept_erase.core.errors import CheckpointError, ConfigError, InputNotFoundError
+from concept_erase.core.readers import read_json_object
+from concept_erase.core.tensorfile import save_tensors
 
 __all__ = [
     "MODELS",
@@ -60,6 +62,7 @@ class ModelConfig:
     intermediate_size: int = 128
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.name not in MODELS:
             raise ConfigError(f"unknown model {self.name!r}; accepted models: {', '.join(sorted(MODELS))}")
         if self.num_classes is not None and self.num_classes < 2:
@@ -220,7 +223,7 @@ def save_model(model: nn.Module, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    save_tensors(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
     (directory / CONFIG_NAME).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
     return directory
 
@@ -234,6 +237,8 @@ def load_model(directory: str | Path) -> nn.Module:
     """
 
     directory = Path(directory)
+    if directory.is_file():
+        raise ConfigError(f"model path {directory} is a file; a classifier model is a directory")
     if not directory.is_dir():
         raise InputNotFoundError(f"model directory not found: {directory}")
     if not is_model_dir(directory):
@@ -243,11 +248,13 @@ def load_model(directory: str | Path) -> nn.Module:
         )
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     try:
-        model = build_model(from_dict(ModelConfig, json.loads(config_path.read_text())))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+        model = build_model(from_dict(ModelConfig, read_json_object(config_path, "model config", CheckpointError)))
+    except CheckpointError:
+        raise
     except ConfigError as exc:
         raise CheckpointError(f"{config_path}: {exc}") from None
+    except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as exc:  # sizes no network can have
+        raise CheckpointError(f"{config_path} describes no valid network: {str(exc).splitlines()[0][:200]}") from None
     try:
         state = load_file(str(weights_path))
     except Exception as exc:  # safetensors raises its own error type for a damaged file

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -34,6 +34,7 @@ from classifiers.models import ModelConfig, load_model, save_model
 from classifiers.training import TrainConfig, fresh_model, reinitialise, train_recipe
 from concept_erase.core.config import config_to_dict
 from concept_erase.core.io import atomic_output_dir, cache_dir, write_json
+from concept_erase.core.tensorfile import save_tensors
 
 __all__ = ["RECIPE_FIELDS", "Reference", "get_original", "get_oracle", "recipe_dict"]
 
@@ -105,7 +106,7 @@ def _save(path: Path, model: nn.Module, key: dict, seconds: float) -> None:
         if isinstance(getattr(model, "config", None), ModelConfig):
             save_model(model, tmp)
         else:
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / _WEIGHTS))
+            save_tensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / _WEIGHTS))
         write_json(tmp / _INFO, {**key, "seconds": seconds})
 
 

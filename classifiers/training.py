@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from classifiers.data import load_dataset, subset_by_class
 from classifiers.models import ModelConfig, build_model
+from concept_erase.core.config import NON_NEGATIVE, check_numbers
 from concept_erase.core.errors import ConfigError, EmptyDataError, TrainingError
 from concept_erase.core.trainer import Trainer, TrainerConfig
 
@@ -57,7 +58,10 @@ class TrainConfig:
     checkpointing_steps: int | None = None  # checkpoint into the work directory, when one is given
     seed: int = 0
 
+    NUMBER_RANGES: ClassVar[dict] = {"exclude_classes": NON_NEGATIVE}
+
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
         if self.max_train_steps is not None and self.max_train_steps < 1:
@@ -174,6 +178,7 @@ class UnlearningConfig:
     max_grad_norm: ClassVar[float | None] = 1.0
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         checks = getattr(super(), "__post_init__", None)
         if checks is not None:  # MaskOptions'
             checks()

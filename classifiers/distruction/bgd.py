@@ -31,13 +31,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.func import functional_call
 from torch.utils.data import TensorDataset
 
+from concept_erase.core.config import check_numbers
 from concept_erase.core.errors import CheckpointError, ConfigError, EmptyDataError, InputNotFoundError, TrainingError
 from concept_erase.core.io import write_json
+from concept_erase.core.readers import first_line, read_json_object, require
+from concept_erase.core.tensorfile import save_tensors
 
 __all__ = [
     "BGDConfig",
@@ -64,6 +67,7 @@ class BGDConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.epochs < 1 or self.mc_samples < 1 or self.batch_size < 1:
             raise ConfigError("BGD epochs, mc_samples and batch_size must be >= 1")
         if not self.init_sigma > 0:
@@ -114,7 +118,7 @@ class PreparedPosterior:
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {f"mean/{k}": v.contiguous() for k, v in self.mean.items()}
         tensors.update({f"sigma/{k}": v.contiguous() for k, v in self.sigma.items()})
-        save_file(tensors, str(directory / WEIGHTS_FILE))
+        save_tensors(tensors, str(directory / WEIGHTS_FILE))
         write_json(directory / INFO_FILE, self.info)
         return directory
 
@@ -129,17 +133,39 @@ class PreparedPosterior:
         directory = path.parent if path.suffix == ".safetensors" else path
         if not (directory / WEIGHTS_FILE).is_file() or not (directory / INFO_FILE).is_file():
             raise InputNotFoundError(f"no prepared artifact at {path} (expected {WEIGHTS_FILE} and {INFO_FILE})")
-        info = json.loads((directory / INFO_FILE).read_text())
+        info_file, weights_file = directory / INFO_FILE, directory / WEIGHTS_FILE
+        what = "prepared artifact record"
+        info = read_json_object(info_file, what, CheckpointError)
+        got = require(info, "architecture", dict, info_file, what, CheckpointError)
+        require(info, "weights_sha256", str, info_file, what, CheckpointError)
         expected = architecture_fingerprint(model)
-        got = info.get("architecture", {})
         if got.get("sha256") != expected["sha256"]:
             raise CheckpointError(
                 f"{directory} was prepared for another model ({got.get('class')}, architecture {got.get('sha256')}); "
                 f"this model is {expected['class']} (architecture {expected['sha256']}): prepare this model instead"
             )
-        tensors = load_file(str(directory / WEIGHTS_FILE))
-        mean = {k: tensors[f"mean/{k}"] for k in expected["parameters"]}
-        sigma = {k: tensors[f"sigma/{k}"] for k in expected["parameters"]}
+        try:
+            tensors = load_file(str(weights_file))
+        except Exception as exc:  # safetensors raises its own error type for a damaged file
+            raise CheckpointError(f"prepared artifact {weights_file} is corrupt: {first_line(exc)}") from None
+        params = dict(model.named_parameters())
+        mean, sigma = {}, {}
+        for k in expected["parameters"]:
+            for kind, into in (("mean", mean), ("sigma", sigma)):
+                key = f"{kind}/{k}"
+                if key not in tensors:
+                    raise CheckpointError(f"prepared artifact {weights_file} is corrupt: the tensor {key!r} is missing")
+                tensor = tensors[key]
+                if tensor.shape != params[k].shape or not tensor.is_floating_point():
+                    raise CheckpointError(
+                        f"prepared artifact {weights_file} is corrupt: {key!r} is a {tensor.dtype} tensor of shape "
+                        f"{tuple(tensor.shape)}, the model needs a float tensor of shape {tuple(params[k].shape)}"
+                    )
+                into[k] = tensor
+            if not (torch.isfinite(sigma[k]).all() and (sigma[k] > 0).all()):
+                raise CheckpointError(
+                    f"prepared artifact {weights_file} is corrupt: sigma/{k} has non-positive or non-finite entries"
+                )
         current = weights_digest({k: p for k, p in model.named_parameters()})
         if info.get("weights_sha256") != current:
             raise CheckpointError(

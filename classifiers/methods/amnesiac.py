@@ -37,7 +37,6 @@ from typing import ClassVar, Literal
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -45,7 +44,9 @@ from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
 from classifiers.training import TrainConfig, UnlearningConfig, fit, reinitialise
 from concept_erase.core.errors import ConfigError, InputNotFoundError
+from concept_erase.core.readers import first_line, require
 from concept_erase.core.registry import register_method
+from concept_erase.core.tensorfile import save_tensors
 
 __all__ = ["AmnesiacConfig", "UpdateRecorder", "amnesiac", "load_records", "record_training", "training_set"]
 
@@ -149,7 +150,7 @@ def record_training(model: nn.Module, train_set: TensorDataset, recipe: TrainCon
             "recipe": {k: getattr(recipe, k) for k in ("epochs", "max_train_steps", "batch_size", "learning_rate",
                                                        "optimizer", "weight_decay", "seed")}}  # fmt: skip
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"amnesiac": json.dumps(info)})
+    save_tensors(tensors, str(path), metadata={"amnesiac": json.dumps(info)})
     return {**info, "seconds": round(seconds, 4), "bytes": Path(path).stat().st_size}
 
 
@@ -158,30 +159,68 @@ def load_records(path: str | Path, model: nn.Module, forget: torch.Tensor) -> tu
     records' info. Records of another model, or of a training set of another size, raise ConfigError."""
 
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"amnesiac records path {path} is a directory; name the records file (.safetensors)")
     if not path.is_file():
         raise InputNotFoundError(f"amnesiac records not found: {path} (write them with record_training)")
-    with safe_open(str(path), framework="pt") as handle:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return _read_records(path, handle, model, forget)
+    except ConfigError:
+        raise
+    except Exception as exc:  # safetensors raises its own error type for a damaged file
+        raise ConfigError(f"amnesiac records {path} are corrupt: {first_line(exc)}") from None
+
+
+def _read_records(path: Path, handle, model: nn.Module, forget: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
+    def corrupt(what: str) -> ConfigError:
+        return ConfigError(f"amnesiac records {path} are corrupt: {what}")
+
+    try:
         info = json.loads((handle.metadata() or {}).get("amnesiac", "{}"))
-        if info.get("format") != RECORDS_FORMAT:
-            raise ConfigError(f"{path} is not an amnesiac records file (no {RECORDS_FORMAT!r} metadata)")
-        if info["num_samples"] != len(forget):
-            raise ConfigError(
-                f"{path} records training on {info['num_samples']} samples; this task's training set has {len(forget)}"
+    except json.JSONDecodeError as exc:
+        raise corrupt(f"the 'amnesiac' metadata is not valid JSON ({exc.msg})") from None
+    if not isinstance(info, dict) or info.get("format") != RECORDS_FORMAT:
+        raise ConfigError(f"{path} is not an amnesiac records file (no {RECORDS_FORMAT!r} metadata)")
+    num_samples = require(info, "num_samples", int, path, "amnesiac records", ConfigError)
+    if num_samples != len(forget):
+        raise ConfigError(
+            f"{path} records training on {num_samples} samples; this task's training set has {len(forget)}"
+        )
+    keys = set(handle.keys())
+    if "batch_indices" not in keys:
+        raise corrupt("the tensor 'batch_indices' is missing")
+    batches = handle.get_tensor("batch_indices")
+    if batches.ndim != 2 or batches.dtype not in (torch.int64, torch.int32):
+        raise corrupt(
+            f"'batch_indices' must be a 2-D integer tensor, got {batches.dtype} of shape {tuple(batches.shape)}"
+        )
+    if batches.numel() and int(batches.max()) >= len(forget):
+        raise corrupt(f"'batch_indices' holds index {int(batches.max())}, beyond the {len(forget)} training samples")
+    batches = batches.long()
+    hit = forget[batches.clamp(min=0)].logical_and(batches >= 0).any(dim=1)
+    removed = {}
+    for name, param in model.named_parameters():
+        key = f"delta.{name}"
+        if key not in keys or tuple(handle.get_slice(key).get_shape()[1:]) != tuple(param.shape):
+            raise ConfigError(f"{path} holds no records for parameter {name!r} of shape {tuple(param.shape)}: "
+                              "the records were made for another model")  # fmt: skip
+        deltas = handle.get_tensor(key)
+        if deltas.shape[0] != batches.shape[0] or not deltas.is_floating_point():
+            raise corrupt(f"{key!r} holds {deltas.shape[0]} {deltas.dtype} updates for {batches.shape[0]} batches")
+        initial_key = f"initial.{name}"
+        if initial_key not in keys:
+            raise corrupt(f"the tensor {initial_key!r} is missing")
+        initial = handle.get_tensor(initial_key)
+        if tuple(initial.shape) != tuple(param.shape):
+            raise corrupt(
+                f"{initial_key!r} has shape {tuple(initial.shape)}, the model's {name!r} {tuple(param.shape)}"
             )
-        batches = handle.get_tensor("batch_indices")
-        hit = forget[batches.clamp(min=0)].logical_and(batches >= 0).any(dim=1)
-        removed = {}
-        for name, param in model.named_parameters():
-            key = f"delta.{name}"
-            if key not in handle.keys() or tuple(handle.get_slice(key).get_shape()[1:]) != tuple(param.shape):
-                raise ConfigError(f"{path} holds no records for parameter {name!r} of shape {tuple(param.shape)}: "
-                                  "the records were made for another model")  # fmt: skip
-            deltas = handle.get_tensor(key)
-            final = handle.get_tensor(f"initial.{name}").double() + deltas.double().sum(dim=0)
-            if not torch.allclose(final.float(), param.detach().cpu(), atol=1e-4, rtol=1e-4):
-                raise ConfigError(f"{path}: the recorded updates do not end at this model's {name!r}: "
-                                  "the records describe another training run")  # fmt: skip
-            removed[name] = deltas[hit].double().sum(dim=0)
+        final = initial.double() + deltas.double().sum(dim=0)
+        if not torch.allclose(final.float(), param.detach().cpu(), atol=1e-4, rtol=1e-4):
+            raise ConfigError(f"{path}: the recorded updates do not end at this model's {name!r}: "
+                              "the records describe another training run")  # fmt: skip
+        removed[name] = deltas[hit].double().sum(dim=0)
     return removed, {**info, "selected_steps": int(hit.sum())}
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from classifiers.data import UnlearningTask
 from classifiers.training import UnlearningConfig, fit_summary, reinitialise, train_recipe
+from concept_erase.core.config import check_numbers
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.registry import register_method
 
@@ -32,6 +33,7 @@ class RetrainConfig(UnlearningConfig):
     momentum: ClassVar[float] = 0.9  # not a key: the recipe's (train_recipe's)
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.learning_rate <= 0:  # this one first, then the schedule's other checks
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         super().__post_init__()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -35,6 +36,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
+from concept_erase.core.config import NON_NEGATIVE, check_numbers
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.registry import register_method
 
@@ -51,8 +53,11 @@ class SSDConfig(MaskOptions):
     batch_size: int = 64  # batches of the importance passes
     seed: int = 0  # only used by mask: random
 
+    NUMBER_RANGES: ClassVar[dict] = {"dampening_constant": NON_NEGATIVE, "selection_weighting": NON_NEGATIVE}
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_numbers(self)
         if not self.dampening_constant > 0:
             raise ConfigError(f"dampening_constant (lambda) must be > 0, got {self.dampening_constant}")
         if not self.selection_weighting > 0:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -36,6 +36,7 @@ from torch.utils.data import TensorDataset
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
 from classifiers.training import check_schedule, fit
+from concept_erase.core.config import COUNT, check_numbers
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.registry import register_method
 
@@ -60,8 +61,11 @@ class UnsirConfig(MaskOptions):
     weight_decay: float = 0.0
     seed: int = 0
 
+    NUMBER_RANGES: ClassVar[dict] = {"noise_steps": COUNT}
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_numbers(self)
         check_schedule(self)
         for name in ("noise_batch_size", "noise_steps", "noise_repeats", "retain_per_class", "impair_epochs"):
             if getattr(self, name) < 1:

@@ -30,6 +30,7 @@ from torch import nn
 from classifiers.data import load_dataset, make_task
 from classifiers.metrics import unlearning_metrics
 from classifiers.vbu.unlearn import check_lambda, in_adjusted_region
+from concept_erase.core.config import check_numbers
 
 __all__ = ["BayesMLP", "DigitsConfig", "fit_vi", "eubo_meanfield", "rkl_meanfield", "run_digits"]
 
@@ -153,6 +154,9 @@ class DigitsConfig:
     rkl_samples: int = 2000
     lambdas: list[float] = field(default_factory=lambda: [0.0, 1.0])
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
 
 
 def run_digits(config: DigitsConfig | None = None) -> dict:

@@ -25,6 +25,7 @@ from classifiers.vbu.gp import NotPositiveDefiniteError, SparseGPClassifier
 from classifiers.vbu.plots import plot_kl_vs_lambda, plot_maps
 from classifiers.vbu.shards import AGGREGATIONS, METHODS, SHARD_MODES, ShardedGPUnlearner, check_erase_indices
 from classifiers.vbu.unlearn import check_lambda
+from concept_erase.core.config import check_numbers
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.io import write_json
 
@@ -47,6 +48,9 @@ class MoonsConfig:
     n_samples: int = 100
     noise: float = 0.2
     predict_samples: int = 2000
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
 
     def validate(self) -> MoonsConfig:
         if self.erase not in ERASE_MODES:

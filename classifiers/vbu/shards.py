@@ -26,6 +26,7 @@ import torch
 
 from classifiers.vbu.gp import GaussianPosterior, SparseGPClassifier, safe_cholesky
 from classifiers.vbu.unlearn import UnlearnResult, check_lambda, eubo_unlearn, rkl_unlearn
+from concept_erase.core.config import check_numbers
 from concept_erase.core.errors import ConfigError, EmptyDataError, NotFittedError
 
 __all__ = [
@@ -132,6 +133,9 @@ class ShardedGPUnlearner:
     rkl_samples: int = 20000
     posteriors_: list = field(default_factory=list, init=False)
     fit_seconds_: list = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
 
     def fit(self, X, y) -> ShardedGPUnlearner:
         self.X_, self.y_ = np.asarray(X, dtype=float), np.asarray(y)

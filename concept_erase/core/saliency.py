@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure  # no pyplot: no global backend state
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from concept_erase.core.errors import ConfigError, EmptyDataError, MaskError
 from concept_erase.core.io import atomic_file
 from concept_erase.core.parameters import Selection, select_parameters, unwrap_model
+from concept_erase.core.tensorfile import save_tensors
 
 __all__ = ["compute_saliency", "select_parameters", "kth_largest", "num_kept", "SaliencyMask", "MaskApplier", "MODES"]
 
@@ -377,7 +377,7 @@ class SaliencyMask:
         info = json.dumps({"metadata": self.metadata, "parameters": params})
         header = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "mask": info}
         with atomic_file(path) as tmp:
-            save_file(tensors, str(tmp), metadata=header)
+            save_tensors(tensors, str(tmp), metadata=header)
         return path
 
     @classmethod
@@ -420,12 +420,50 @@ def _read_mask_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         header = handle.metadata() or {}
         if header.get("format") != _FORMAT:
             raise MaskError(f"{path} is not a saliency mask file (no {_FORMAT!r} format tag)")
-        info = json.loads(header["mask"])
-        masks = {
-            p["name"]: _unpack(handle.get_tensor(p["name"]), p["shape"], p["kept"], p["name"])
-            for p in info["parameters"]
-        }
+        info = _mask_header(path, header)
+        stored = set(handle.keys())
+        masks = {}
+        for p in info["parameters"]:
+            if p["name"] not in stored:
+                raise MaskError(f"saliency mask file {path} is corrupt: no tensor for parameter {p['name']!r}")
+            masks[p["name"]] = _unpack(handle.get_tensor(p["name"]), p["shape"], p["kept"], p["name"])
     return masks, info["metadata"]
+
+
+def _mask_header(path: Path, header: dict) -> dict:
+    """The ``mask`` header entry, checked field by field (a damaged one raises :class:`MaskError` naming the file)."""
+
+    def corrupt(what: str) -> MaskError:
+        return MaskError(f"saliency mask file {path} is corrupt: {what}")
+
+    if "mask" not in header:
+        raise corrupt("the header has no 'mask' entry")
+    try:
+        info = json.loads(header["mask"])
+    except json.JSONDecodeError as exc:
+        raise corrupt(f"the 'mask' header entry is not valid JSON ({exc.msg})") from None
+    if not isinstance(info, dict):
+        raise corrupt(f"the 'mask' header entry must be a JSON object, got {type(info).__name__}")
+    for key, kind in (("metadata", dict), ("parameters", list)):
+        if not isinstance(info.get(key), kind):
+            raise corrupt(
+                f"the 'mask' header entry's {key!r} is missing or not a {'list' if kind is list else 'mapping'}"
+            )
+    for i, p in enumerate(info["parameters"]):
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            raise corrupt(f"parameters[{i}] must be a mapping with a 'name' string")
+        shape, kept = p.get("shape"), p.get("kept")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise corrupt(
+                f"parameters[{i}] ({p['name']!r}): 'shape' must be a list of non-negative integers, got {shape!r}"
+            )
+        if isinstance(kept, bool) or not isinstance(kept, int) or not 0 <= kept <= math.prod(shape):
+            raise corrupt(
+                f"parameters[{i}] ({p['name']!r}): 'kept' must be an integer in [0, {math.prod(shape)}], got {kept!r}"
+            )
+    return info
 
 
 # ---------------------------------------------------------------------------------------------------- applying it

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from accelerate import Accelerator
@@ -35,15 +35,16 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.tracking import get_available_trackers
 from accelerate.utils import DistributedType, LoggerType, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
 from tqdm.auto import tqdm
 
-from concept_erase.core.config import config_to_dict
+from concept_erase.core.config import NON_NEGATIVE, Range, check_numbers, config_to_dict
 from concept_erase.core.errors import CheckpointError, CheckpointNotFoundError, ConfigError, EmptyDataError
 from concept_erase.core.parameters import Selection, select_parameters
+from concept_erase.core.tensorfile import save_tensors
 
-__all__ = ["Trainer", "TrainerConfig", "TrainResult", "EpochSampler", "find_checkpoint"]
+__all__ = ["Trainer", "TrainerConfig", "TrainResult", "EpochSampler", "find_checkpoint", "read_trainer_state"]
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _STATE_FILE = "trainer_state.json"
@@ -86,7 +87,14 @@ class TrainerConfig:
     trainable_params: list[str] | None = None  # regex patterns (re.search) on parameter names
     show_progress: bool = True
 
+    NUMBER_RANGES: ClassVar[dict] = {
+        "learning_rate": NON_NEGATIVE,
+        "adam_beta1": Range(0, 1, high_open=True),
+        "adam_beta2": Range(0, 1, high_open=True),
+    }
+
     def __post_init__(self) -> None:
+        check_numbers(self)
         _positive = ("max_train_steps", "gradient_accumulation_steps")
         for name in _positive:
             if getattr(self, name) < 1:
@@ -158,9 +166,40 @@ def find_checkpoint(output_dir: str | Path | None, spec: str) -> Path | None:
         )
         return steps[-1][1] if steps else None
     path = Path(spec)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a file, not a checkpoint directory")
     if not path.is_dir():
         raise CheckpointNotFoundError(f"checkpoint directory not found: {path}")
     return path
+
+
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    """The ``trainer_state.json`` of checkpoint directory ``path``, checked: a missing, truncated, non-JSON file or a
+    missing / mistyped counter raises :class:`CheckpointError` naming the file and what is wrong."""
+    state_file = Path(path) / _STATE_FILE
+    if not state_file.is_file():
+        raise CheckpointError(f"checkpoint {path} is incomplete: {_STATE_FILE} is missing")
+    try:
+        state = json.loads(state_file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(f"checkpoint state {state_file} is corrupt: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint state {state_file} is corrupt: not valid JSON ({exc.msg})") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint state {state_file}: {exc.strerror or exc}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"checkpoint state {state_file} is corrupt: expected a JSON object, got {type(state).__name__}"
+        )
+    for key in ("global_step", "micro_batches"):
+        if key not in state:
+            raise CheckpointError(f"checkpoint state {state_file} is corrupt: {key!r} is missing")
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise CheckpointError(
+                f"checkpoint state {state_file} is corrupt: {key!r} must be a non-negative integer, got {value!r}"
+            )
+    return state
 
 
 class Trainer:
@@ -317,15 +356,12 @@ class Trainer:
 
         for name, obj in self.extra_state.items():
             tensors = {k: v.detach().cpu().contiguous() for k, v in obj.state_dict().items()}
-            save_file(tensors, str(directory / f"extra_{name}.safetensors"))
+            save_tensors(tensors, str(directory / f"extra_{name}.safetensors"))
 
     def _load_checkpoint(self, accelerator, path: Path) -> dict[str, Any]:
 
-        state_file = path / _STATE_FILE
-        if not state_file.is_file():
-            raise CheckpointError(f"checkpoint {path} is incomplete: {_STATE_FILE} is missing")
+        state = read_trainer_state(path)
         try:
-            state = json.loads(state_file.read_text())
             accelerator.load_state(str(path))
             for name, obj in self.extra_state.items():
                 obj.load_state_dict(load_file(str(path / f"extra_{name}.safetensors")))

@@ -22,6 +22,7 @@ from diffusers import DDPMScheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from concept_erase.core.config import check_numbers
 from concept_erase.core.errors import ConfigError, TrainingError
 from concept_erase.core.trainer import Trainer, TrainerConfig
 
@@ -83,6 +84,7 @@ class ErasureConfig:
     show_progress: bool = True
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "num_images"):
             if getattr(self, name) is not None and getattr(self, name) < 1:  # a method may derive None steps
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

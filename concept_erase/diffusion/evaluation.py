@@ -27,15 +27,16 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure  # no pyplot: no global backend state
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from scipy import linalg
 from tqdm.auto import tqdm
 
+from concept_erase.core.config import COUNT, check_numbers
 from concept_erase.core.digits import concept_index, load_digit_arrays
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.io import (
@@ -47,6 +48,7 @@ from concept_erase.core.io import (
     peak_memory_bytes,
     write_json,
 )
+from concept_erase.core.tensorfile import save_tensors
 from concept_erase.diffusion.erasure import read_erasure, resolve_erasure
 from concept_erase.diffusion.judge import load_judge
 from concept_erase.diffusion.loading import apply_adapter, concept_token_ids, load_pipeline
@@ -69,7 +71,10 @@ class EvaluationConfig:
     unseen_words: list[str] = field(default_factory=lambda: list(UNSEEN_WORDS))  # the forget baseline's words
     grid_seeds: int = 8  # columns of the image grid
 
+    NUMBER_RANGES: ClassVar[dict] = {"grid_seeds": COUNT}
+
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.num_images < 1:
             raise ConfigError(f"num_images must be >= 1 (images generated per concept), got {self.num_images}")
         if not self.templates or any("{}" not in t for t in self.templates):
@@ -173,7 +178,7 @@ def cached_generate(model: str | Path, prompts: list[str], seeds: list[int], con
     images = generate(load_pipeline(model), prompts, seeds, config, desc)
     file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(file) as tmp:
-        save_file({"images": images.contiguous()}, str(tmp))
+        save_tensors({"images": images.contiguous()}, str(tmp))
     return images
 
 
@@ -421,7 +426,9 @@ SAMPLES_FILE = "samples.safetensors"
 def save_samples(panels: dict[str, _Generations], path: Path) -> None:
     """The generated images (uint8), keyed ``<model>/<concept>``: reports re-plot them without generating again."""
 
-    save_file({f"{name}/{c}": img.contiguous() for name, gen in panels.items() for c, img in gen.images.items()}, path)
+    save_tensors(
+        {f"{name}/{c}": img.contiguous() for name, gen in panels.items() for c, img in gen.images.items()}, path
+    )
 
 
 def load_samples(path: str | Path) -> dict[str, _Generations]:

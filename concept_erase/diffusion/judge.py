@@ -15,12 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from concept_erase.core.config import check_numbers
 from concept_erase.core.digits import CONCEPTS, fixed_split, load_digit_arrays
-from concept_erase.core.errors import InputNotFoundError
+from concept_erase.core.errors import ConfigError, InputNotFoundError, ModelLoadError
+from concept_erase.core.readers import read_dataclass, read_json_object
+from concept_erase.core.tensorfile import save_tensors
 from concept_erase.core.trainer import Trainer, TrainerConfig
 
 __all__ = ["DEFAULT_JUDGE", "DigitJudge", "JudgeConfig", "load_judge", "save_judge", "train_judge"]
@@ -43,6 +46,9 @@ class JudgeConfig:
     learning_rate: float = 2e-3
     noise_std: float = 0.05  # input noise during training, so slightly imperfect generations are judged robustly
     test_accuracy: float | None = None  # filled in after training, on the held-out split of real digits
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
 
 
 class DigitJudge(nn.Module):
@@ -99,7 +105,7 @@ def save_judge(judge: DigitJudge, directory: str | Path) -> None:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(directory / _WEIGHTS_FILE))
+    save_tensors({k: v.contiguous() for k, v in judge.state_dict().items()}, str(directory / _WEIGHTS_FILE))
     (directory / _CONFIG_FILE).write_text(json.dumps(asdict(judge.config), indent=2) + "\n")
 
 
@@ -111,9 +117,26 @@ def load_judge(directory: str | Path | None = None) -> DigitJudge:
         raise InputNotFoundError(
             f"{directory} is not an evaluation-classifier directory ({_CONFIG_FILE} + {_WEIGHTS_FILE})"
         )
-    config = JudgeConfig(**json.loads((directory / _CONFIG_FILE).read_text()))
-    judge = DigitJudge(config)
-    judge.load_state_dict(load_file(str(directory / _WEIGHTS_FILE)))
+    config_file, weights_file = directory / _CONFIG_FILE, directory / _WEIGHTS_FILE
+    what = "judge config"
+    config = read_dataclass(JudgeConfig, read_json_object(config_file, what), config_file, what)
+    if not config.labels or not all(isinstance(label, str) for label in config.labels):
+        raise ConfigError(f"{what} {config_file} is corrupt: 'labels' must be a non-empty list of strings")
+    try:
+        judge = DigitJudge(config)
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(
+            f"{what} {config_file} describes no valid network: {str(exc).splitlines()[0][:200]}"
+        ) from None
+    try:
+        state = load_file(str(weights_file))
+    except Exception as exc:  # safetensors raises assorted types for a damaged file
+        raise ModelLoadError(f"judge weights {weights_file} are corrupt: {str(exc).splitlines()[0][:200]}") from None
+    try:
+        judge.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise ModelLoadError(f"judge weights {weights_file} do not fit {config_file}: {detail}") from None
     return judge.eval()
 
 

@@ -25,10 +25,11 @@ from typing import Any
 import torch
 from diffusers.utils import logging as diffusers_logging
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers.utils import logging as transformers_logging
 
 from concept_erase.core.errors import AdapterError, ConfigError, ModelLoadError
+from concept_erase.core.tensorfile import save_tensors
 
 __all__ = [
     "ADAPTER_FILES",
@@ -46,6 +47,8 @@ WEIGHTS_FILE = "erasure.safetensors"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 ADAPTER_FILES = (WEIGHTS_FILE, LORA_FILE)
 WEIGHTS_FORMAT = "concept-erase/weights-v1"
+# Weight files that are Python pickles: loading one can run arbitrary code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 # ---------------------------------------------------------------------------------------------------- pipelines
@@ -110,8 +113,27 @@ def looks_like_hub_id(model: str | Path) -> bool:
     return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))
 
 
-def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None, device: str | None = None):
+def _pickled_only_component(path: Path) -> tuple[str, str] | None:
+    """``(component, file)`` of the first component of pipeline directory ``path`` whose weights are only pickles
+    (``.bin``, ``.pt``, ...: no ``.safetensors`` beside them), or None."""
+    for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+        files = [f for f in sub.iterdir() if f.is_file()]
+        if any(f.name.endswith(".safetensors") for f in files):
+            continue
+        pickles = sorted(f.name for f in files if f.name.endswith(PICKLE_SUFFIXES))
+        if pickles:
+            return sub.name, pickles[0]
+    return None
+
+
+def load_pipeline(
+    model: str | Path, torch_dtype: torch.dtype | None = None, device: str | None = None, *, allow_pickle: bool = False
+):
     """``StableDiffusionPipeline.from_pretrained`` on a local directory or a hub id, with clear errors.
+
+    Weights are loaded from safetensors files only (``use_safetensors=True``): a pickled weight file (``.bin``) can
+    run arbitrary code when it is loaded. A model whose weights are only pickles is refused with a
+    :class:`ModelLoadError` naming the component, unless ``allow_pickle=True`` (for files you trust).
 
     The safety checker is not loaded (it judges photographs, not the concepts we erase); the pipeline's own
     progress bar is disabled because callers show one over whole batches.
@@ -122,7 +144,17 @@ def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None, dev
         if not path.exists():
             raise ModelLoadError(f"model {model} does not exist (give a diffusers pipeline directory or a hub id)")
         _check_pipeline_dir(path)
+        pickled = None if allow_pickle else _pickled_only_component(path)
+        if pickled is not None:
+            component, file = pickled
+            raise ModelLoadError(
+                f"{path}: component {component} has only pickled weights ({file}), which can run code when loaded; "
+                "convert them to safetensors (save_pretrained(..., safe_serialization=True)) or, for files you "
+                "trust, load with allow_pickle=True"
+            )
     kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
     try:
@@ -131,7 +163,12 @@ def load_pipeline(model: str | Path, torch_dtype: torch.dtype | None = None, dev
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         where = "directory" if is_local else "hub id"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"could not load a Stable Diffusion pipeline from {where} {model}: {first}") from exc
+        hint = (
+            ""
+            if allow_pickle or "safetensors" not in first
+            else " (only safetensors weights are loaded unless allow_pickle=True)"
+        )
+        raise ModelLoadError(f"could not load a Stable Diffusion pipeline from {where} {model}: {first}{hint}") from exc
     pipe.set_progress_bar_config(disable=True)
     if device is not None:
         pipe.to(device)
@@ -268,4 +305,4 @@ def save_weights_adapter(path: str | Path, tensors: dict[str, torch.Tensor], mod
     if mode not in ("replace", "delta"):
         raise ConfigError(f"mode must be 'replace' or 'delta', got {mode!r}")
     header = {"format": WEIGHTS_FORMAT, "mode": mode, **{k: str(v) for k, v in metadata.items()}}
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=header)
+    save_tensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=header)

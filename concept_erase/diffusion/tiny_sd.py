@@ -31,8 +31,10 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from concept_erase.core.config import check_numbers
 from concept_erase.core.digits import CONCEPTS, concept_index, fixed_split, load_digit_arrays
 from concept_erase.core.errors import ConfigError, EmptyDataError
+from concept_erase.core.readers import read_dataclass, read_json_object, require
 from concept_erase.core.trainer import Trainer, TrainerConfig
 from concept_erase.diffusion.loading import pipeline_class
 
@@ -126,6 +128,7 @@ class TinySDConfig:
     beta_schedule: str = "squaredcos_cap_v2"
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         self.exclude_concepts = sorted({concept.strip().lower() for concept in self.exclude_concepts})
         for concept in self.exclude_concepts:
             concept_index(concept)
@@ -429,6 +432,8 @@ def resolve_model(spec: str | Path) -> str | Path:
 def read_recipe(model_dir: str | Path) -> TinySDConfig | None:
     """The recipe a model directory was trained with, or None when the toolkit did not train it."""
     path = Path(model_dir) / RECIPE_FILE
-    if not path.is_file():
+    if not path.exists():
         return None
-    return TinySDConfig(**json.loads(path.read_text())["recipe"])
+    what = "tiny-SD recipe"
+    recipe = require(read_json_object(path, what), "recipe", dict, path, what)
+    return read_dataclass(TinySDConfig, recipe, path, what)

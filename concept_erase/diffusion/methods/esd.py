@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from concept_erase.core.config import FINITE, check_numbers
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.registry import register_method
 from concept_erase.diffusion.base import (
@@ -74,8 +75,11 @@ class ESDConfig(ErasureConfig):
     train: Literal["xattn", "noxattn"] = "noxattn"  # ESD-x or ESD-u
     preserve_weight: float = 0.0  # not in the paper (0 = the paper's ESD): keep retain prompts' predictions
 
+    NUMBER_RANGES: ClassVar[dict] = {"negative_guidance": FINITE}
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_numbers(self)
         if self.train not in TRAIN_PATTERNS:
             raise ConfigError(f"train: invalid value {self.train!r}; accepted values: {', '.join(TRAIN_PATTERNS)}")
         if not math.isfinite(self.negative_guidance):

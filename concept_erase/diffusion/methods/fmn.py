@@ -19,12 +19,13 @@ import contextlib
 import copy
 import inspect
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from peft import LoraConfig
 from torch.utils.data import TensorDataset
 
+from concept_erase.core.config import COUNT, check_numbers
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.registry import register_method
 from concept_erase.diffusion.attention import (
@@ -92,8 +93,11 @@ class FMNConfig(ErasureConfig):
     textual_inversion_learning_rate: float = 1e-3
     attention_backend: Literal["sdpa", "xformers", "auto"] = "auto"
 
+    NUMBER_RANGES: ClassVar[dict] = {"textual_inversion_steps": COUNT}
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_numbers(self)
         if self.train not in TRAIN_CHOICES:
             raise ConfigError(f"train: invalid value {self.train!r}; accepted values: {', '.join(TRAIN_CHOICES)}")
         if self.attention_backend not in BACKENDS:

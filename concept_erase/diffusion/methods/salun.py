@@ -26,11 +26,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from concept_erase.core.config import NON_NEGATIVE, check_numbers
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.registry import register_method
 from concept_erase.core.saliency import SaliencyMask, compute_saliency
@@ -62,8 +64,11 @@ class SalUnConfig(ErasureConfig):
     mask_path: str | None = None  # a saved SaliencyMask to use instead of computing one
     save_mask_path: str | None = None  # write the mask trained through here (bit-packed safetensors) for reuse
 
+    NUMBER_RANGES: ClassVar[dict] = {"alpha": NON_NEGATIVE}
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_numbers(self)
         if self.num_train_epochs < 1:
             raise ConfigError(f"num_train_epochs must be >= 1, got {self.num_train_epochs}")
         if not 0 < self.mask_ratio <= 1:

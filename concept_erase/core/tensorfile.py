@@ -1,0 +1,63 @@
+"""Byte-reproducible safetensors files.
+
+``safetensors`` keeps a file's ``__metadata__`` in a Rust ``HashMap``, so the order of its keys in the JSON header
+(and with it the file's bytes and sha256) changes from one save to the next. :func:`save_tensors` writes the file
+with ``safetensors.torch.save_file`` and then rewrites the header with the metadata keys sorted: identical tensors and
+metadata give identical bytes. The file is an ordinary safetensors file (any reader loads it, and files written
+before this change load as before).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+__all__ = ["save_tensors", "canonicalise_header"]
+
+_METADATA = "__metadata__"
+_ALIGN = 8  # safetensors pads the header with spaces to a multiple of 8 bytes
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """``safetensors.torch.save_file(tensors, path, metadata)`` with a deterministic header (metadata keys sorted)."""
+    path = Path(path)
+    save_file(tensors, str(path), metadata=metadata)
+    canonicalise_header(path)
+    return path
+
+
+def canonicalise_header(path: str | Path) -> None:
+    """Rewrite the header of safetensors file ``path`` with its ``__metadata__`` keys sorted (tensor entries keep the
+    writer's order, which is deterministic). In place when the header keeps its length, as it does in practice."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        old = fh.read(length)
+    header = json.loads(old)
+    metadata = header.get(_METADATA)
+    if not metadata:
+        return
+    ordered = {_METADATA: dict(sorted(metadata.items()))}
+    ordered.update((k, v) for k, v in header.items() if k != _METADATA)
+    new = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    new += b" " * (-len(new) % _ALIGN)
+    if new == old:
+        return
+    if len(new) == length:
+        with open(path, "r+b") as fh:
+            fh.seek(8)
+            fh.write(new)
+        return
+    tmp = path.with_name(path.name + ".header.tmp")
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        src.seek(8 + length)
+        dst.write(struct.pack("<Q", len(new)))
+        dst.write(new)
+        shutil.copyfileobj(src, dst)
+    os.replace(tmp, path)
