@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
+from classifiers.sisa.aggregation import AGGREGATIONS
+from classifiers.sisa.sharding import STRATEGIES
 from concept_erase.core.config import config_to_dict
 from concept_erase.core.errors import InputNotFoundError, StoreError
 
@@ -61,8 +63,8 @@ _MANIFEST_TYPES = {
     "recipe": dict,
     "n_shards": "count",
     "n_slices": "count",
-    "strategy": ("uniform", "label", "kmeans", "distribution"),  # classifiers.sisa.sharding.STRATEGIES
-    "aggregation": ("vote", "mean", "weighted"),  # classifiers.sisa.aggregation.AGGREGATIONS
+    "strategy": STRATEGIES,
+    "aggregation": AGGREGATIONS,
     "seed": int,
 }
 _RECIPE_TYPES = {"epochs": "count", "batch_size": "count", "learning_rate": float, "optimizer": str,
