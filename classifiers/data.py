@@ -29,6 +29,7 @@ from torch.utils.data import TensorDataset
 
 from concept_erase.core.digits import load_digit_arrays
 from concept_erase.core.errors import ConfigError, EmptyDataError, InputNotFoundError
+from concept_erase.core.readers import first_line, load_npz
 
 __all__ = [
     "DATASETS",
@@ -154,7 +155,14 @@ def _split(name: str, images: np.ndarray, labels: np.ndarray, seed: int, test_si
 
 
 def _check_arrays(name: str, images, labels) -> tuple[np.ndarray, np.ndarray]:
-    images = np.asarray(images, dtype=np.float32)
+    for what, values in (("images", images), ("labels", labels)):
+        kind = getattr(getattr(values, "dtype", None), "kind", None)
+        if kind is not None and kind not in "biuf":
+            raise ConfigError(f"dataset {name!r}: {what} must be numbers, got dtype {values.dtype}")
+    try:
+        images = np.asarray(images, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"dataset {name!r}: images must be a numeric array ({first_line(exc)})") from None
     labels = np.asarray(labels)
     if images.ndim == 3:  # (N, H, W): one channel
         images = images[:, None]
@@ -191,10 +199,10 @@ def load_dataset(name: str = "digits", seed: int = 0, test_size: float = 0.25) -
     if path.is_dir():
         return from_image_folder(path, seed=seed, test_size=test_size)
     if path.suffix == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as data:
-            if not {"x", "y"} <= set(data.files):
-                raise ConfigError(f"{path} must hold arrays named 'x' (images) and 'y' (labels), has {data.files}")
-            return _split(str(path), data["x"], data["y"], seed, test_size)
+        data = load_npz(path, "dataset")
+        if not {"x", "y"} <= set(data):
+            raise ConfigError(f"{path} must hold arrays named 'x' (images) and 'y' (labels), has {sorted(data)}")
+        return _split(str(path), data["x"], data["y"], seed, test_size)
     if path.is_file():
         raise ConfigError(f"{path}: unsupported dataset file; accepted: an image folder or an .npz file with x and y")
     if path.suffix == ".npz" or "/" in name or name.startswith("."):
@@ -246,8 +254,11 @@ def from_image_folder(root: str | Path, *, seed: int = 0, test_size: float = 0.2
         raise EmptyDataError(f"{root} has no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in its class folders")
     opened = []
     for f, _ in files:  # one file open at a time: a large folder would run out of file descriptors
-        with Image.open(f) as im:
-            opened.append(im.copy())
+        try:
+            with Image.open(f) as im:
+                opened.append(im.copy())
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+            raise ConfigError(f"{f} is not a readable image: {first_line(exc)}") from None
     mode = "L" if all(im.mode in ("L", "1") or im.mode.startswith("I") for im in opened) else "RGB"
     arrays = [_to_array(im, mode) for im in opened]
     if len({a.shape for a in arrays}) > 1:
@@ -341,6 +352,8 @@ def read_indices(path: str | Path) -> tuple[int, ...]:
     """
 
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"index file {path} is a directory; name a file of indices")
     if not path.is_file():
         raise InputNotFoundError(f"index file not found: {path}")
     try:
@@ -351,8 +364,8 @@ def read_indices(path: str | Path) -> tuple[int, ...]:
         else:
             text = path.read_text().replace(",", " ").split()
             values = np.asarray([int(v) for v in text], dtype=np.int64)
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: expected integer indices ({str(exc).splitlines()[0][:120]})") from None
+    except (ValueError, json.JSONDecodeError, OSError, EOFError, RecursionError) as exc:
+        raise ConfigError(f"{path}: expected integer indices ({first_line(exc)})") from None
     values = np.asarray(values).reshape(-1)
     if values.size and not np.issubdtype(values.dtype, np.integer):
         raise ConfigError(f"{path}: expected integer indices, got {values.dtype}")
