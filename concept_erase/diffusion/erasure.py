@@ -19,7 +19,6 @@ The data flow is ``load pipeline -> ErasureRequest -> method(request, config) ->
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from concept_erase.core.config import config_to_dict
 from concept_erase.core.digits import CONCEPTS
 from concept_erase.core.errors import ConfigError, InputNotFoundError
 from concept_erase.core.io import RunRecorder, atomic_output_dir, check_output_dir, peak_memory_bytes, write_json
+from concept_erase.core.readers import read_json_object, require
 from concept_erase.core.registry import get_method
 from concept_erase.diffusion.base import (
     GENERIC_RETAIN,
@@ -61,6 +61,7 @@ from concept_erase.diffusion.tiny_sd import (
 __all__ = ["ADAPTER_MAX_FRACTION", "ERASURE_FILE", "erase", "load_erased", "read_erasure", "resolve_erasure"]
 
 ERASURE_FILE = "erasure.json"
+_ARTIFACT_FORMATS = ("lora", "weights", "pipeline")
 ADAPTER_MAX_FRACTION = 0.10  # an adapter is at most this fraction of the UNet's bytes; otherwise a full pipeline
 
 # ---------------------------------------------------------------------------------------------------- erase
@@ -237,12 +238,24 @@ def read_erasure(path: str | Path) -> dict[str, Any] | None:
     """The ``erasure.json`` record of an erasure output directory, or None if ``path`` is not one."""
 
     file = Path(path) / ERASURE_FILE
-    if not file.is_file():
+    if not file.exists():
         return None
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{file} is not valid JSON: {exc}") from None
+    what = "erasure record"
+    record = read_json_object(file, what)
+    require(record, "method", str, file, what)
+    concepts = require(record, "concepts", list, file, what)
+    if not concepts or not all(isinstance(c, str) for c in concepts):
+        raise ConfigError(f"{what} {file} is corrupt: the field 'concepts' must be a non-empty list of strings")
+    require(record, "base_model", str, file, what)
+    artifact = require(record, "artifact", dict, file, what)
+    if artifact.get("format") not in _ARTIFACT_FORMATS:
+        raise ConfigError(
+            f"{what} {file} is corrupt: artifact.format must be one of {', '.join(_ARTIFACT_FORMATS)}, "
+            f"got {artifact.get('format')!r}"
+        )
+    for key, types in (("seconds", float), ("steps", int), ("peak_memory", dict), ("config", dict)):
+        require(record, key, types, file, what, optional=True)
+    return record
 
 
 def resolve_erasure(path: str | Path) -> tuple[str | Path, str | Path | None, str | Path]:
