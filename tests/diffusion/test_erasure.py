@@ -111,8 +111,10 @@ def test_fp16_on_cpu_is_refused():
 
 
 def test_nan_loss_stops_training_and_writes_nothing(tmp_path):
+    config = _config()
+    config.loss_scale = float("nan")  # after validation, which refuses a NaN setting: the loss itself goes NaN
     with pytest.raises(TrainingError, match="loss became nan at step 1"):
-        erase("tiny-sd", "probe", ["seven"], _config(loss_scale=float("nan")), output_dir=tmp_path / "out")
+        erase("tiny-sd", "probe", ["seven"], config, output_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
 
 
