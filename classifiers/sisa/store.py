@@ -195,6 +195,8 @@ class SISAStore:
             raise StoreError(f"{path} is corrupt: a directory, not a JSON file") from None
         except UnicodeDecodeError:
             raise StoreError(f"{path} is corrupt: not UTF-8 text (garbage bytes)") from None
+        except OSError as exc:
+            raise StoreError(f"{path} cannot be read: {exc.strerror or exc}") from None
         if not text.strip():
             raise StoreError(f"{path} is corrupt: the file is empty")
         try:
@@ -352,7 +354,10 @@ class SISAStore:
         return self.path / "checkpoints" / f"{key}.safetensors"
 
     def has_checkpoint(self, key: str) -> bool:
-        return self.checkpoint_path(key).is_file()
+        path = self.checkpoint_path(key)
+        if path.exists() and not path.is_file():
+            raise StoreError(f"{path} is corrupt: a directory, not a checkpoint file")
+        return path.is_file()
 
     def save_checkpoint(self, key: str, state: dict[str, torch.Tensor]) -> None:
 

@@ -85,8 +85,10 @@ def _deletion_probabilities(path: str | None):
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise InputNotFoundError(f"deletion probabilities not found: {path}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path}: not a .npy array ({exc})") from None
+    except IsADirectoryError:
+        raise InputNotFoundError(f"deletion probabilities {path} is a directory, not a .npy file") from None
+    except (ValueError, EOFError, OSError) as exc:
+        raise ConfigError(f"{path}: not a .npy array ({str(exc).splitlines()[0][:120]})") from None
 
 
 def cmd_sisa_train(args: argparse.Namespace) -> int:
@@ -94,6 +96,15 @@ def cmd_sisa_train(args: argparse.Namespace) -> int:
     from classifiers.sisa import SISAClassifier
 
     splits = load_dataset(args.dataset)
+    probabilities = _deletion_probabilities(args.deletion_probabilities)
+    if probabilities is not None:
+        from classifiers.sisa.sharding import check_probabilities
+        from concept_erase.core.errors import ConfigError
+
+        try:
+            check_probabilities(probabilities, len(splits.train))
+        except ConfigError as exc:
+            raise ConfigError(f"{args.deletion_probabilities}: {exc}") from None
     estimator = SISAClassifier(
         model=args.model,
         n_shards=args.shards,
@@ -101,7 +112,7 @@ def cmd_sisa_train(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         aggregation=args.aggregation,
         epochs=args.epochs,
-        deletion_probabilities=_deletion_probabilities(args.deletion_probabilities),
+        deletion_probabilities=probabilities,
         seed=args.seed,
         store=args.store,
     )

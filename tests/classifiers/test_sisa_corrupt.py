@@ -126,6 +126,13 @@ def _other_tensors(store: Path) -> Path:
     return path
 
 
+def _checkpoint_directory(store: Path) -> Path:
+    path = _final_checkpoint(store, 2)
+    path.unlink()
+    path.mkdir()
+    return path
+
+
 STORE_DAMAGE = {
     # manifest.json
     "manifest-truncated": lambda s: (_truncate(s / "manifest.json"), s / "manifest.json")[1],
@@ -168,6 +175,7 @@ STORE_DAMAGE = {
     "checkpoint-garbage": _raw("checkpoint", "garbage"),
     "checkpoint-empty": _raw("checkpoint", "empty"),
     "checkpoint-other-tensors": _other_tensors,
+    "checkpoint-a-directory": _checkpoint_directory,
     # models.json
     "models-truncated": lambda s: (_truncate(s / "models.json"), s / "models.json")[1],
     "models-garbage": _raw("models.json", "garbage"),
@@ -281,3 +289,35 @@ def test_the_api_never_creates_files_in_a_folder_that_is_not_a_store(tmp_path):
         load_dataset("digits")
     )
     assert (empty / "manifest.json").is_file()
+
+
+PROBABILITIES = {
+    "truncated.npy": "not a .npy array",
+    "garbage.npy": "not a .npy array",
+    "short.npy": "has 5 values but the training set has 1347 samples",
+    "negative.npy": "must be finite and non-negative",
+    "nan.npy": "must be finite and non-negative",
+    "a-directory.npy": "is a directory",
+}
+
+
+@pytest.mark.parametrize("name", list(PROBABILITIES))
+def test_bad_deletion_probabilities_are_one_line_naming_the_file(tmp_path, capsys, name):
+    path = tmp_path / name
+    if name == "truncated.npy":
+        np.save(path, np.ones(1347))
+        _truncate(path)
+    elif name == "garbage.npy":
+        path.write_bytes(b"\x93NUMPY garbage \xff\x00" * 4)
+    elif name == "a-directory.npy":
+        path.mkdir()
+    else:
+        values = {"short.npy": np.ones(5), "negative.npy": -np.ones(1347), "nan.npy": np.full(1347, np.nan)}[name]
+        np.save(path, values)
+    store = tmp_path / "store"
+    argv = ["sisa", "train", "--dataset", "digits", "--model", "mlp", "--shards", "2", "--slices", "1"]
+    argv += ["--strategy", "distribution", "--deletion_probabilities", str(path), "--store", str(store)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and PROBABILITIES[name] in err, err
+    assert not store.exists()
