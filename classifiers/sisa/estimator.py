@@ -399,6 +399,11 @@ class SISAClassifier(ClassifierMixin, BaseEstimator):
         slices per shard, the resulting model version and the seconds it took."""
         self._check_fitted()
         wanted = self._indices(indices)
+        if not self.store_.exists():  # e.g. an unpickled copy of an estimator whose temporary store was removed
+            raise StoreError(
+                f"the SISA store {self.store_.path} is gone: unlearning needs the store; refit (fit with store=DIR to "
+                "keep one)"
+            )
         start, store, dist = time.perf_counter(), self.store_, self.dist_
         with store.locked(dist.rank == 0):
             resumed = self._bring_up_to_date()  # finish a request a crashed process left behind

@@ -91,3 +91,22 @@ def test_tensors_keep_their_old_meaning():
     X, y = _blobs()
     sisa = _tiny().fit(torch.tensor(X, dtype=torch.float32).reshape(90, 1, 2, 2), torch.tensor(y))
     assert list(sisa.classes_) == [0, 1, 2] and sisa.manifest_["model"]["input_shape"] == [1, 2, 2]
+
+
+def test_a_pickled_copy_predicts_and_unlearning_needs_the_store():
+    import gc
+    import pickle
+
+    from concept_erase.core.errors import StoreError
+
+    X, y = _blobs()
+    sisa = _tiny().fit(X, y)  # store=None: a temporary store that lives as long as this estimator
+    copy = pickle.loads(pickle.dumps(sisa))
+    np.testing.assert_array_equal(copy.predict_proba(X), sisa.predict_proba(X))
+    path = sisa.store_.path
+    del sisa
+    gc.collect()
+    with pytest.raises(StoreError, match="is gone: unlearning needs the store"):
+        copy.unlearn([0])
+    assert not path.exists()
+    np.testing.assert_array_equal(copy.predict(X[:5]), copy.predict(X)[:5])
