@@ -25,14 +25,25 @@ from typing import Any
 import torch
 
 from concept_erase.core.config import config_to_dict
-from concept_erase.core.errors import NonFiniteValueError, OutputExistsError, OutputOverlapsInputError
+from concept_erase.core.errors import (
+    ConceptEraseError,
+    NonFiniteValueError,
+    OutputExistsError,
+    OutputOverlapsInputError,
+)
 
 __all__ = [
+    "OutputNotWritableError",
     "cache_dir",
     "atomic_file",
     "atomic_output_dir",
     "check_disjoint",
     "check_output_dir",
+    "check_writable",
+    "config_paths",
+    "default_mode",
+    "normalize_modes",
+    "remove_stale_temporaries",
     "package_versions",
     "peak_memory_bytes",
     "RunRecorder",
@@ -52,16 +63,58 @@ _TRACKED_PACKAGES = (
 )
 
 
+class OutputNotWritableError(ConceptEraseError, PermissionError):
+    """An output path cannot be written (its directory, or the existing output, is read-only)."""
+
+
 def check_output_dir(path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path | None] = ()) -> Path:
     """Refuse an existing non-empty directory (or a file) at ``path`` unless ``overwrite``, and, with or without
-    ``overwrite``, an output that equals, contains or lies inside one of ``inputs`` (see :func:`check_disjoint`)."""
+    ``overwrite``, an output that equals, contains or lies inside one of ``inputs`` (see :func:`check_disjoint`) or
+    one that cannot be written (see :func:`check_writable`): all before any work starts."""
     path = Path(path)
     check_disjoint(path, inputs)
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"output path {path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise OutputExistsError(f"output directory {path} exists and is not empty; pass --overwrite to replace it")
+    check_writable(path)
     return path
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse an output ``path`` that cannot be written: its nearest existing parent directory must be writable
+    (the output is built beside it and renamed into place), and so must an existing output directory (it is
+    emptied when replaced). The error names ``path`` as given, never a temporary sibling."""
+    path = Path(path)
+    anchor = path.absolute().parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise OutputNotWritableError(f"output {path} cannot be written: {anchor} is not a directory")
+    blocked = [p for p in (anchor, path) if p.is_dir() and not os.access(p, os.W_OK | os.X_OK)]
+    if blocked:
+        where = "it" if blocked[0] == path else f"its directory {blocked[0]}"
+        raise OutputNotWritableError(
+            f"output {path} cannot be written: {where} is read-only; choose a writable output path"
+        )
+
+
+def config_paths(values: Any) -> list[str]:
+    """The input paths a config mapping names: the string values of keys ending in ``_path`` or ``_dir`` (at any
+    depth), except outputs (keys starting with ``save_`` or ``output``, ``logging_dir``, ``work_dir``)."""
+    found: list[str] = []
+    if isinstance(values, dict):
+        for key, value in values.items():
+            name = str(key)
+            is_input = name.endswith(("_path", "_dir")) and not name.startswith(("save_", "output"))
+            if is_input and name not in ("logging_dir", "work_dir") and isinstance(value, (str, Path)) and value:
+                found.append(str(value))
+            else:
+                found += config_paths(value)
+    elif isinstance(values, (list, tuple)):
+        for value in values:
+            found += config_paths(value)
+    return found
 
 
 def check_disjoint(output: str | Path, inputs: Iterable[str | Path | None]) -> None:
@@ -97,12 +150,17 @@ def atomic_output_dir(
 
     With ``overwrite`` an existing directory is replaced only after the new one is complete. ``inputs`` are checked
     as :func:`check_output_dir` does: an output overlapping one of them is refused before anything is created.
+    Temporary siblings that killed runs left behind are removed first (see :func:`remove_stale_temporaries`).
     """
     final = check_output_dir(path, overwrite, inputs).absolute()
     created = [p for p in final.parents if not p.exists()]  # parents this call creates, deepest first
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(final)
+        tmp.mkdir()
+    except PermissionError as exc:  # e.g. a read-only file system: name the user's path, not the temporary one
+        raise OutputNotWritableError(f"output {path} cannot be written: {exc.strerror or exc}") from None
     try:
         yield tmp
     except BaseException:
@@ -111,9 +169,10 @@ def atomic_output_dir(
             with contextlib.suppress(OSError):
                 parent.rmdir()
         raise
+    normalize_modes(tmp)
     old = None
     if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        old = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         final.rename(old)
     tmp.rename(final)
     if old is not None:
@@ -122,14 +181,91 @@ def atomic_output_dir(
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling path to write; it replaces ``path`` only if the block succeeds."""
+    """Yield a temporary sibling path to write; it replaces ``path`` only if the block succeeds. Temporary siblings
+    that killed runs left behind are removed first."""
     path = Path(path)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
+        if tmp.is_file() and (tmp.stat().st_mode & 0o777) == 0o600:  # a tempfile-style writer (safetensors)
+            tmp.chmod(default_mode())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a process id we wrote: keep it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def remove_stale_temporaries(final_path: str | Path) -> list[Path]:
+    """Delete the temporary siblings of ``final_path`` (``.NAME.tmp-PID-XXXXXXXX`` and ``.NAME.old-PID-XXXXXXXX``,
+    as :func:`atomic_output_dir` and :func:`atomic_file` name them) whose owning process ``PID`` is no longer
+    alive: what a run killed with SIGKILL left behind. Siblings of live processes (a run in progress) are kept.
+    Returns the paths removed. Any writer of ``final_path`` may call it before it starts."""
+    final = Path(final_path).absolute()
+    parent = final.parent
+    if not parent.is_dir():
+        return []
+    removed = []
+    for kind in ("tmp", "old"):
+        prefix = f".{final.name}.{kind}-"
+        for candidate in [c for c in parent.iterdir() if c.name.startswith(prefix)]:
+            pid, _, tag = candidate.name[len(prefix) :].partition("-")
+            if not (pid.isdigit() and len(tag) == 8 and all(c in "0123456789abcdef" for c in tag)):
+                continue
+            if _pid_alive(int(pid)):
+                continue
+            if candidate.is_dir() and not candidate.is_symlink():
+                shutil.rmtree(candidate, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    candidate.unlink()
+            if not candidate.exists():
+                removed.append(candidate)
+    return removed
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux), else set and restored."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode a new file (``0o666``) or directory (``0o777``) gets under the current umask."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+def normalize_modes(root: Path) -> None:
+    """Give files that third-party writers created ``0600`` (and directories ``0700``), the tempfile modes, the
+    modes the umask gives; anything else is left as it is."""
+    file_mode, dir_mode = default_mode(), default_mode(directory=True)
+    for current, dirs, files in os.walk(root):
+        for name in dirs:
+            p = Path(current) / name
+            if not p.is_symlink() and (p.stat().st_mode & 0o777) == 0o700 and dir_mode != 0o700:
+                p.chmod(dir_mode)
+        for name in files:
+            p = Path(current) / name
+            if not p.is_symlink() and (p.stat().st_mode & 0o777) == 0o600 and file_mode != 0o600:
+                p.chmod(file_mode)
 
 
 def package_versions() -> dict[str, str]:
