@@ -110,6 +110,12 @@ def load_npz(path: str | Path, what: str, keys: Iterable[str] = (), error: type[
     if not path.is_file():
         raise error(f"{what} {path} not found")
     try:
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if not is_zip:
+        raise error(f"{what} {path} is corrupt or not an .npz archive (a zip of .npy arrays, as numpy.savez writes)")
+    try:
         with np.load(path, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise error(f"{what} {path} is not an .npz archive (a single .npy array?)")
