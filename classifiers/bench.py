@@ -25,7 +25,7 @@ from classifiers.methods import get_classifier_method
 from classifiers.metrics import plot_metric_bars, plot_per_class_comparison
 from classifiers.training import warm_up
 from concept_erase.core.config import check_numbers, config_to_dict, parse_overrides
-from concept_erase.core.errors import ConfigError
+from concept_erase.core.errors import ConfigError, excerpt
 from concept_erase.core.io import write_json
 
 __all__ = ["BenchConfig", "COLUMNS", "ORACLE", "ORIGINAL", "parse_method", "run_bench"]
@@ -86,7 +86,7 @@ class BenchConfig:
             name, _, kind = item.partition("@")
             if name not in {parse_method(e)[0] for e in self.methods} or kind not in kinds:
                 raise ConfigError(
-                    f"skip entries are METHOD@KIND with a listed method and KIND in {kinds}, got {item!r}"
+                    f"skip entries are METHOD@KIND with a listed method and KIND in {kinds}, got {excerpt(item)}"
                 )
         for spec in self.scenarios:
             Scenario.parse(spec)

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from classifiers.data import DatasetSplits, Scenario, UnlearningTask, load_dataset, make_task
+from classifiers.data import DATASETS, DatasetSplits, Scenario, UnlearningTask, load_dataset, make_task
 from classifiers.methods import get_classifier_method
 from classifiers.metrics import plot_per_class_comparison, unlearning_metrics
 from classifiers.models import ModelConfig, build_model, is_model_dir, load_model, save_model
@@ -33,14 +33,16 @@ from classifiers.oracle import RECIPE_FIELDS, Reference, get_oracle, get_origina
 from classifiers.training import TrainConfig
 from concept_erase.core.config import check_numbers, config_to_dict, dump_config, from_dict
 from concept_erase.core.errors import CheckpointError, ConfigError, InputNotFoundError
-from concept_erase.core.io import write_json
+from concept_erase.core.io import check_disjoint, config_paths, write_json
 from concept_erase.core.readers import read_json_object, require
 from concept_erase.core.tensorfile import save_tensors
 
 __all__ = [
     "JobResult",
     "UnlearnJob",
+    "bench_inputs",
     "check_model_fits",
+    "job_inputs",
     "load_splits",
     "make_method_config",
     "per_class_fractions",
@@ -236,11 +238,32 @@ def run_job(job: UnlearnJob, model: nn.Module | None = None, splits: DatasetSpli
     return JobResult(job, task, unlearned, {**info, **metrics}, summary, method_config, original, oracle)
 
 
+def job_inputs(job: UnlearnJob) -> list[str]:
+    """The local paths ``job`` reads: its weights, a dataset given as a path, an ``indices:FILE`` scenario's file and
+    the paths in its method config (``mask_path``, ``records_path``, ``prepared_path``). An output overlapping one
+    of them would destroy it (see :func:`concept_erase.core.io.check_disjoint`)."""
+    paths = [job.weights] if job.weights else []
+    if str(job.dataset) not in DATASETS:
+        paths.append(str(job.dataset))
+    if isinstance(job.forget, str) and job.forget.startswith("indices:"):
+        paths.append(job.forget.split(":", 1)[1])
+    return paths + config_paths(job.method_config)
+
+
+def bench_inputs(config) -> list[str]:
+    """The local paths a benchmark grid (a :class:`~classifiers.bench.BenchConfig`) reads: a dataset given as a
+    path, ``indices:FILE`` scenarios' files and the paths in the method configs (``mask_path``, ...)."""
+    paths = [] if str(config.dataset) in DATASETS else [str(config.dataset)]
+    paths += [s.split(":", 1)[1] for s in config.scenarios if s.startswith("indices:")]
+    return paths + config_paths(config.method_configs)
+
+
 def write_job(result: JobResult, out_dir: str | Path) -> Path:
     """Write the unlearned weights (safetensors), ``metrics.json``, ``config.yaml``, ``unlearn.json`` and a per-class
     accuracy plot (original, unlearned, oracle) into ``out_dir`` (an existing directory, e.g. an atomic temp dir)."""
 
     out_dir = Path(out_dir)
+    check_disjoint(out_dir, job_inputs(result.job))  # never write over what the job read
     if isinstance(getattr(result.model, "config", None), ModelConfig):
         save_model(result.model, out_dir)
     else:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from classifiers.data import UnlearningTask
 from classifiers.training import cross_entropy
 from concept_erase.core.config import check_numbers
-from concept_erase.core.errors import ConfigError
+from concept_erase.core.errors import ConfigError, excerpt
 from concept_erase.core.saliency import SaliencyMask, compute_saliency
 
 __all__ = ["MASK_MODES", "MaskOptions", "prepare_mask"]
@@ -42,9 +42,7 @@ class MaskOptions:
     def __post_init__(self) -> None:
         check_numbers(self)
         if self.mask not in MASK_MODES:
-            raise ConfigError(f"mask must be one of {', '.join(MASK_MODES)}, got {self.mask!r}")
-        if not 0.0 < self.mask_ratio <= 1.0:
-            raise ConfigError(f"mask_ratio must be in (0, 1], got {self.mask_ratio}")
+            raise ConfigError(f"mask must be one of {', '.join(MASK_MODES)}, got {excerpt(self.mask)}")
         if self.mask_path == "":
             self.mask_path = None
 

@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file
@@ -21,8 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import ViTConfig, ViTForImageClassification
 
-from concept_erase.core.config import check_numbers, config_to_dict, from_dict
-from concept_erase.core.errors import CheckpointError, ConfigError, InputNotFoundError
+from concept_erase.core.config import FINITE, check_numbers, config_to_dict, from_dict
+from concept_erase.core.errors import CheckpointError, ConfigError, InputNotFoundError, excerpt
 from concept_erase.core.readers import read_json_object
 from concept_erase.core.tensorfile import save_tensors
 
@@ -45,6 +46,9 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model_config.json"
 
 
+_VIT_SIZES = ("patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
 @dataclass
 class ModelConfig:
     """Architecture of a classifier. ``num_classes`` and ``input_shape`` are filled from the dataset when None."""
@@ -61,10 +65,13 @@ class ModelConfig:
     num_attention_heads: int = 4
     intermediate_size: int = 128
 
+    # the vit sizes are checked (with their own message) only for vit; other models ignore them
+    NUMBER_RANGES: ClassVar[dict] = dict.fromkeys(_VIT_SIZES, FINITE)
+
     def __post_init__(self) -> None:
         check_numbers(self)
         if self.name not in MODELS:
-            raise ConfigError(f"unknown model {self.name!r}; accepted models: {', '.join(sorted(MODELS))}")
+            raise ConfigError(f"unknown model {excerpt(self.name)}; accepted models: {', '.join(sorted(MODELS))}")
         if self.num_classes is not None and self.num_classes < 2:
             raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}")
         if any(w < 1 for w in [*self.hidden_sizes, *self.channels]):
@@ -74,7 +81,7 @@ class ModelConfig:
             if len(self.input_shape) != 3:
                 raise ConfigError(f"input_shape must be (channels, height, width), got {self.input_shape}")
         if self.name == "vit":
-            sizes = ("patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+            sizes = _VIT_SIZES
             bad = [f"{k}={getattr(self, k)}" for k in sizes if getattr(self, k) < 1]
             if bad:
                 raise ConfigError(f"vit: {', '.join(bad)}; {', '.join(sizes)} must be positive")

@@ -44,8 +44,8 @@ from classifiers.masking import MaskOptions, prepare_mask
 from classifiers.methods.boundary_shrink import neighbour_labels
 from classifiers.methods.random_label import random_labels
 from classifiers.training import UnlearningConfig, fit_method, fit_summary, reinitialise
-from concept_erase.core.config import FRACTION, check_numbers
-from concept_erase.core.errors import ConfigError
+from concept_erase.core.config import Range, check_numbers
+from concept_erase.core.errors import ConfigError, excerpt
 from concept_erase.core.io import atomic_output_dir, cache_dir
 from concept_erase.core.registry import register_method
 
@@ -79,17 +79,13 @@ class DistructionConfig(UnlearningConfig, MaskOptions):
     prepare_batch_size: int = 128
     prepare_init_sigma: float = 0.06
 
-    NUMBER_RANGES: ClassVar[dict] = {"kl_weight": FRACTION}
+    NUMBER_RANGES: ClassVar[dict] = {"kl_weight": Range(0, 1, label="lambda")}
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_numbers(self)
         if self.objective not in OBJECTIVES:
-            raise ConfigError(f"unknown objective {self.objective!r}; accepted: {', '.join(OBJECTIVES)}")
-        if not 0.0 <= self.kl_weight <= 1.0:
-            raise ConfigError(f"kl_weight (lambda) must be in [0, 1], got {self.kl_weight}")
-        if self.mc_samples < 1:
-            raise ConfigError(f"mc_samples must be >= 1, got {self.mc_samples}")
+            raise ConfigError(f"unknown objective {excerpt(self.objective)}; accepted: {', '.join(OBJECTIVES)}")
         if self.prepared_path == "":
             self.prepared_path = None
         self.bgd()  # validate the preparation keys now

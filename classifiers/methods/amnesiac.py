@@ -43,6 +43,7 @@ from torch.utils.data import TensorDataset
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
 from classifiers.training import TrainConfig, UnlearningConfig, fit, reinitialise
+from concept_erase.core.config import NON_NEGATIVE
 from concept_erase.core.errors import ConfigError, InputNotFoundError
 from concept_erase.core.readers import first_line, require
 from concept_erase.core.registry import register_method
@@ -70,10 +71,10 @@ class AmnesiacConfig(UnlearningConfig, MaskOptions):
     repair_batch_size: int = 64
     repair_optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
 
+    NUMBER_RANGES: ClassVar[dict] = {"repair_epochs": NON_NEGATIVE}  # 0: no repair
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.repair_epochs < 0:
-            raise ConfigError(f"repair_epochs must be >= 0, got {self.repair_epochs}")
         if not self.repair_learning_rate > 0 or self.repair_batch_size < 1:
             raise ConfigError("repair_learning_rate must be > 0 and repair_batch_size >= 1")
         if self.records_path == "":

@@ -37,7 +37,6 @@ from torch.utils.data import TensorDataset
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
 from classifiers.training import UnlearningConfig, fit_method, fit_summary, reinitialise
-from concept_erase.core.errors import ConfigError
 from concept_erase.core.registry import register_method
 
 __all__ = ["BadTeacherConfig", "bad_teacher", "bad_teacher_loss"]
@@ -56,10 +55,7 @@ class BadTeacherConfig(UnlearningConfig, MaskOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.kl_temperature > 0:
-            raise ConfigError(f"kl_temperature must be > 0, got {self.kl_temperature}")
-        if not 0.0 <= self.retain_fraction <= 1.0:
-            raise ConfigError(f"retain_fraction must be in [0, 1], got {self.retain_fraction}")
+        # kl_temperature > 0 and retain_fraction in [0, 1]: check_numbers (UnlearningConfig.__post_init__)
 
 
 def bad_teacher_loss(

@@ -39,7 +39,8 @@ from torch.utils.data import TensorDataset
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
 from classifiers.training import UnlearningConfig, fit_method, fit_summary
-from concept_erase.core.errors import ConfigError
+from concept_erase.core.config import POSITIVE
+from concept_erase.core.errors import ConfigError, excerpt
 from concept_erase.core.registry import register_method
 
 __all__ = ["BoundaryShrinkConfig", "boundary_shrink", "fgsm", "neighbour_labels"]
@@ -56,12 +57,12 @@ class BoundaryShrinkConfig(UnlearningConfig, MaskOptions):
     bound: float = 0.1  # L-inf radius of the FGSM neighbour search, in [0, 1] pixel units (paper: 0.1)
     fallback: Literal["next_best", "prediction"] = "next_best"  # when FGSM does not flip (see the module docstring)
 
+    NUMBER_RANGES: ClassVar[dict] = {"bound": POSITIVE}
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.bound <= 0:
-            raise ConfigError(f"bound must be > 0, got {self.bound}")
         if self.fallback not in ("next_best", "prediction"):
-            raise ConfigError(f"fallback must be next_best or prediction, got {self.fallback!r}")
+            raise ConfigError(f"fallback must be next_best or prediction, got {excerpt(self.fallback)}")
 
 
 def fgsm(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, bound: float) -> torch.Tensor:

@@ -40,7 +40,6 @@ from torch.utils.data import TensorDataset
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
 from classifiers.training import UnlearningConfig, fit_method, fit_summary
-from concept_erase.core.errors import ConfigError
 from concept_erase.core.registry import register_method
 
 __all__ = [
@@ -69,8 +68,7 @@ class RandomLabelConfig(UnlearningConfig, MaskOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.retain_weight is not None and self.retain_weight < 0:
-            raise ConfigError(f"retain_weight must be >= 0, got {self.retain_weight}")
+        # retain_weight >= 0 or null: check_numbers (UnlearningConfig.__post_init__)
 
 
 def random_labels(labels: torch.Tensor, num_classes: int, seed: int, exclude_true_label: bool) -> torch.Tensor:

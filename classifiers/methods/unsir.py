@@ -36,7 +36,7 @@ from torch.utils.data import TensorDataset
 from classifiers.data import UnlearningTask
 from classifiers.masking import MaskOptions, prepare_mask
 from classifiers.training import check_schedule, fit
-from concept_erase.core.config import COUNT, check_numbers
+from concept_erase.core.config import COUNT, NON_NEGATIVE, check_numbers
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.registry import register_method
 
@@ -61,22 +61,12 @@ class UnsirConfig(MaskOptions):
     weight_decay: float = 0.0
     seed: int = 0
 
-    NUMBER_RANGES: ClassVar[dict] = {"noise_steps": COUNT}
+    NUMBER_RANGES: ClassVar[dict] = {"noise_steps": COUNT, "repair_epochs": NON_NEGATIVE}  # 0 epochs: no repair
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_numbers(self)
         check_schedule(self)
-        for name in ("noise_batch_size", "noise_steps", "noise_repeats", "retain_per_class", "impair_epochs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.repair_epochs < 0:
-            raise ConfigError(f"repair_epochs must be >= 0, got {self.repair_epochs}")
-        for name in ("noise_learning_rate", "impair_learning_rate", "repair_learning_rate"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.noise_l2 < 0:
-            raise ConfigError(f"noise_l2 must be >= 0, got {self.noise_l2}")
 
 
 def noise_objective(model: nn.Module, noise: torch.Tensor, label: int, l2: float) -> torch.Tensor:

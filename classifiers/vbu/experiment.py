@@ -26,7 +26,7 @@ from classifiers.vbu.plots import plot_kl_vs_lambda, plot_maps
 from classifiers.vbu.shards import AGGREGATIONS, METHODS, SHARD_MODES, ShardedGPUnlearner, check_erase_indices
 from classifiers.vbu.unlearn import check_lambda
 from concept_erase.core.config import check_numbers
-from concept_erase.core.errors import ConfigError
+from concept_erase.core.errors import ConfigError, excerpt
 from concept_erase.core.io import write_json
 
 __all__ = ["DEFAULT_LAMBDAS", "MoonsConfig", "bernoulli_kl", "map_panels", "moons_data", "run_moons", "write_moons"]
@@ -54,7 +54,7 @@ class MoonsConfig:
 
     def validate(self) -> MoonsConfig:
         if self.erase not in ERASE_MODES:
-            raise ConfigError(f"unknown erase mode {self.erase!r}; accepted: {', '.join(ERASE_MODES)}")
+            raise ConfigError(f"unknown erase mode {excerpt(self.erase)}; accepted: {', '.join(ERASE_MODES)}")
         for name, values, accepted in (
             ("shard mode", self.shard_modes, SHARD_MODES),
             ("method", self.methods, METHODS),
@@ -62,7 +62,9 @@ class MoonsConfig:
         ):
             bad = [v for v in values if v not in accepted]
             if bad or not values:
-                raise ConfigError(f"unknown {name} {bad[0] if bad else '(none)'!r}; accepted: {', '.join(accepted)}")
+                raise ConfigError(
+                    f"unknown {name} {excerpt(bad[0] if bad else '(none)')}; accepted: {', '.join(accepted)}"
+                )
         if not self.shards or any(int(s) < 1 for s in self.shards):
             raise ConfigError(f"shards must be positive integers, got {self.shards}")
         self.lambdas = [check_lambda(v) for v in self.lambdas]

@@ -346,6 +346,7 @@ class Range:
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
+    label: str = ""  # what the field is, named in the message: "kl_weight (lambda) must be in [0, 1]"
 
     def __contains__(self, value: float) -> bool:
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
@@ -443,4 +444,5 @@ def check_numbers(config: Any) -> None:
                 raise NonFiniteConfigError(f"{key} must be a finite number, got {value}")
             rng = rng or number_range(cls, f.name)
             if value not in rng:
-                raise ConfigError(f"{key} must be {rng}, got {excerpt(value)}")
+                label = f" ({rng.label})" if rng.label else ""
+                raise ConfigError(f"{key}{label} must be {rng}, got {excerpt(value)}")

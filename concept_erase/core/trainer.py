@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampl
 from tqdm.auto import tqdm
 
 from concept_erase.core.config import NON_NEGATIVE, Range, check_numbers, config_to_dict
-from concept_erase.core.errors import CheckpointError, CheckpointNotFoundError, ConfigError, EmptyDataError
+from concept_erase.core.errors import CheckpointError, CheckpointNotFoundError, ConfigError, EmptyDataError, excerpt
 from concept_erase.core.parameters import Selection, select_parameters
 from concept_erase.core.tensorfile import save_tensors
 
@@ -95,23 +95,13 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        _positive = ("max_train_steps", "gradient_accumulation_steps")
-        for name in _positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate < 0:
-            raise ConfigError(f"learning_rate must be >= 0, got {self.learning_rate}")
         if self.lr_scheduler not in _SCHEDULERS:
             raise ConfigError(
-                f"lr_scheduler: invalid value {self.lr_scheduler!r}; accepted values: {', '.join(_SCHEDULERS)}"
+                f"lr_scheduler: invalid value {excerpt(self.lr_scheduler)}; accepted values: {', '.join(_SCHEDULERS)}"
             )
-        for name in ("checkpointing_steps", "checkpoints_total_limit"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be >= 1 or null, got {value}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(
-                f"mixed_precision: invalid value {self.mixed_precision!r}; accepted values: no, fp16, bf16"
+                f"mixed_precision: invalid value {excerpt(self.mixed_precision)}; accepted values: no, fp16, bf16"
             )
         if self.report_to in ("none", ""):
             self.report_to = None

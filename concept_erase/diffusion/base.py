@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from concept_erase.core.config import check_numbers
-from concept_erase.core.errors import ConfigError, TrainingError
+from concept_erase.core.errors import ConfigError, TrainingError, excerpt
 from concept_erase.core.trainer import Trainer, TrainerConfig
 
 __all__ = [
@@ -85,18 +85,11 @@ class ErasureConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "num_images"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:  # a method may derive None steps
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.generation_steps < 1:
-            raise ConfigError(f"generation_steps must be >= 1, got {self.generation_steps}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.templates is not None and (not self.templates or any("{}" not in t for t in self.templates)):
             raise ConfigError("templates must be a non-empty list of prompt templates, each containing '{}'")
         if self.output_format not in ("auto", "adapter", "pipeline"):
             raise ConfigError(
-                f"output_format: invalid value {self.output_format!r}; accepted values: auto, adapter, pipeline"
+                f"output_format: invalid value {excerpt(self.output_format)}; accepted values: auto, adapter, pipeline"
             )
 
     def trainer_config(self, **overrides: Any):

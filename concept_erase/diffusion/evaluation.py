@@ -305,8 +305,10 @@ def evaluate_erasure(
     model, adapter, original, config, erasure_dir = _unpack_erasure(model, adapter, original, config)
     if oracle not in (None, "auto", "none"):
         oracle = resolve_model(oracle)
+    # every path read: an output overlapping one of them is refused before anything is generated
+    inputs = [model, adapter, original, erasure_dir, judge, oracle if oracle not in (None, "auto", "none") else None]
     if output_dir is not None and atomic:
-        check_output_dir(output_dir, overwrite)
+        check_output_dir(output_dir, overwrite, inputs)
     start = time.perf_counter()
     with RunRecorder("evaluate-erasure", config, seed=config.seed, model=str(model), adapter=str(adapter)) as record:
         judge_model = load_judge(judge)
@@ -315,6 +317,7 @@ def evaluate_erasure(
         adapter_info = apply_adapter(pipe, adapter) if adapter is not None else None
         original = original if original is not None else model
         oracle_path, oracle_note = resolve_oracle(original, forget, oracle)
+        inputs.append(oracle_path)  # the shipped or cached oracle "auto" found
         sources = {"original": original, "erased": pipe, "oracle": oracle_path}
         if adapter is None and Path(str(original)) == Path(str(model)):
             sources["erased"] = original  # the model under test is the original: generate (or load) once
@@ -333,7 +336,10 @@ def evaluate_erasure(
         metrics["seconds"] = round(time.perf_counter() - start, 3)
         metrics["peak_memory"] = peak_memory_bytes()
     if output_dir is not None:
-        with atomic_output_dir(output_dir, overwrite) if atomic else contextlib.nullcontext(Path(output_dir)) as tmp:
+        target = (
+            atomic_output_dir(output_dir, overwrite, inputs) if atomic else contextlib.nullcontext(Path(output_dir))
+        )
+        with target as tmp:
             _write_evaluation(tmp, metrics, panels, forget, retain, config)
             record.write(tmp)
     return metrics

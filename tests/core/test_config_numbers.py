@@ -211,7 +211,7 @@ def test_seeds_are_refused_outside_the_generator_range(cls):
         ("classifiers.methods.bad_teacher:BadTeacherConfig", "kl_temperature", 0.0, "> 0"),
         ("classifiers.methods.bad_teacher:BadTeacherConfig", "retain_fraction", 2.0, "in [0, 1]"),
         ("classifiers.methods.unsir:UnsirConfig", "noise_steps", 0, ">= 1"),
-        ("classifiers.methods.ssd:SSDConfig", "selection_weighting", -1.0, ">= 0"),
+        ("classifiers.methods.boundary_shrink:BoundaryShrinkConfig", "bound", 0.0, "> 0"),
         ("classifiers.distruction.method:DistructionConfig", "kl_weight", 1.5, "in [0, 1]"),
         ("classifiers.distruction.bgd:BGDConfig", "init_sigma", -0.1, ">= 0"),
         ("classifiers.vbu.bayes_classifier:DigitsConfig", "lambdas", [0.5, 2.0], "in [0, 1]"),

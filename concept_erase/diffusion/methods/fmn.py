@@ -26,7 +26,7 @@ from peft import LoraConfig
 from torch.utils.data import TensorDataset
 
 from concept_erase.core.config import COUNT, check_numbers
-from concept_erase.core.errors import ConfigError
+from concept_erase.core.errors import ConfigError, excerpt
 from concept_erase.core.registry import register_method
 from concept_erase.diffusion.attention import (
     BACKENDS,
@@ -99,17 +99,12 @@ class FMNConfig(ErasureConfig):
         super().__post_init__()
         check_numbers(self)
         if self.train not in TRAIN_CHOICES:
-            raise ConfigError(f"train: invalid value {self.train!r}; accepted values: {', '.join(TRAIN_CHOICES)}")
+            raise ConfigError(
+                f"train: invalid value {excerpt(self.train)}; accepted values: {', '.join(TRAIN_CHOICES)}"
+            )
         if self.attention_backend not in BACKENDS:
             raise ConfigError(
-                f"attention_backend: invalid value {self.attention_backend!r}; accepted values: {', '.join(BACKENDS)}"
-            )
-        for name in ("lora_rank", "textual_inversion_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.textual_inversion_learning_rate <= 0:
-            raise ConfigError(
-                f"textual_inversion_learning_rate must be > 0, got {self.textual_inversion_learning_rate}"
+                f"attention_backend: invalid value {excerpt(self.attention_backend)}; accepted values: {', '.join(BACKENDS)}"
             )
 
 

@@ -69,12 +69,6 @@ class SalUnConfig(ErasureConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_numbers(self)
-        if self.num_train_epochs < 1:
-            raise ConfigError(f"num_train_epochs must be >= 1, got {self.num_train_epochs}")
-        if not 0 < self.mask_ratio <= 1:
-            raise ConfigError(f"mask_ratio must be in (0, 1] (the fraction of weights kept), got {self.mask_ratio}")
-        if not math.isfinite(self.alpha) or self.alpha < 0:
-            raise ConfigError(f"alpha must be a finite number >= 0, got {self.alpha}")
 
 
 def _denoising_loss(scheduler, generator: torch.Generator | None = None):
