@@ -30,7 +30,14 @@ from peft.utils import get_peft_model_state_dict
 from concept_erase.core.config import config_to_dict
 from concept_erase.core.digits import CONCEPTS
 from concept_erase.core.errors import ConfigError, InputNotFoundError
-from concept_erase.core.io import RunRecorder, atomic_output_dir, check_output_dir, peak_memory_bytes, write_json
+from concept_erase.core.io import (
+    RunRecorder,
+    atomic_output_dir,
+    check_output_dir,
+    config_paths,
+    peak_memory_bytes,
+    write_json,
+)
 from concept_erase.core.readers import read_json_object, require
 from concept_erase.core.registry import get_method
 from concept_erase.diffusion.base import (
@@ -58,7 +65,15 @@ from concept_erase.diffusion.tiny_sd import (
     save_pipeline,
 )
 
-__all__ = ["ADAPTER_MAX_FRACTION", "ERASURE_FILE", "erase", "load_erased", "read_erasure", "resolve_erasure"]
+__all__ = [
+    "ADAPTER_MAX_FRACTION",
+    "ERASURE_FILE",
+    "erase",
+    "erasure_inputs",
+    "load_erased",
+    "read_erasure",
+    "resolve_erasure",
+]
 
 ERASURE_FILE = "erasure.json"
 _ARTIFACT_FORMATS = ("lora", "weights", "pipeline")
@@ -141,8 +156,9 @@ def erase(
         raise ConfigError(
             f"config for {entry.name!r} must be a {entry.config_cls.__name__}, got {type(config).__name__}"
         )
+    inputs = [resolve_model(model or DEFAULT_MODEL), *config_paths(config_to_dict(config))]
     if output_dir is not None and atomic:
-        check_output_dir(output_dir, overwrite)
+        check_output_dir(output_dir, overwrite, inputs)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     _check_precision(config.mixed_precision, device)
     model = resolve_model(model or DEFAULT_MODEL)
@@ -173,7 +189,9 @@ def erase(
         "versions": recorder.record["versions"],
     }
     if output_dir is not None:
-        target = atomic_output_dir(output_dir, overwrite) if atomic else contextlib.nullcontext(Path(output_dir))
+        target = (
+            atomic_output_dir(output_dir, overwrite, inputs) if atomic else contextlib.nullcontext(Path(output_dir))
+        )
         with target as tmp:
             record["artifact"] = _write_artifact(tmp, pipe, outcome, record, config.output_format)
             write_json(tmp / ERASURE_FILE, record)
@@ -256,6 +274,13 @@ def read_erasure(path: str | Path) -> dict[str, Any] | None:
     for key, types in (("seconds", float), ("steps", int), ("peak_memory", dict), ("config", dict)):
         require(record, key, types, file, what, optional=True)
     return record
+
+
+def erasure_inputs(model: str | Path | None) -> list[str | Path | None]:
+    """The paths reading ``model`` reads: itself and, for an erasure output directory, the base model it records."""
+    record = read_erasure(model) if model is not None and Path(model).is_dir() else None
+    base = record.get("base_model") if isinstance(record, dict) else None
+    return [model, resolve_model(base) if isinstance(base, str) else None]
 
 
 def resolve_erasure(path: str | Path) -> tuple[str | Path, str | Path | None, str | Path]:

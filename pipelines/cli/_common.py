@@ -82,11 +82,24 @@ def add_dataset_option(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------------------- output
 
 
-def check_output(args: argparse.Namespace) -> Path:
-    """``--output_dir`` checked before any work: a non-empty one is refused unless ``--overwrite`` is given."""
+def check_output(args: argparse.Namespace, inputs=()) -> Path:
+    """``--output_dir`` checked before any work: a non-empty one is refused unless ``--overwrite`` is given, and one
+    that is, contains or lies inside one of ``inputs`` (paths the command reads) is refused with or without it."""
     from concept_erase.core.io import check_output_dir
 
-    return check_output_dir(args.output_dir, args.overwrite)
+    return check_output_dir(args.output_dir, args.overwrite, inputs=list(inputs))
+
+
+def dataset_input(name: str | None) -> str | None:
+    """``--dataset`` as an input path: None for a built-in dataset name (``digits``, ``mnist5k``)."""
+    from classifiers.data import DATASETS
+
+    return None if name is None or str(name) in DATASETS else str(name)
+
+
+def scenario_inputs(*specs: str | None) -> list[str]:
+    """The files that scenarios read: ``indices:FILE`` -> ``FILE``."""
+    return [s.split(":", 1)[1] for s in specs if isinstance(s, str) and s.startswith("indices:")]
 
 
 def say(text: str) -> None:

@@ -80,6 +80,14 @@ def _unlearn_job(args: argparse.Namespace):
     )
 
 
+def _unlearn_inputs(args: argparse.Namespace, job) -> list:
+    """What ``unlearn`` reads: the model directory, ``--config`` and the job's inputs (``--weights``, a dataset path,
+    an indices file, the paths in the method config: ``mask_path``, ``records_path``, ``prepared_path``)."""
+    from classifiers.harness import job_inputs
+
+    return [args.model, args.config, *job_inputs(job)]
+
+
 def _vs_oracle(metrics: dict, key: str) -> str:
     value, oracle = metrics.get(key), (metrics.get("oracle") or {}).get(key)
     text = "n/a" if value is None else f"{value:.2f}"
@@ -92,11 +100,12 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     from concept_erase.core.io import RunRecorder, atomic_output_dir
 
     job = _unlearn_job(args)
-    out = check_output(args)
+    inputs = _unlearn_inputs(args, job)
+    out = check_output(args, inputs)
     warm_up()  # the method's timing (cost relative to retraining) should not include one-off setup
     with RunRecorder("unlearn", job, seed=job.seed, method=job.method) as recorder:
         result = run_job(job)
-    with atomic_output_dir(out, args.overwrite) as tmp:
+    with atomic_output_dir(out, args.overwrite, inputs) as tmp:
         write_job(result, tmp)
         recorder.write(tmp)
     m = result.metrics
@@ -111,6 +120,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from classifiers.bench import BenchConfig, run_bench
+    from classifiers.harness import bench_inputs
     from concept_erase.core.config import from_dict
     from concept_erase.core.errors import ConfigError
     from concept_erase.core.io import atomic_output_dir
@@ -127,8 +137,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     values.update({k: v for k, v in given.items() if v is not None})
     config = from_dict(BenchConfig, values)
-    out = check_output(args)
-    with atomic_output_dir(out, args.overwrite) as tmp:
+    inputs = [args.config, *bench_inputs(config)]
+    out = check_output(args, inputs)
+    with atomic_output_dir(out, args.overwrite, inputs) as tmp:
         run_bench(config, tmp, log=say)
     say("")
     say((out / "report.md").read_text().rstrip())

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.cli._common import ARCHITECTURE_HELP, add_dataset_option, add_output_options, add_seed_option, say
+from pipelines.cli._common import (
+    ARCHITECTURE_HELP,
+    add_dataset_option,
+    add_output_options,
+    add_seed_option,
+    dataset_input,
+    say,
+)
 
 __all__ = ["add_parsers", "cmd_distruction_prepare"]
 
@@ -22,12 +29,13 @@ def cmd_distruction_prepare(args: argparse.Namespace) -> int:
     from classifiers.distruction.prepare import prepare_original
     from concept_erase.core.io import atomic_output_dir, check_output_dir
 
-    out = check_output_dir(args.output_dir, args.overwrite)
+    inputs = [args.weights, dataset_input(args.dataset)]
+    out = check_output_dir(args.output_dir, args.overwrite, inputs)
     config = BGDConfig(epochs=args.epochs, mc_samples=args.mc_samples, init_sigma=args.init_sigma, seed=args.seed)
     posterior, original = prepare_original(
         args.dataset, args.model, weights=args.weights, seed=args.seed, config=config, log=say
     )
-    with atomic_output_dir(out, args.overwrite) as tmp:
+    with atomic_output_dir(out, args.overwrite, inputs) as tmp:
         posterior.save(tmp)
     ratio = posterior.info["seconds"] / original.seconds if original.seconds == original.seconds else None  # NaN: given
     cost = f" ({ratio:.1%} of the original's training)" if ratio else ""

@@ -15,6 +15,7 @@ from pipelines.cli._common import (
     add_output_options,
     add_seed_option,
     check_output,
+    dataset_input,
     pct,
     say,
 )
@@ -53,6 +54,16 @@ def _diffusion_method(name: str):
         raise UnknownNameError(f"{exc}{hint}") from None
 
 
+def _erase_inputs(model: str | None, config_file: str | None, config) -> list:
+    """What ``erase`` reads: the model (the embedded tiny SD by default), ``--config`` and the paths in the method
+    config (``mask_path``)."""
+    from concept_erase.core.config import config_to_dict
+    from concept_erase.core.io import config_paths
+    from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, resolve_model
+
+    return [resolve_model(model or DEFAULT_MODEL), config_file, *config_paths(config_to_dict(config))]
+
+
 def cmd_erase(args: argparse.Namespace) -> int:
     from concept_erase.core.errors import ConfigError, InputNotFoundError
     from concept_erase.diffusion.erasure import erase
@@ -69,7 +80,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     model = args.pretrained_model_name_or_path
     if model and (model.startswith((".", "/", "~")) or Path(model).exists()) and not Path(model).expanduser().is_dir():
         raise InputNotFoundError(f"model directory not found: {model}")
-    out = check_output(args)
+    out = check_output(args, _erase_inputs(model, args.config, config))
     record = erase(model, entry.name, concepts, config, output_dir=out, overwrite=args.overwrite)
     artifact = record["artifact"]
     say(f"erased {', '.join(record['concepts'])} from {record['base_model']} with {entry.name}")
@@ -99,6 +110,18 @@ def _is_diffusion_model(args: argparse.Namespace) -> bool:
     return diffusion_flags or looks_like_hub_id(model)
 
 
+def _diffusion_evaluation_inputs(args: argparse.Namespace) -> list:
+    """What a diffusion evaluation reads: the model (an erasure directory: also its base model), the adapter, the
+    original, an oracle directory and the judge."""
+    from concept_erase.diffusion.erasure import erasure_inputs
+    from concept_erase.diffusion.tiny_sd import resolve_model
+
+    inputs = [args.adapter, resolve_model(args.original), args.judge, *erasure_inputs(resolve_model(args.model))]
+    if args.oracle not in (None, "auto", "none"):
+        inputs.append(resolve_model(args.oracle))
+    return inputs
+
+
 def cmd_evaluate_diffusion(args: argparse.Namespace) -> int:
     from concept_erase.core.errors import ConfigError
     from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure
@@ -110,7 +133,7 @@ def cmd_evaluate_diffusion(args: argparse.Namespace) -> int:
     fields = ("num_images", "num_inference_steps", "guidance_scale", "batch_size", "seed")
     settings = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
     config = EvaluationConfig(forget=list(args.forget or []), retain=args.retain, **settings)
-    out = check_output(args)
+    out = check_output(args, _diffusion_evaluation_inputs(args))
     metrics = evaluate_erasure(
         args.model,
         config,
@@ -146,13 +169,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"{model_dir} is not a classifier model directory: expected model.safetensors and model_config.json"
         )
-    out = check_output(args)
+    inputs = [model_dir, dataset_input(args.dataset)]
+    out = check_output(args, inputs)
     forget = args.forget_classes
     if forget is None:
         record = model_dir / "unlearn.json"
         forget = json.loads(record.read_text()).get("forget_classes", [7]) if record.is_file() else [7]
     config = EvaluateConfig(model_dir=str(model_dir), forget_classes=list(forget), dataset=args.dataset)
-    with atomic_output_dir(out, args.overwrite) as tmp:
+    with atomic_output_dir(out, args.overwrite, inputs) as tmp:
         with RunRecorder("evaluate", config) as recorder:
             metrics = evaluate_model_dir(config, tmp)
         recorder.write(tmp)
@@ -179,18 +203,21 @@ def cmd_oracle(args: argparse.Namespace) -> int:
     from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, resolve_model
 
     model = resolve_model(args.model or str(DEFAULT_MODEL))
+    inputs = [model, args.judge]
+    out = check_output(args, inputs) if args.output_dir else None  # before loading anything
     load_pipeline(model)  # a clear error for anything that is not a complete pipeline
     concepts = [c.strip().lower() for c in args.concept]
     judge = load_judge(args.judge)
     for concept in concepts:
         concept_index(concept, judge.labels)
     oracle_recipe(model, concepts)
-    out = check_output(args) if args.output_dir else None
     cached = find_oracle(model, concepts)
+    if out is not None and cached is not None:  # the cached oracle is an input too (it is copied)
+        check_output(args, [*inputs, cached])
     path = cached or get_oracle(model, concepts)
     say(f"retrain oracle without {', '.join(sorted(set(concepts)))}: {path}" + (" (found)" if cached else " (trained)"))
     if out is not None:
-        with atomic_output_dir(out, args.overwrite) as tmp:
+        with atomic_output_dir(out, args.overwrite, [*inputs, path]) as tmp:
             shutil.copytree(path, tmp, dirs_exist_ok=True)
         say(f"copied to {out}")
     return 0

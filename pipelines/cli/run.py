@@ -25,9 +25,14 @@ def find_pipeline(spec: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from concept_erase.core.io import check_disjoint
     from pipelines.runner import load_pipeline
 
-    pipeline = load_pipeline(find_pipeline(args.config), args.set, output_dir=args.output_dir)
+    source = find_pipeline(args.config)
+    pipeline = load_pipeline(source, args.set, output_dir=args.output_dir)
+    target = args.output_dir or pipeline.config.output_dir
+    if target:  # the pipeline file itself; the runner checks the inputs its steps name
+        check_disjoint(target, [source])
     manifest = pipeline.run(overwrite=args.overwrite, log=say)
     ran, skipped = manifest["last_run"]["ran"], manifest["last_run"]["skipped"]
     for record in manifest["steps"].values():

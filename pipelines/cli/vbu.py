@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.cli._common import add_output_options, add_seed_option, say
+from pipelines.cli._common import add_output_options, add_seed_option, say, scenario_inputs
 
 __all__ = ["add_parsers", "cmd_vbu"]
 
@@ -67,10 +67,11 @@ def _digits(args: argparse.Namespace) -> int:
     config = DigitsConfig(forget=args.forget, seed=args.seed)
     if args.lambdas:
         config.lambdas = _csv(float, args.lambdas, "lambdas")
-    out = check_output_dir(args.output_dir, args.overwrite)
+    inputs = scenario_inputs(config.forget)
+    out = check_output_dir(args.output_dir, args.overwrite, inputs)
     with RunRecorder("vbu-digits", config, seed=config.seed) as recorder:
         result = run_digits(config)
-    with atomic_output_dir(out, args.overwrite) as tmp:
+    with atomic_output_dir(out, args.overwrite, inputs) as tmp:
         write_json(tmp / "results.json", result)
         recorder.write(tmp)
     for name, m in result["methods"].items():

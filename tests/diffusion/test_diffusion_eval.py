@@ -178,6 +178,12 @@ def _bad_model(tmp_path: Path) -> list:
     return ["--model", tmp_path / "model", "--forget", "seven"]
 
 
+def _empty_dir(tmp_path: Path) -> Path:
+    """A folder that is not a pipeline (beside the output: an output inside an input is refused first)."""
+    (tmp_path / "empty").mkdir()
+    return tmp_path / "empty"
+
+
 def _bad_adapter(tmp_path: Path) -> list:
     save_weights_adapter(tmp_path / "bad.safetensors", {"unet.conv_in.weight": torch.zeros(2, 2)})
     return ["--model", DEFAULT_MODEL, "--forget", "seven", "--adapter", tmp_path / "bad.safetensors"]
@@ -187,7 +193,7 @@ def _bad_adapter(tmp_path: Path) -> list:
     "make_args, fragments",
     [
         (_bad_model, ["missing Stable Diffusion component", "vae"]),
-        (lambda p: ["--model", p, "--forget", "seven"], ["not a diffusers pipeline directory"]),
+        (lambda p: ["--model", _empty_dir(p), "--forget", "seven"], ["not a diffusers pipeline directory"]),
         (lambda p: ["--model", DEFAULT_MODEL, "--forget", "七"], ["cannot be represented by the model's tokenizer"]),
         (lambda p: ["--model", DEFAULT_MODEL, "--forget", "banana"], ["not one of the evaluation", "zero, one, two"]),
         (lambda p: ["--model", DEFAULT_MODEL, "--forget", "seven", "--num_images", "0"], ["num_images must be >= 1"]),
