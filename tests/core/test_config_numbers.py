@@ -432,17 +432,24 @@ def test_weights_adapters_are_byte_reproducible(tmp_path):
     assert len({_sha(tmp_path / f"{i}.safetensors") for i in range(5)}) == 1
 
 
-def test_identical_tiny_erasures_write_identical_files(tmp_path):
-    from concept_erase.diffusion.erasure import erase
+@pytest.mark.parametrize(
+    ("method", "settings"),
+    [
+        ("salun", {"num_train_epochs": 1, "output_format": "adapter"}),  # erasure.safetensors (weights adapter)
+        ("fmn", {"train": "lora"}),  # pytorch_lora_weights.safetensors
+        ("esd", {"output_format": "pipeline"}),  # a whole pipeline
+    ],
+)
+def test_identical_tiny_erasures_write_identical_files(method, settings, tmp_path):
+    from concept_erase.diffusion.erasure import ERASURE_FILE, erase
 
-    fast = {"num_images": 2, "generation_steps": 2, "max_train_steps": 2, "train_batch_size": 2}
-    config = {**fast, "num_train_epochs": 1, "show_progress": False, "output_format": "adapter"}
-    config["save_mask_path"] = None
+    config = {"num_images": 2, "generation_steps": 2, "max_train_steps": 2, "train_batch_size": 2, **settings}
+    config["show_progress"] = False
     digests = []
     for run in ("one", "two"):
-        erase("tiny-sd", "salun", ["seven"], dict(config), output_dir=tmp_path / run)
-        files = sorted(p for p in (tmp_path / run).rglob("*.safetensors"))
-        assert files, list((tmp_path / run).iterdir())
+        erase("tiny-sd", method, ["seven"], dict(config), output_dir=tmp_path / run)
+        files = sorted(p for p in (tmp_path / run).rglob("*") if p.is_file() and p.name != ERASURE_FILE)
+        assert any(p.suffix == ".safetensors" for p in files), files
         digests.append({p.relative_to(tmp_path / run).as_posix(): _sha(p) for p in files})
     assert digests[0] == digests[1]
 

@@ -133,7 +133,7 @@ def erase(request: ErasureRequest, config: FMNConfig) -> ErasureOutcome:
     scheduler = noise_scheduler(request.pipe)
     before = concept_attention(unet, scheduler, data.latents, states, positions, config.seed, config.attention_backend)
     if config.train == "lora":
-        _add_lora(unet, config.lora_rank)
+        _add_lora(unet, config.lora_rank, config.seed)
     result = _train(request, config, TensorDataset(data.latents, states, positions), scheduler)
     after = concept_attention(unet, scheduler, data.latents, states, positions, config.seed, config.attention_backend)
     details.update(concept_attention_before=round(before, 6), concept_attention_after=round(after, 6))
@@ -158,10 +158,14 @@ def _train(request: ErasureRequest, config: FMNConfig, dataset: TensorDataset, s
         return trainer.train()
 
 
-def _add_lora(unet, rank: int) -> None:
-
+def _add_lora(unet, rank: int, seed: int) -> None:
+    """A rank-``rank`` LoRA on the steered projections, initialised from ``seed`` (peft draws the initial weights
+    from the global generator: seeded here, and the caller's generator state is left as it was)."""
     lora = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=_LORA_TARGETS)
-    unet.add_adapter(lora)
+    device = next(unet.parameters()).device
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        unet.add_adapter(lora)
 
 
 @torch.no_grad()
