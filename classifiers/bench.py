@@ -19,16 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from classifiers.data import Scenario
+from classifiers.data import DATASETS, Scenario
 from classifiers.harness import UnlearnJob, load_splits, per_class_fractions, run_job
 from classifiers.methods import get_classifier_method
 from classifiers.metrics import plot_metric_bars, plot_per_class_comparison
 from classifiers.training import warm_up
 from concept_erase.core.config import check_numbers, config_to_dict, parse_overrides
 from concept_erase.core.errors import ConfigError, excerpt
-from concept_erase.core.io import write_json
+from concept_erase.core.io import check_disjoint, config_paths, write_json
 
-__all__ = ["BenchConfig", "COLUMNS", "ORACLE", "ORIGINAL", "parse_method", "run_bench"]
+__all__ = ["BenchConfig", "COLUMNS", "ORACLE", "ORIGINAL", "bench_inputs", "parse_method", "run_bench"]
 
 ORACLE = "oracle (retrain)"
 ORIGINAL = "original"  # the model before unlearning (the DiStruction tables' "baseline" column)
@@ -139,9 +139,19 @@ def _row(scenario: str, seed: int, method: str, metrics: dict) -> dict:
     return {"scenario": scenario, "seed": seed, "method": method, **{k: metrics.get(k) for k, _ in COLUMNS}}
 
 
+def bench_inputs(config: BenchConfig) -> list[str]:
+    """The local paths a benchmark reads: a dataset given as a path, ``indices:FILE`` scenarios' files and the paths
+    in the method configs and entries (``mask_path``, ...). An output overlapping one of them would destroy it."""
+    paths = [] if str(config.dataset) in DATASETS else [str(config.dataset)]
+    paths += [s.split(":", 1)[1] for s in config.scenarios if s.startswith("indices:")]
+    paths += config_paths(config.method_configs)
+    return paths + [p for entry in config.methods for p in config_paths(parse_method(entry)[1])]
+
+
 def run_bench(config: BenchConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict:
     """Run the grid and write its results into ``out_dir`` (an existing directory); return the summary."""
     out_dir = Path(out_dir)
+    check_disjoint(out_dir, bench_inputs(config))  # never write over what the grid reads
     warm_up()
     rows: list[dict] = []
     per_class: dict[str, dict] = {}

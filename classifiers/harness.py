@@ -40,7 +40,6 @@ from concept_erase.core.tensorfile import save_tensors
 __all__ = [
     "JobResult",
     "UnlearnJob",
-    "bench_inputs",
     "check_model_fits",
     "job_inputs",
     "load_splits",
@@ -248,14 +247,6 @@ def job_inputs(job: UnlearnJob) -> list[str]:
     if isinstance(job.forget, str) and job.forget.startswith("indices:"):
         paths.append(job.forget.split(":", 1)[1])
     return paths + config_paths(job.method_config)
-
-
-def bench_inputs(config) -> list[str]:
-    """The local paths a benchmark grid (a :class:`~classifiers.bench.BenchConfig`) reads: a dataset given as a
-    path, ``indices:FILE`` scenarios' files and the paths in the method configs (``mask_path``, ...)."""
-    paths = [] if str(config.dataset) in DATASETS else [str(config.dataset)]
-    paths += [s.split(":", 1)[1] for s in config.scenarios if s.startswith("indices:")]
-    return paths + config_paths(config.method_configs)
 
 
 def write_job(result: JobResult, out_dir: str | Path) -> Path:

@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 from torch.utils.data import DataLoader
 
-from classifiers.bench import BenchConfig, run_bench
+from classifiers.bench import BenchConfig, bench_inputs, run_bench
 from classifiers.data import DATASETS, load_dataset, make_class_task
-from classifiers.harness import bench_inputs, make_method_config
+from classifiers.harness import make_method_config
 from classifiers.methods import get_classifier_method
 from classifiers.metrics import EvaluateConfig, accuracy, evaluate_model_dir, plot_per_class_comparison
 from classifiers.models import load_model, save_model

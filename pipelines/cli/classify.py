@@ -119,8 +119,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from classifiers.bench import BenchConfig, run_bench
-    from classifiers.harness import bench_inputs
+    from classifiers.bench import BenchConfig, bench_inputs, run_bench
     from concept_erase.core.config import from_dict
     from concept_erase.core.errors import ConfigError
     from concept_erase.core.io import atomic_output_dir

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 from classifiers.models import build_model, save_model
-from concept_erase.core.errors import ConceptEraseError
+from concept_erase.core.errors import ConceptEraseError, OutputOverlapsInputError
 from concept_erase.core.io import (
     OutputNotWritableError,
     atomic_file,
@@ -135,6 +135,7 @@ CASES = {
     "bench --config": ("bench_yaml", ["bench", "classifiers", "--config", "{bench_yaml}"]),
     "bench --dataset": ("npz", ["bench", "classifiers", "--dataset", "{npz}"]),
     "bench --scenarios indices:": ("indices", ["bench", "classifiers", "--scenarios", "indices:{indices}"]),
+    "bench --methods NAME:mask_path=": ("mask", ["bench", "classifiers", "--methods", "finetune:mask_path={mask}"]),
     "erase --model": ("pipeline", ["erase", "--method", "fmn", "--concept", "seven", "--model", "{pipeline}"]),
     "erase --config": ("erase_yaml", ["erase", "--method", "fmn", "--concept", "seven", "--config", "{erase_yaml}"]),
     "erase --set mask_path=": (
@@ -219,6 +220,32 @@ def test_demo_never_writes_over_its_bundled_pipeline(capsys, relation, overwrite
     code, _, err = run_main(capsys, ["demo", "--output_dir", output, *(["--overwrite"] * overwrite)])
     assert code == 2 and f"{relation} the input" in one_line(err)
     assert tree_hash(config) == before
+
+
+@pytest.mark.parametrize("relation", list(RELATIONS))
+def test_the_python_api_refuses_an_output_overlapping_an_input(inputs, relation):
+    """Library users are protected too: erase(), evaluate_erasure() and run_bench() check before any work."""
+    from classifiers.bench import BenchConfig, run_bench
+    from concept_erase.diffusion.erasure import erase
+    from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure
+
+    before = {k: tree_hash(p) for k, p in inputs.items()}
+    pipeline, mask, npz = inputs["pipeline"], inputs["mask"], inputs["npz"]
+    calls = [
+        lambda: erase(pipeline, "fmn", ["seven"], output_dir=RELATIONS[relation](pipeline), overwrite=True),
+        lambda: erase(None, "salun", ["seven"], {"mask_path": str(mask)}, RELATIONS[relation](mask), overwrite=True),
+        lambda: evaluate_erasure(
+            pipeline, EvaluationConfig(forget=["seven"]), output_dir=RELATIONS[relation](pipeline), overwrite=True
+        ),
+        lambda: evaluate_erasure(
+            inputs["erasure"], EvaluationConfig(), output_dir=RELATIONS[relation](inputs["base"]), overwrite=True
+        ),
+        lambda: run_bench(BenchConfig(dataset=str(npz), seeds=[0]), RELATIONS[relation](npz)),
+    ]
+    for call in calls:
+        with pytest.raises(OutputOverlapsInputError, match=f"{relation} the input"):
+            call()
+    assert {k: tree_hash(p) for k, p in inputs.items()} == before
 
 
 def test_config_paths_names_inputs_not_outputs():
