@@ -266,6 +266,12 @@ def _run(capsys, *args) -> tuple[int, str]:
         (["erase", "--method", "salun", "--concept", "seven", "--seed", "-1"], "seed"),
         (["unlearn", "--method", "finetune", "--seed", "-1"], "seed"),
         (["unlearn", "--method", "finetune", "--set", "learning_rate=-inf"], "learning_rate"),
+        (["bench", "classifiers", "--set", "test_size=nan"], "test_size"),
+        (["vbu", "moons", "--seed", "-1"], "seed"),
+        (["vbu", "digits", "--seed", "-1"], "seed"),
+        (["distruction", "prepare", "--init_sigma", "nan"], "init_sigma"),
+        (["distruction", "prepare", "--init_sigma", "inf"], "init_sigma"),
+        (["distruction", "prepare", "--seed", "-1"], "seed"),
     ],
     ids=lambda v: "-".join(v) if isinstance(v, list) else v,
 )
@@ -420,6 +426,15 @@ def test_mask_files_are_byte_reproducible_and_old_files_load(tmp_path):
     save_file(tensors, str(tmp_path / "old.safetensors"), metadata=metadata)
     old = SaliencyMask.load(tmp_path / "old.safetensors")
     assert all(torch.equal(old.masks[k], v) for k, v in masks.items())
+
+
+def test_classifier_model_files_are_byte_reproducible(tmp_path):
+    from classifiers.models import build_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp", 10, (1, 8, 8))
+    shas = {_sha(save_model(model, tmp_path / f"m{i}") / "model.safetensors") for i in range(3)}
+    assert len(shas) == 1
 
 
 def test_weights_adapters_are_byte_reproducible(tmp_path):
