@@ -248,6 +248,61 @@ def test_the_python_api_refuses_an_output_overlapping_an_input(inputs, relation)
     assert {k: tree_hash(p) for k, p in inputs.items()} == before
 
 
+STEP_CASES = {
+    "train_classifier dataset": ("npz", "train_classifier", {"dataset": "{npz}"}),
+    "saliency_mask model_dir": ("model", "saliency_mask", {"model_dir": "{model}"}),
+    "unlearn model_dir": ("model", "unlearn", {"model_dir": "{model}"}),
+    "unlearn method_config.mask_path": (
+        "mask",
+        "unlearn",
+        {"model_dir": "{model}", "method": "finetune", "method_config": {"mask_path": "{mask}"}},
+    ),
+    "evaluate_classifier model_dir": ("model", "evaluate_classifier", {"model_dir": "{model}"}),
+    "bench_classifiers dataset": ("npz", "bench_classifiers", {"dataset": "{npz}", "seeds": [0]}),
+    "erase model": ("pipeline", "erase", {"method": "fmn", "concepts": ["seven"], "model": "{pipeline}"}),
+    "evaluate_erasure judge": ("judge", "evaluate_erasure", {"model": "{pipeline}", "judge": "{judge}"}),
+    "evaluate_erasure erasure's base": ("base", "evaluate_erasure", {"model": "{erasure}"}),
+}
+
+
+def _fill(value, inputs):
+    if isinstance(value, str):
+        return value.format(**{k: str(v) for k, v in inputs.items()})
+    if isinstance(value, dict):
+        return {k: _fill(v, inputs) for k, v in value.items()}
+    return value
+
+
+@pytest.mark.parametrize("relation", ["contains", "lies inside"])  # a step directory is never an input itself
+@pytest.mark.parametrize("case", list(STEP_CASES))
+def test_a_pipeline_step_refuses_to_write_into_an_input_it_reads(tmp_path, inputs, case, relation):
+    """Steps called by any runner (or directly): the step directory, or ``steps/<id>`` it becomes, overlapping a
+    path the step's config names is refused before the step does anything."""
+    import pipelines.steps  # noqa: F401  (registers the steps)
+    from concept_erase.core.registry import get_step
+    from pipelines.runner import StepContext
+
+    key, step, values = STEP_CASES[case]
+    if relation == "contains" and key == "base":
+        pytest.skip("the base model is named by the erasure's record, not by the step's config")
+    given = dict(inputs)
+    if relation == "contains":  # the input is the step's own earlier output, which steps/<id> would replace
+        out = tmp_path / "out"
+        given[key] = out / "steps" / "s" / inputs[key].name
+        given[key].parent.mkdir(parents=True)
+        copy = shutil.copytree if inputs[key].is_dir() else shutil.copy2
+        copy(inputs[key], given[key])
+        context = StepContext("p", "s", out / "steps" / ".s.tmp-1-00000000", out, 0, {})
+    else:  # the pipeline writes inside the input
+        context = StepContext("p", "s", given[key] / "steps" / ".s.tmp-1-00000000", given[key], 0, {})
+    entry = get_step(step)
+    config = entry.make_config(_fill(values, given))
+    before = tree_hash(given[key])
+    with pytest.raises(OutputOverlapsInputError, match=f"{relation} the input"):
+        entry.target(context, config)
+    assert tree_hash(given[key]) == before and not (given[key] / "steps").exists()
+
+
 def test_config_paths_names_inputs_not_outputs():
     values = {
         "mask_path": "m.safetensors",
