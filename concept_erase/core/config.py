@@ -39,6 +39,7 @@ __all__ = [
     "Range",
     "check_numbers",
     "MAX_ALIAS_NODES",
+    "MAX_YAML_DEPTH",
     "number_range",
     "SEED",
     "POSITIVE",
@@ -51,9 +52,14 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------------- YAML
 
 MAX_ALIAS_NODES = 10_000  # nodes that aliases (``*name``) may expand to in one document
+MAX_YAML_DEPTH = 100  # levels of nested lists and mappings
 
 
-class AliasBombError(yaml.YAMLError):
+class YAMLLimitError(yaml.YAMLError):
+    """A YAML document is refused before it is built: it would be too big or too deep for a config."""
+
+
+class AliasBombError(YAMLLimitError):
     """The aliases of a YAML document expand to more than :data:`MAX_ALIAS_NODES` nodes, or recursively."""
 
 
@@ -67,6 +73,7 @@ class _BoundedLoader(yaml.SafeLoader):
         self._expanded = 0
         self._sizes: dict[int, int | None] = {}
         self._open: set[str] = set()  # anchors of the nodes being composed
+        self._depth = 0
 
     def _size(self, node: yaml.Node) -> int:
         """Nodes in ``node``'s tree with aliases expanded (memoised: linear in the document's size)."""
@@ -100,14 +107,19 @@ class _BoundedLoader(yaml.SafeLoader):
         anchor = getattr(event, "anchor", None)
         if anchor is not None:
             self._open.add(anchor)
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise YAMLLimitError(f"values are nested more than {MAX_YAML_DEPTH} levels deep")
         try:
             return super().compose_node(parent, index)
         finally:
+            self._depth -= 1
             self._open.discard(anchor)
 
 
 def safe_load(text: str) -> Any:
-    """``yaml.safe_load(text)`` with alias expansion bounded (:class:`AliasBombError`, a ``yaml.YAMLError``)."""
+    """``yaml.safe_load(text)`` with alias expansion and nesting bounded (:class:`YAMLLimitError`, a
+    ``yaml.YAMLError``, raised while composing: before any Python object is built)."""
     loader = _BoundedLoader(text)
     try:
         return loader.get_single_data()
@@ -123,8 +135,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigParseError(f"config file not found: {path}")
     try:
         data = safe_load(path.read_text())
-    except AliasBombError as exc:
-        raise ConfigParseError(f"{path} is refused: {exc}; write the values out instead of nesting aliases") from None
+    except YAMLLimitError as exc:
+        raise ConfigParseError(f"{path} is refused: {exc}; write the values out plainly") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -147,10 +159,8 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
             raise ConfigError(f"override {excerpt(item)} must look like key=value (dotted keys reach nested configs)")
         try:
             value = safe_load(raw) if raw.strip() else ""
-        except AliasBombError as exc:
-            raise ConfigError(
-                f"override {excerpt(key)}: {exc}; write the value out instead of nesting aliases"
-            ) from None
+        except YAMLLimitError as exc:
+            raise ConfigError(f"override {excerpt(key)}: {exc}; write the value out plainly") from None
         except yaml.YAMLError:
             value = raw
         node = out

@@ -28,6 +28,7 @@ from concept_erase.core.config import (
     COUNT,
     FINITE,
     MAX_ALIAS_NODES,
+    MAX_YAML_DEPTH,
     SEED,
     Range,
     _BoundedLoader,
@@ -326,6 +327,20 @@ def test_billion_laughs_in_a_set_override_is_refused():
     with pytest.raises(ConfigError) as info:
         parse_overrides([f"learning_rate={text}"])
     assert len(str(info.value)) < 300 and "alias" in str(info.value)
+
+
+def test_deeply_nested_yaml_is_refused_not_a_recursion_error(tmp_path):
+    file = tmp_path / "deep.yaml"
+    file.write_text("learning_rate: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigParseError, match=f"nested more than {MAX_YAML_DEPTH} levels") as info:
+        read_yaml(file)
+    assert len(str(info.value)) < 300
+    with pytest.raises(ConfigError, match="nested more than"):
+        parse_overrides(["learning_rate=" + "[" * 100_000 + "]" * 100_000])
+    nested: list = []
+    for _ in range(49):
+        nested = [nested]
+    assert safe_load("a: " + "[" * 50 + "]" * 50) == {"a": nested}  # 50 levels (51 with the mapping) load
 
 
 def test_recursive_alias_is_refused(tmp_path):
