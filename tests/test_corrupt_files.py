@@ -603,3 +603,40 @@ def test_an_unreadable_image_in_an_image_folder_is_named(tmp_path):
     (tmp_path / "b" / "broken.png").write_bytes(GARBAGE)
     with pytest.raises(ConfigError, match=r"broken\.png is not a readable image"):
         load_dataset(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation metrics
+
+SCORES = {"forget_accuracy": 0.9, "retain_accuracy": 0.9, "frechet_to_real": 1.0}
+METRICS = {
+    "forget_accuracy": 0.1,
+    "retain_accuracy": 0.9,
+    "forget": ["seven"],
+    "retain": ["one"],
+    "original": SCORES,
+    "oracle": None,
+    "settings": {},
+}
+
+
+@pytest.mark.parametrize(
+    "case, content, phrase",
+    _json_family(
+        METRICS,
+        "original",
+        "forget",
+        "seven",
+        extra=[
+            ("score-missing", json.dumps({**METRICS, "oracle": {"forget_accuracy": 0.0}}).encode(), "oracle has no"),
+            ("accuracy-a-string", json.dumps({**METRICS, "forget_accuracy": "10%"}).encode(), "'forget_accuracy'"),
+        ],
+    ),
+)
+def test_evaluation_metrics_read_by_the_erasure_report(tmp_path, case, content, phrase):
+    from concept_erase.diffusion.report import summarize_evaluation
+
+    path = tmp_path / "metrics.json"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        summarize_evaluation("x", path)
+    _one_line_naming(info.value, path, phrase)

@@ -12,7 +12,6 @@ and seeds through the original, every erased model and the oracle).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure  # no pyplot: no global backend state
 
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.io import write_json
+from concept_erase.core.readers import read_json_object, require
 from concept_erase.diffusion.erasure import read_erasure
 from concept_erase.diffusion.evaluation import EvaluationConfig, load_samples, plot_grid
 
@@ -31,12 +31,19 @@ __all__ = ["GOALS", "summarize_evaluation", "write_erasure_report"]
 GOALS = {"forget_gap_to_oracle": 0.10, "retain_drop": 0.03, "time_share": {"fmn": 0.02, "salun": 0.10, "esd": 0.10}}
 
 
+_SCORES = ("forget_accuracy", "retain_accuracy", "frechet_to_real")
+
+
 def _oracle_seconds(oracle: str | None) -> float | None:
     """The oracle's training wall time, from the recipe the toolkit wrote next to it."""
     if not oracle:
         return None
     recipe = Path(oracle) / "tiny_sd_recipe.json"
-    return json.loads(recipe.read_text()).get("seconds") if recipe.is_file() else None
+    if not recipe.is_file():
+        return None
+    return require(
+        read_json_object(recipe, "tiny-SD recipe"), "seconds", float, recipe, "tiny-SD recipe", optional=True
+    )
 
 
 def summarize_evaluation(name: str, metrics_path: str | Path) -> dict[str, Any]:
@@ -45,8 +52,19 @@ def summarize_evaluation(name: str, metrics_path: str | Path) -> dict[str, Any]:
     path = Path(metrics_path)
     if not path.is_file():
         raise ConfigError(f"evaluation metrics not found: {path}")
-    metrics = json.loads(path.read_text())
-    settings = metrics.get("settings", {})
+    what = "evaluation metrics"
+    metrics = read_json_object(path, what)
+    for key in ("forget_accuracy", "retain_accuracy"):
+        require(metrics, key, (float, type(None)), path, what)
+    for key in ("forget", "retain"):
+        require(metrics, key, list, path, what)
+    scored = {"original": require(metrics, "original", dict, path, what)}
+    scored["oracle"] = require(metrics, "oracle", (dict, type(None)), path, what, optional=True)
+    for source, values in scored.items():
+        missing = [k for k in _SCORES if values is not None and k not in values]
+        if missing:
+            raise ConfigError(f"{what} {path} is corrupt: {source} has no {', '.join(missing)}")
+    settings = require(metrics, "settings", dict, path, what, optional=True) or {}
     erasure = read_erasure(settings["erasure"]) if settings.get("erasure") else None
     oracle, original = metrics.get("oracle"), metrics["original"]
     row: dict[str, Any] = {
@@ -57,8 +75,8 @@ def summarize_evaluation(name: str, metrics_path: str | Path) -> dict[str, Any]:
         "retain_accuracy": metrics["retain_accuracy"],
         "frechet_to_real": metrics.get("frechet_to_real"),
         "frechet_to_original": metrics.get("frechet_to_original"),
-        "original": {k: original[k] for k in ("forget_accuracy", "retain_accuracy", "frechet_to_real")},
-        "oracle": {k: oracle[k] for k in ("forget_accuracy", "retain_accuracy", "frechet_to_real")} if oracle else None,
+        "original": {k: original[k] for k in _SCORES},
+        "oracle": {k: oracle[k] for k in _SCORES} if oracle else None,
         "oracle_seconds": _oracle_seconds(settings.get("oracle")),
         "samples": str(path.parent / "samples.safetensors"),
         "forget": metrics["forget"],
@@ -67,10 +85,11 @@ def summarize_evaluation(name: str, metrics_path: str | Path) -> dict[str, Any]:
     }
     if erasure is not None:
         artifact = erasure.get("artifact", {})
+        rss = (erasure.get("peak_memory") or {}).get("cpu_peak_rss", 0)
         row.update(
-            seconds=erasure["seconds"],
-            steps=erasure["steps"],
-            peak_memory_mb=round(erasure["peak_memory"].get("cpu_peak_rss", 0) / 2**20, 1),
+            seconds=erasure.get("seconds"),
+            steps=erasure.get("steps"),
+            peak_memory_mb=round(rss / 2**20, 1) if isinstance(rss, (int, float)) else None,
             artifact_format=artifact.get("format"),
             artifact_bytes=artifact.get("bytes"),
             artifact_fraction=artifact.get("fraction_of_unet"),
