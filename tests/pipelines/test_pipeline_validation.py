@@ -198,3 +198,34 @@ def test_a_corrupt_manifest_is_refused_in_one_line_naming_it(tmp_path, capsys, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{out / 'manifest.json'} is corrupt" in err[0] and what in err[0], err
     assert (out / "manifest.json").read_bytes() == content
+
+
+def test_every_bundled_step_type_declares_its_outputs():
+    for entry in STEPS:
+        if entry.name.endswith("_test"):
+            continue
+        assert entry.outputs, f"step {entry.name!r} declares no outputs (register_step(..., outputs=(...)))"
+
+
+def test_classifier_steps_return_only_the_keys_they_declare(tmp_path):
+    pipeline = {
+        "name": "declared",
+        "steps": [
+            {"name": "train", "step": "train_classifier", "config": {"epochs": 1, "model": {"name": "mlp"}}},
+            {"name": "mask", "step": "saliency_mask", "config": {"model_dir": "${steps.train.model_dir}"}},
+            {
+                "name": "unlearn",
+                "step": "unlearn",
+                "config": {
+                    "model_dir": "${steps.train.model_dir}",
+                    "method_config": {"epochs": 1, "mask": "saliency", "mask_path": "${steps.mask.mask_path}"},
+                },
+            },
+            {"name": "eval", "step": "evaluate_classifier", "config": {"model_dir": "${steps.unlearn.model_dir}"}},
+            {"name": "report", "step": "report", "config": {}},
+        ],
+    }
+    manifest = load_pipeline(pipeline).run(tmp_path / "out", log=lambda _: None)
+    for step_id, record in manifest["steps"].items():
+        declared = set(STEPS.get(record["step"]).outputs)
+        assert set(record["outputs"]) <= declared, (step_id, set(record["outputs"]) - declared)
