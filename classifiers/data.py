@@ -28,7 +28,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
 from concept_erase.core.digits import load_digit_arrays
-from concept_erase.core.errors import ConfigError, EmptyDataError, InputNotFoundError
+from concept_erase.core.errors import ConfigError, EmptyDataError, InputNotFoundError, excerpt
 from concept_erase.core.readers import first_line, load_npz
 
 __all__ = [
@@ -79,7 +79,7 @@ class DatasetSplits:
     def with_superclasses(self, groups: Sequence[Sequence[int]] | None = None) -> DatasetSplits:
         """Relabel with super-classes (the CIFAR-20 protocol); ``groups`` defaults to :func:`default_superclasses`."""
         if self.superclasses is not None:
-            raise ConfigError(f"dataset {self.name!r} already uses super-class labels")
+            raise ConfigError(f"dataset {excerpt(self.name)} already uses super-class labels")
         groups = tuple(tuple(int(c) for c in g) for g in (groups or default_superclasses(self.num_classes)))
         members = sorted(c for g in groups for c in g)
         if members != list(range(self.num_classes)) or len(groups) < 2:
@@ -135,7 +135,7 @@ def _split(name: str, images: np.ndarray, labels: np.ndarray, seed: int, test_si
     n_test = int(np.ceil(test_size * len(labels)))
     if not 0 < n_test < len(labels):
         raise EmptyDataError(
-            f"dataset {name!r}: test_size {test_size} of {len(labels)} samples leaves an empty train or test split"
+            f"dataset {excerpt(name)}: test_size {test_size} of {len(labels)} samples leaves an empty train or test split"
         )
     counts = np.bincount(labels)
     present = int((counts > 0).sum())
@@ -158,27 +158,31 @@ def _check_arrays(name: str, images, labels) -> tuple[np.ndarray, np.ndarray]:
     for what, values in (("images", images), ("labels", labels)):
         kind = getattr(getattr(values, "dtype", None), "kind", None)
         if kind is not None and kind not in "biuf":
-            raise ConfigError(f"dataset {name!r}: {what} must be numbers, got dtype {values.dtype}")
+            raise ConfigError(f"dataset {excerpt(name)}: {what} must be numbers, got dtype {values.dtype}")
     try:
         images = np.asarray(images, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"dataset {name!r}: images must be a numeric array ({first_line(exc)})") from None
+        raise ConfigError(f"dataset {excerpt(name)}: images must be a numeric array ({first_line(exc)})") from None
     labels = np.asarray(labels)
     if images.ndim == 3:  # (N, H, W): one channel
         images = images[:, None]
     if images.ndim != 4:
-        raise ConfigError(f"dataset {name!r}: images must be (N, C, H, W) or (N, H, W), got shape {images.shape}")
+        raise ConfigError(
+            f"dataset {excerpt(name)}: images must be (N, C, H, W) or (N, H, W), got shape {images.shape}"
+        )
     if labels.ndim != 1 or len(labels) != len(images):
-        raise ConfigError(f"dataset {name!r}: need one integer label per image, got labels of shape {labels.shape}")
+        raise ConfigError(
+            f"dataset {excerpt(name)}: need one integer label per image, got labels of shape {labels.shape}"
+        )
     if len(labels) < 4:
-        raise EmptyDataError(f"dataset {name!r} has {len(labels)} samples: too few to split into train and test")
+        raise EmptyDataError(f"dataset {excerpt(name)} has {len(labels)} samples: too few to split into train and test")
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-        raise ConfigError(f"dataset {name!r}: labels must be integers 0..num_classes-1")
+        raise ConfigError(f"dataset {excerpt(name)}: labels must be integers 0..num_classes-1")
     if not np.isfinite(images).all():
-        raise ConfigError(f"dataset {name!r}: images contain NaN or infinite values")
+        raise ConfigError(f"dataset {excerpt(name)}: images contain NaN or infinite values")
     if images.size and (images.min() < 0.0 or images.max() > 1.0):
         raise ConfigError(
-            f"dataset {name!r}: images must be scaled to [0, 1] (got values in [{images.min():g}, {images.max():g}]; "
+            f"dataset {excerpt(name)}: images must be scaled to [0, 1] (got values in [{images.min():g}, {images.max():g}]; "
             "divide 8-bit images by 255)"
         )
     return images, labels.astype(np.int64)
@@ -196,19 +200,23 @@ def load_dataset(name: str = "digits", seed: int = 0, test_size: float = 0.25) -
         images, labels = DATASETS[name]()
         return _split(name, images, labels, seed, test_size)
     path = Path(name)
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError as exc:  # a name too long for a path, ...: not a dataset anywhere
+        raise InputNotFoundError(f"dataset not found: {excerpt(name, 300, quote=False)} ({exc.strerror})") from None
+    if is_dir:
         return from_image_folder(path, seed=seed, test_size=test_size)
-    if path.suffix == ".npz" and path.is_file():
+    if path.suffix == ".npz" and is_file:
         data = load_npz(path, "dataset")
         if not {"x", "y"} <= set(data):
             raise ConfigError(f"{path} must hold arrays named 'x' (images) and 'y' (labels), has {sorted(data)}")
         return _split(str(path), data["x"], data["y"], seed, test_size)
-    if path.is_file():
+    if is_file:
         raise ConfigError(f"{path}: unsupported dataset file; accepted: an image folder or an .npz file with x and y")
     if path.suffix == ".npz" or "/" in name or name.startswith("."):
-        raise InputNotFoundError(f"dataset not found: {name}")
+        raise InputNotFoundError(f"dataset not found: {excerpt(name, 300, quote=False)}")
     raise ConfigError(
-        f"unknown dataset {name!r}; accepted datasets: {', '.join(sorted(DATASETS))}, an image folder, or an .npz file"
+        f"unknown dataset {excerpt(name)}; accepted datasets: {', '.join(sorted(DATASETS))}, an image folder, or an .npz file"
     )
 
 
@@ -224,7 +232,7 @@ def from_torch_dataset(
 ) -> DatasetSplits:
     """User data as a map-style torch ``Dataset`` of ``(image tensor, int label)`` pairs (read once into memory)."""
     if len(dataset) == 0:
-        raise EmptyDataError(f"dataset {name!r} is empty")
+        raise EmptyDataError(f"dataset {excerpt(name)} is empty")
     pairs = [dataset[i] for i in range(len(dataset))]
     images = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x, _ in pairs]).numpy()
     labels = np.array([int(y) for _, y in pairs])
@@ -309,13 +317,13 @@ class Scenario:
         kind, value = kind.strip(), value.strip()
         if kind not in SCENARIO_KINDS:
             raise ConfigError(
-                f"unknown scenario {spec!r}; accepted: class:C[,C...], subclass:C[,C...], random[:FRACTION], indices:FILE"
+                f"unknown scenario {excerpt(spec)}; accepted: class:C[,C...], subclass:C[,C...], random[:FRACTION], indices:FILE"
             )
         if kind == "random":
             try:
                 fraction = float(value) if value else 0.1
             except ValueError:
-                raise ConfigError(f"random forgetting needs a fraction, e.g. random:0.1, got {spec!r}") from None
+                raise ConfigError(f"random forgetting needs a fraction, e.g. random:0.1, got {excerpt(spec)}") from None
             if not 0.0 < fraction < 1.0:
                 raise ConfigError(f"the random forgetting fraction must be in (0, 1), got {fraction}")
             return cls("random", fraction=fraction)
@@ -326,7 +334,7 @@ class Scenario:
         try:
             classes = tuple(sorted({int(c) for c in value.split(",") if c.strip()}))
         except ValueError:
-            raise ConfigError(f"{kind}: takes integer class labels separated by commas, got {value!r}") from None
+            raise ConfigError(f"{kind}: takes integer class labels separated by commas, got {excerpt(value)}") from None
         if not classes:
             raise ConfigError(f"{kind}: names no class; e.g. {kind}:3")
         return cls(kind, classes=classes)
@@ -422,7 +430,7 @@ def _check_classes(splits: DatasetSplits, classes: tuple[int, ...], fine: bool) 
     bad = [c for c in classes if not 0 <= c < count]
     if bad:
         what = "sub-classes" if fine else "classes"
-        raise ConfigError(f"unknown class {bad} for dataset {splits.name!r}: its {what} are 0..{count - 1}")
+        raise ConfigError(f"unknown class {bad} for dataset {excerpt(splits.name)}: its {what} are 0..{count - 1}")
 
 
 def _forget_masks(splits: DatasetSplits, scenario: Scenario, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -454,7 +462,7 @@ def _forget_masks(splits: DatasetSplits, scenario: Scenario, seed: int) -> tuple
     if len(bad):
         raise ConfigError(
             f"{scenario.source or 'indices'}: indices {bad[:5].tolist()} out of range for the {n_train} training "
-            f"samples of {splits.name!r} (valid: 0..{n_train - 1})"
+            f"samples of {excerpt(splits.name)} (valid: 0..{n_train - 1})"
         )
     forget[index] = True
     return forget, forget_test
@@ -504,7 +512,7 @@ def make_class_task(splits: DatasetSplits, forget_classes: Sequence[int]) -> Unl
     bad = [c for c in classes if not 0 <= c < splits.num_classes]
     if bad:
         raise ConfigError(
-            f"forget_classes {bad} out of range for dataset {splits.name!r} with classes 0..{splits.num_classes - 1}"
+            f"forget_classes {bad} out of range for dataset {excerpt(splits.name)} with classes 0..{splits.num_classes - 1}"
         )
     if len(classes) == splits.num_classes:
         raise EmptyDataError("forget_classes names every class: nothing would be retained")

@@ -13,18 +13,23 @@ from typing import Any
 
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
-_EXCERPT = reprlib.Repr()
-_EXCERPT.maxlevel = 3
-_EXCERPT.maxlist = _EXCERPT.maxtuple = _EXCERPT.maxdict = _EXCERPT.maxset = 6
-_EXCERPT.maxstring = _EXCERPT.maxother = 60
-_EXCERPT.maxlong = 40
 
-
-def excerpt(value: Any, limit: int = 80) -> str:
-    """A short ``repr`` of user input for an error message: nested and long values are cut (``reprlib``), and the
-    result never exceeds ``limit`` characters, so a message cannot grow with the input (a huge or deeply aliased YAML
-    value, a multi-megabyte string)."""
-    text = _EXCERPT.repr(value)
+def excerpt(value: Any, limit: int = 80, quote: bool = True) -> str:
+    """A short ``repr`` of user input for an error message: nested and long values are cut (``reprlib``: the head
+    and the tail of a long string, the first items of a long list, three levels of nesting), and the result never
+    exceeds ``limit`` characters, so a message cannot grow with the input (a huge or deeply aliased YAML value, a
+    multi-megabyte string). ``quote=False``: a string as it is (a path in a message), cut the same way."""
+    short = reprlib.Repr()
+    short.maxlevel = 3
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = short.maxfrozenset = short.maxdeque = 6
+    short.maxstring = short.maxother = max(limit - 4, 12)
+    short.maxlong = min(limit, 40)
+    if not quote and isinstance(value, str):
+        if len(value) <= limit:
+            return value
+        keep = max(limit - 3, 2)
+        return value[: (keep + 1) // 2] + "..." + value[len(value) - keep // 2 :]
+    text = short.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -377,6 +377,19 @@ def test_messages_quote_a_bounded_excerpt_of_the_value(data):
     assert len(message) < 600 and all(c * 100 not in message for c in "xyzw0"), message[:700]
 
 
+def test_scenario_and_dataset_messages_are_bounded():
+    from classifiers.data import Scenario, load_dataset
+    from classifiers.harness import UnlearnJob
+
+    for build in (lambda: Scenario.parse("x" * 100_000), lambda: UnlearnJob(forget="random:" + "9" * 100_000)):
+        with pytest.raises(ConfigError) as info:
+            build()
+        assert len(str(info.value)) < 300
+    with pytest.raises(ConceptEraseError) as info:
+        load_dataset("d" * 100_000)
+    assert len(str(info.value)) < 400
+
+
 def test_override_messages_are_bounded():
     with pytest.raises(ConfigError) as info:
         parse_overrides(["k" * 100_000])
@@ -388,7 +401,11 @@ def test_excerpt_is_short_and_keeps_short_values_exact():
     assert len(excerpt("x" * 10_000)) <= 80 and len(excerpt(list(range(10_000)))) <= 80
     nested: list = []
     nested.append(nested)
-    assert len(excerpt(nested)) <= 80 and len(excerpt("x" * 500, limit=20)) == 20
+    assert len(excerpt(nested)) <= 80 and len(excerpt("x" * 500, limit=20)) <= 20
+    long_path = "/data/" + "d" * 500 + "/missing.npz"
+    assert (
+        excerpt(long_path, 60, quote=False).endswith("missing.npz") and len(excerpt(long_path, 60, quote=False)) == 60
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- 7. bytes
