@@ -79,7 +79,7 @@ class DatasetSplits:
     def with_superclasses(self, groups: Sequence[Sequence[int]] | None = None) -> DatasetSplits:
         """Relabel with super-classes (the CIFAR-20 protocol); ``groups`` defaults to :func:`default_superclasses`."""
         if self.superclasses is not None:
-            raise ConfigError(f"dataset {excerpt(self.name)} already uses super-class labels")
+            raise ConfigError(f"dataset {excerpt(self.name, 200)} already uses super-class labels")
         groups = tuple(tuple(int(c) for c in g) for g in (groups or default_superclasses(self.num_classes)))
         members = sorted(c for g in groups for c in g)
         if members != list(range(self.num_classes)) or len(groups) < 2:
@@ -135,7 +135,7 @@ def _split(name: str, images: np.ndarray, labels: np.ndarray, seed: int, test_si
     n_test = int(np.ceil(test_size * len(labels)))
     if not 0 < n_test < len(labels):
         raise EmptyDataError(
-            f"dataset {excerpt(name)}: test_size {test_size} of {len(labels)} samples leaves an empty train or test split"
+            f"dataset {excerpt(name, 200)}: test_size {test_size} of {len(labels)} samples leaves an empty train or test split"
         )
     counts = np.bincount(labels)
     present = int((counts > 0).sum())
@@ -158,31 +158,33 @@ def _check_arrays(name: str, images, labels) -> tuple[np.ndarray, np.ndarray]:
     for what, values in (("images", images), ("labels", labels)):
         kind = getattr(getattr(values, "dtype", None), "kind", None)
         if kind is not None and kind not in "biuf":
-            raise ConfigError(f"dataset {excerpt(name)}: {what} must be numbers, got dtype {values.dtype}")
+            raise ConfigError(f"dataset {excerpt(name, 200)}: {what} must be numbers, got dtype {values.dtype}")
     try:
         images = np.asarray(images, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"dataset {excerpt(name)}: images must be a numeric array ({first_line(exc)})") from None
+        raise ConfigError(f"dataset {excerpt(name, 200)}: images must be a numeric array ({first_line(exc)})") from None
     labels = np.asarray(labels)
     if images.ndim == 3:  # (N, H, W): one channel
         images = images[:, None]
     if images.ndim != 4:
         raise ConfigError(
-            f"dataset {excerpt(name)}: images must be (N, C, H, W) or (N, H, W), got shape {images.shape}"
+            f"dataset {excerpt(name, 200)}: images must be (N, C, H, W) or (N, H, W), got shape {images.shape}"
         )
     if labels.ndim != 1 or len(labels) != len(images):
         raise ConfigError(
-            f"dataset {excerpt(name)}: need one integer label per image, got labels of shape {labels.shape}"
+            f"dataset {excerpt(name, 200)}: need one integer label per image, got labels of shape {labels.shape}"
         )
     if len(labels) < 4:
-        raise EmptyDataError(f"dataset {excerpt(name)} has {len(labels)} samples: too few to split into train and test")
+        raise EmptyDataError(
+            f"dataset {excerpt(name, 200)} has {len(labels)} samples: too few to split into train and test"
+        )
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-        raise ConfigError(f"dataset {excerpt(name)}: labels must be integers 0..num_classes-1")
+        raise ConfigError(f"dataset {excerpt(name, 200)}: labels must be integers 0..num_classes-1")
     if not np.isfinite(images).all():
-        raise ConfigError(f"dataset {excerpt(name)}: images contain NaN or infinite values")
+        raise ConfigError(f"dataset {excerpt(name, 200)}: images contain NaN or infinite values")
     if images.size and (images.min() < 0.0 or images.max() > 1.0):
         raise ConfigError(
-            f"dataset {excerpt(name)}: images must be scaled to [0, 1] (got values in [{images.min():g}, {images.max():g}]; "
+            f"dataset {excerpt(name, 200)}: images must be scaled to [0, 1] (got values in [{images.min():g}, {images.max():g}]; "
             "divide 8-bit images by 255)"
         )
     return images, labels.astype(np.int64)
@@ -216,7 +218,7 @@ def load_dataset(name: str = "digits", seed: int = 0, test_size: float = 0.25) -
     if path.suffix == ".npz" or "/" in name or name.startswith("."):
         raise InputNotFoundError(f"dataset not found: {excerpt(name, 300, quote=False)}")
     raise ConfigError(
-        f"unknown dataset {excerpt(name)}; accepted datasets: {', '.join(sorted(DATASETS))}, an image folder, or an .npz file"
+        f"unknown dataset {excerpt(name, 200)}; accepted datasets: {', '.join(sorted(DATASETS))}, an image folder, or an .npz file"
     )
 
 
@@ -232,7 +234,7 @@ def from_torch_dataset(
 ) -> DatasetSplits:
     """User data as a map-style torch ``Dataset`` of ``(image tensor, int label)`` pairs (read once into memory)."""
     if len(dataset) == 0:
-        raise EmptyDataError(f"dataset {excerpt(name)} is empty")
+        raise EmptyDataError(f"dataset {excerpt(name, 200)} is empty")
     pairs = [dataset[i] for i in range(len(dataset))]
     images = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x, _ in pairs]).numpy()
     labels = np.array([int(y) for _, y in pairs])
@@ -430,7 +432,7 @@ def _check_classes(splits: DatasetSplits, classes: tuple[int, ...], fine: bool) 
     bad = [c for c in classes if not 0 <= c < count]
     if bad:
         what = "sub-classes" if fine else "classes"
-        raise ConfigError(f"unknown class {bad} for dataset {excerpt(splits.name)}: its {what} are 0..{count - 1}")
+        raise ConfigError(f"unknown class {bad} for dataset {excerpt(splits.name, 200)}: its {what} are 0..{count - 1}")
 
 
 def _forget_masks(splits: DatasetSplits, scenario: Scenario, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -462,7 +464,7 @@ def _forget_masks(splits: DatasetSplits, scenario: Scenario, seed: int) -> tuple
     if len(bad):
         raise ConfigError(
             f"{scenario.source or 'indices'}: indices {bad[:5].tolist()} out of range for the {n_train} training "
-            f"samples of {excerpt(splits.name)} (valid: 0..{n_train - 1})"
+            f"samples of {excerpt(splits.name, 200)} (valid: 0..{n_train - 1})"
         )
     forget[index] = True
     return forget, forget_test
@@ -512,7 +514,7 @@ def make_class_task(splits: DatasetSplits, forget_classes: Sequence[int]) -> Unl
     bad = [c for c in classes if not 0 <= c < splits.num_classes]
     if bad:
         raise ConfigError(
-            f"forget_classes {bad} out of range for dataset {excerpt(splits.name)} with classes 0..{splits.num_classes - 1}"
+            f"forget_classes {bad} out of range for dataset {excerpt(splits.name, 200)} with classes 0..{splits.num_classes - 1}"
         )
     if len(classes) == splits.num_classes:
         raise EmptyDataError("forget_classes names every class: nothing would be retained")
