@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -47,7 +46,14 @@ import yaml
 
 from concept_erase.core.config import config_to_dict, dump_config, from_dict, merge_dicts, parse_overrides, read_yaml
 from concept_erase.core.errors import ConceptEraseError, ConfigError, OutputExistsError, PipelineError
-from concept_erase.core.io import RunRecorder, atomic_file, atomic_output_dir, check_disjoint, check_output_dir
+from concept_erase.core.io import (
+    RunRecorder,
+    atomic_file,
+    atomic_output_dir,
+    check_disjoint,
+    check_output_dir,
+    remove_stale_temporaries,
+)
 from concept_erase.core.registry import Entry, get_step
 
 __all__ = ["PipelineConfig", "StepSpec", "StepContext", "Pipeline", "load_pipeline", "run_pipeline", "MANIFEST_NAME"]
@@ -56,8 +62,8 @@ MANIFEST_NAME = "manifest.json"
 _REF_RE = re.compile(r"\$\{steps\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_.-]+)\}")
 _STEP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _HASH_FILE = ".config_hash"
-# a temporary left by atomic_output_dir / atomic_file: ``.<name>.tmp-<pid>-<8 hex>``
-_TMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+# a temporary left by atomic_output_dir / atomic_file: ``.<name>.tmp-<pid>-<8 hex>`` (or ``.old-``)
+_TMP_RE = re.compile(r"^\.(.+)\.(?:tmp|old)-\d+-[0-9a-f]{8}$")
 # config keys whose values name input paths (checked against the output directory before anything runs)
 _INPUT_KEY_RE = re.compile(r"(_dir|_path|_file)$|^(model|adapter|original|oracle|judge|dataset|data|store|path)$")
 
@@ -206,34 +212,13 @@ def _input_values(data: Any, key: str = "") -> list[str]:
 
 
 def _remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete the ``.<name>.tmp-<pid>-<hex>`` temporaries in ``directory`` whose process is gone (a run killed with
-    kill -9 cannot clean up after itself); those of a live process are kept. Returns what was removed."""
-    removed = []
+    """Delete the temporaries in ``directory`` (``.<name>.tmp-<pid>-<hex>``, ``.<name>.old-<pid>-<hex>``) whose
+    process is gone (a run killed with kill -9 cannot clean up after itself); those of a live process are kept.
+    This covers the steps this run skips too, which :func:`atomic_output_dir` never sees. Returns what was removed."""
     if not directory.is_dir():
-        return removed
-    for path in directory.iterdir():
-        match = _TMP_RE.match(path.name)
-        if match is None or _pid_alive(int(match.group(1))):
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                path.unlink()
-        removed.append(path)
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # exists (another user's) or cannot tell: keep it
-    return True
+        return []
+    finals = sorted({m.group(1) for p in directory.iterdir() if (m := _TMP_RE.match(p.name))})
+    return [path for name in finals for path in remove_stale_temporaries(directory / name)]
 
 
 def _relocate(value: Any, old: str, new: str) -> Any:
