@@ -432,7 +432,8 @@ def test_plain_save_file_is_not_reproducible_so_the_fix_is_needed(tmp_path):
     for i in range(6):
         save_file(tensors, str(tmp_path / f"{i}.safetensors"), metadata=metadata)
         shas.add(_sha(tmp_path / f"{i}.safetensors"))
-    assert len(shas) > 1  # safetensors orders metadata by a Rust HashMap
+    if len(shas) == 1:  # safetensors 0.8 orders metadata by a Rust HashMap; a later version may not
+        pytest.skip("this safetensors writes reproducible headers by itself")
 
 
 def test_canonicalise_header_rewrites_a_header_of_another_length(tmp_path):
