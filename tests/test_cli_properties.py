@@ -241,13 +241,6 @@ KNOWN = {
         "classifiers.harness.read_unlearn_record(model_dir) checks it",
         "unlearn-json",
     ),
-    ("evaluate_diffusion", "--oracle", "dir"): (
-        lambda f: [str(f.binary), str(f.pickle), str(f.empty), str(f.text), str(f.missing)],
-        "owner: engineer A (pipelines/cli/erase.py evaluate) / concept_erase/diffusion/evaluation.py, bug: an --oracle "
-        "that is a file or missing is refused only after the original's images were generated (progress bars on "
-        "stderr, so more than one line; validation that could run first)",
-        "oracle-late",
-    ),
 }
 
 TABLE = {

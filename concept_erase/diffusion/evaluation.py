@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from concept_erase.core.config import COUNT, check_numbers
 from concept_erase.core.digits import concept_index, load_digit_arrays
-from concept_erase.core.errors import ConfigError
+from concept_erase.core.errors import ConfigError, InputNotFoundError, ModelLoadError
 from concept_erase.core.io import (
     RunRecorder,
     atomic_file,
@@ -305,6 +305,7 @@ def evaluate_erasure(
     model, adapter, original, config, erasure_dir = _unpack_erasure(model, adapter, original, config)
     if oracle not in (None, "auto", "none"):
         oracle = resolve_model(oracle)
+        _check_oracle_dir(oracle)  # now, not after the original's and the erased model's images were generated
     # every path read: an output overlapping one of them is refused before anything is generated
     inputs = [model, adapter, original, erasure_dir, judge, oracle if oracle not in (None, "auto", "none") else None]
     if output_dir is not None and atomic:
@@ -343,6 +344,17 @@ def evaluate_erasure(
             _write_evaluation(tmp, metrics, panels, forget, retain, config)
             record.write(tmp)
     return metrics
+
+
+def _check_oracle_dir(oracle: str | Path) -> None:
+    """A given oracle must be a diffusers pipeline directory (``auto`` / ``none`` are handled by the caller)."""
+    path = Path(oracle)
+    if not path.exists():
+        raise InputNotFoundError(f"oracle {oracle} not found: give a diffusers pipeline directory, auto or none")
+    if not path.is_dir():
+        raise ModelLoadError(f"oracle {oracle} is a file; an oracle is a diffusers pipeline directory (or auto, none)")
+    if not (path / "model_index.json").is_file():
+        raise ModelLoadError(f"oracle {oracle} is not a diffusers pipeline directory: it has no model_index.json")
 
 
 def _unpack_erasure(model, adapter, original, config: EvaluationConfig):
