@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import math
 import pickle
+import re
 import shutil
 import signal
 from dataclasses import dataclass, field
@@ -183,6 +185,54 @@ def _values(kind: str, files: Files) -> list[str]:
     if kind == "output":  # an output that is a file, or lies inside an input
         return [str(files.binary), str(files.model_dir), str(files.model_dir / "inside"), str(files.root)]
     raise AssertionError(kind)
+
+
+def _not_int(v: str) -> bool:
+    try:
+        int(v)
+    except ValueError:
+        return True
+    return False
+
+
+def _not_positive_int(v: str) -> bool:
+    return _not_int(v) or int(v) <= 0
+
+
+def _not_finite_float(v: str) -> bool:
+    try:
+        return not math.isfinite(float(v))
+    except ValueError:
+        return True
+
+
+def _not_a_word(v: str) -> bool:
+    """Holds a character no registered name, concept, choice or dataset has (so it cannot be a valid one)."""
+    return bool(v.strip()) and re.search(r"[^a-z0-9_\-\s]", v) is not None and "," not in v
+
+
+def _not_numbers(v: str) -> bool:
+    return bool(v.strip()) and re.search(r"[^0-9.,eE+\-\s]", v) is not None
+
+
+_TEXT = st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1, max_size=12)
+
+
+def _random_invalid(kind: str):
+    """Random text that is invalid for ``kind`` by construction (None: only the listed values)."""
+    predicate = {
+        "int": _not_int,
+        "pos_int": _not_positive_int,
+        "float": _not_finite_float,
+        "name": _not_a_word,
+        "choices": _not_a_word,
+        "concept": _not_a_word,
+        "list": _not_numbers,
+        "unit_floats": _not_numbers,
+    }.get(kind)
+    if predicate is None:
+        return None
+    return _TEXT.filter(lambda v: not v.startswith("-") and predicate(v))  # a leading '-' reads as an option
 
 
 @dataclass
@@ -357,14 +407,17 @@ def test_malformed_flag_values_never_end_in_an_internal_error(files, out_root, n
     if not values:
         pytest.skip("every value of this flag is covered by a known failure (its own xfail case)")
 
+    random = _random_invalid(kind) if known is None else None
+    strategy = st.sampled_from(values) if random is None else st.one_of(st.sampled_from(values), random)
+
     @settings(
-        max_examples=min(len(values), 12),
+        max_examples=min(len(values), 12) + (4 if random is not None else 0),
         deadline=None,
         database=None,
         derandomize=True,
         suppress_health_check=list(HealthCheck),
     )
-    @given(value=st.sampled_from(values))
+    @given(value=strategy)
     def check(value):
         out = out_root / f"out{next(_counter)}"
         argv = _argv(command, flag, value, out)
