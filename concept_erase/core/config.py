@@ -40,6 +40,7 @@ __all__ = [
     "check_numbers",
     "MAX_ALIAS_NODES",
     "MAX_YAML_DEPTH",
+    "MAX_CONFIG_BYTES",
     "number_range",
     "SEED",
     "POSITIVE",
@@ -53,6 +54,7 @@ __all__ = [
 
 MAX_ALIAS_NODES = 10_000  # nodes that aliases (``*name``) may expand to in one document
 MAX_YAML_DEPTH = 100  # levels of nested lists and mappings
+MAX_CONFIG_BYTES = 16 * 2**20  # a config file larger than this is refused unread
 
 
 class YAMLLimitError(yaml.YAMLError):
@@ -128,24 +130,35 @@ def safe_load(text: str) -> Any:
 
 
 def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping with :func:`safe_load` (``yaml.safe_load``, aliases bounded); errors name the file and
-    the line."""
+    """Read a YAML mapping with :func:`safe_load` (``yaml.safe_load``, aliases and nesting bounded); errors name the
+    file and the line. A file that is not UTF-8 text (a binary or a pickle) or larger than :data:`MAX_CONFIG_BYTES`
+    is refused before it is parsed."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigParseError(f"config file not found: {path}")
+    shown = excerpt(str(path), 300, quote=False)
     try:
-        data = safe_load(path.read_text())
+        if not path.is_file():
+            raise ConfigParseError(f"config file not found: {shown}")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigParseError(f"{shown} is {size} bytes: a config file may have at most {MAX_CONFIG_BYTES}")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigParseError(f"{shown} is not a text file (UTF-8): a config is a YAML mapping") from None
+    except OSError as exc:
+        raise ConfigParseError(f"cannot read config file {shown}: {exc.strerror or type(exc).__name__}") from None
+    try:
+        data = safe_load(text)
     except YAMLLimitError as exc:
-        raise ConfigParseError(f"{path} is refused: {exc}; write the values out plainly") from None
+        raise ConfigParseError(f"{shown} is refused: {exc}; write the values out plainly") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigParseError(f"{path} is not valid YAML{where}: {problem}") from None
+        raise ConfigParseError(f"{shown} is not valid YAML{where}: {excerpt(problem, 120, quote=False)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigParseError(f"{path} must contain a mapping of keys to values, got {type(data).__name__}")
+        raise ConfigParseError(f"{shown} must contain a mapping of keys to values, got {type(data).__name__}")
     return data
 
 

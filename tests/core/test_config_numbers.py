@@ -343,6 +343,27 @@ def test_deeply_nested_yaml_is_refused_not_a_recursion_error(tmp_path):
     assert safe_load("a: " + "[" * 50 + "]" * 50) == {"a": nested}  # 50 levels (51 with the mapping) load
 
 
+def test_binary_pickled_and_huge_config_files_are_one_line_errors(tmp_path, monkeypatch):
+    import pickle
+
+    from concept_erase.core import config as config_module
+
+    binary, pickled, huge = tmp_path / "binary.yaml", tmp_path / "pickled.yaml", tmp_path / "huge.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    pickled.write_bytes(pickle.dumps({"learning_rate": 1e-3}))
+    huge.write_text("learning_rate: 0.1\n" + "# padding\n" * 200)
+    for file in (binary, pickled):
+        with pytest.raises(ConfigParseError, match="is not a text file") as info:
+            read_yaml(file)
+        assert str(file) in str(info.value) and "\n" not in str(info.value)
+    monkeypatch.setattr(config_module, "MAX_CONFIG_BYTES", 1000)
+    with pytest.raises(ConfigParseError, match="a config file may have at most 1000"):
+        read_yaml(huge)
+    with pytest.raises(ConfigParseError, match="cannot read config file") as info:
+        read_yaml(tmp_path / ("n" * 5000 + ".yaml"))  # a name too long for the file system
+    assert len(str(info.value)) < 400
+
+
 def test_recursive_alias_is_refused(tmp_path):
     file = tmp_path / "loop.yaml"
     file.write_text("learning_rate: &a [1, *a]\n")
