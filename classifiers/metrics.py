@@ -56,6 +56,7 @@ from torch.utils.data import TensorDataset
 from classifiers.data import UnlearningTask, load_dataset, make_class_task
 from classifiers.mia import loss_mia, mia_efficacy
 from classifiers.models import load_model, predict_logits
+from concept_erase.core.config import check_numbers
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.io import write_json
 
@@ -404,6 +405,9 @@ class EvaluateConfig:
     test_size: float = 0.25
     data_seed: int = 0
     batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
 
 
 def evaluate_model_dir(config: EvaluateConfig, out_dir: str | Path) -> dict:

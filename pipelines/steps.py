@@ -31,7 +31,7 @@ from classifiers.methods import get_classifier_method
 from classifiers.metrics import EvaluateConfig, accuracy, evaluate_model_dir, plot_per_class_comparison
 from classifiers.models import load_model, save_model
 from classifiers.training import TrainConfig, cross_entropy, train_classifier
-from concept_erase.core.config import config_to_dict, merge_dicts, parse_overrides
+from concept_erase.core.config import check_numbers, config_to_dict, merge_dicts, parse_overrides
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.io import check_disjoint, config_paths, write_json
 from concept_erase.core.registry import register_step
@@ -103,8 +103,7 @@ class SaliencyMaskConfig:
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.ratio <= 1.0:
-            raise ConfigError(f"ratio must be in (0, 1], got {self.ratio}")
+        check_numbers(self)  # ratio in (0, 1], test_size in (0, 1), seeds >= 0, batch_size >= 1, all finite
 
 
 @register_step("saliency_mask", SaliencyMaskConfig, outputs=("mask_path", "fraction_kept"))
@@ -146,6 +145,7 @@ class UnlearnStepConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         # validate the method name and its config, and record the method's defaults (they enter the config hash)
         self.method_config = config_to_dict(method_config(self.method, self.method_config, self.seed)) or {}
 

@@ -277,21 +277,7 @@ def _commands(files: Files) -> list[Command]:
 
 # Known failures in code owned by others: (command or "*", flag or "*", kind) -> (the values, reason, short id).
 # Those values are tested in a case of their own marked xfail(strict=False); the main case keeps the property.
-KNOWN = {
-    ("*", "*", "yaml"): (
-        lambda f: [str(f.binary), str(f.pickle)],
-        "owner: engineer B (concept_erase/core/config.py read_yaml), bug: a binary or pickled config file raises "
-        "UnicodeDecodeError from path.read_text() -> 'internal error', exit 1",
-        "binary-config",
-    ),
-    ("evaluate_classifier", "--model", "model_dir"): (
-        lambda f: [str(p) for p in f.broken_models if p.name.startswith("model-unlearn")],
-        "owner: engineer A (pipelines/cli/erase.py cmd_evaluate), bug: unlearn.json is read with "
-        "json.loads(record.read_text()) unchecked: a binary one is 'internal error: UnicodeDecodeError', exit 1; "
-        "classifiers.harness.read_unlearn_record(model_dir) checks it",
-        "unlearn-json",
-    ),
-}
+KNOWN = {}
 
 TABLE = {
     "unlearn": {"--method": "name", "--dataset": "dataset", "--model": "model", "--weights": "weights",

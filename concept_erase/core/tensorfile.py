@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from concept_erase.core.io import default_mode
+
 __all__ = ["save_tensors", "canonicalise_header"]
 
 _METADATA = "__metadata__"
@@ -25,10 +27,12 @@ _ALIGN = 8  # safetensors pads the header with spaces to a multiple of 8 bytes
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """``safetensors.torch.save_file(tensors, path, metadata)`` with a deterministic header (metadata keys sorted)."""
+    """``safetensors.torch.save_file(tensors, path, metadata)`` with a deterministic header (metadata keys sorted)
+    and the file mode the umask gives (safetensors itself writes 0600)."""
     path = Path(path)
     save_file(tensors, str(path), metadata=metadata)
     canonicalise_header(path)
+    path.chmod(default_mode())  # safetensors creates its files 0600; ours get the modes the user's umask gives
     return path
 
 

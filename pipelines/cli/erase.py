@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 from pipelines.cli._common import (
@@ -155,6 +154,7 @@ def cmd_evaluate_diffusion(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from classifiers.harness import read_unlearn_record
     from classifiers.metrics import EvaluateConfig, evaluate_model_dir
     from classifiers.models import is_model_dir
     from concept_erase.core.errors import ConfigError, InputNotFoundError
@@ -173,8 +173,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = check_output(args, inputs)
     forget = args.forget_classes
     if forget is None:
-        record = model_dir / "unlearn.json"
-        forget = json.loads(record.read_text()).get("forget_classes", [7]) if record.is_file() else [7]
+        record = read_unlearn_record(model_dir)  # checked: a damaged unlearn.json is one line naming it
+        forget = record.get("forget_classes", [7]) if record is not None else [7]
     config = EvaluateConfig(model_dir=str(model_dir), forget_classes=list(forget), dataset=args.dataset)
     with atomic_output_dir(out, args.overwrite, inputs) as tmp:
         with RunRecorder("evaluate", config) as recorder:

@@ -78,3 +78,20 @@ def test_frechet_distance_is_undefined_not_nan_below_two_samples():
     one, many = np.zeros((1, 4)), np.random.default_rng(0).normal(size=(8, 4))
     assert frechet_distance(one, many) is None and frechet_distance(many, one) is None
     assert frechet_distance(many, many) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_saved_tensor_files_get_the_umask_modes_not_safetensors_0600(tmp_path):
+    import os
+
+    import torch
+
+    from concept_erase.core.tensorfile import save_tensors
+
+    previous = os.umask(0o022)
+    try:
+        path = save_tensors({"w": torch.zeros(3)}, tmp_path / "w.safetensors", {"b": "1", "a": "2"})
+        assert path.stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        assert save_tensors({"w": torch.zeros(3)}, tmp_path / "private.safetensors").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(previous)

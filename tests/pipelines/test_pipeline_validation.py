@@ -229,3 +229,25 @@ def test_classifier_steps_return_only_the_keys_they_declare(tmp_path):
     for step_id, record in manifest["steps"].items():
         declared = set(STEPS.get(record["step"]).outputs)
         assert set(record["outputs"]) <= declared, (step_id, set(record["outputs"]) - declared)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "steps.mask.batch_size=0",
+        "steps.mask.ratio=nan",
+        "steps.mask.ratio=1.5",
+        "steps.mask.data_seed=-1",
+        "steps.unlearn.test_size=inf",
+        "steps.eval_unlearned.batch_size=-3",
+        "steps.train.learning_rate=-inf",
+    ],
+)
+def test_a_bad_number_in_any_step_config_is_refused_before_any_step_runs(tmp_path, capsys, override):
+    out = tmp_path / "qs"
+    assert main(["run", "quickstart", "--output_dir", str(out), "--set", override]) == 2
+    err = capsys.readouterr().err.strip()
+    step, key = override.split("=")[0].split(".")[1:]
+    assert len(err.splitlines()) == 1 and f"'{step}'" in err and key in err, err
+    assert "no step named" not in err
+    assert not out.exists()
