@@ -11,7 +11,7 @@ import argparse
 import os
 import time
 
-from pipelines.cli._common import ARCHITECTURE_HELP, add_dataset_option, add_seed_option, pct, say
+from pipelines.cli._common import ARCHITECTURE_HELP, add_dataset_option, add_seed_option, dataset_input, pct, say
 
 __all__ = ["AGGREGATIONS", "STRATEGIES", "add_parsers", "cmd_sisa_evaluate", "cmd_sisa_forget", "cmd_sisa_train"]
 
@@ -94,7 +94,10 @@ def _deletion_probabilities(path: str | None):
 def cmd_sisa_train(args: argparse.Namespace) -> int:
     from classifiers.data import load_dataset
     from classifiers.sisa import SISAClassifier
+    from concept_erase.core.io import check_disjoint
 
+    # the store is written into: it must not be, contain or lie inside the data set or the probabilities file
+    check_disjoint(args.store, [dataset_input(args.dataset), args.deletion_probabilities])
     splits = load_dataset(args.dataset)
     probabilities = _deletion_probabilities(args.deletion_probabilities)
     if probabilities is not None:
@@ -132,7 +135,9 @@ def cmd_sisa_train(args: argparse.Namespace) -> int:
 
 def cmd_sisa_forget(args: argparse.Namespace) -> int:
     from concept_erase.core.errors import ConfigError
+    from concept_erase.core.io import check_disjoint
 
+    check_disjoint(args.store, [args.indices_file])  # forget writes into the store, never into its own request
     indices = _parse_indices(args)
     if indices is None:
         raise ConfigError("name the training indices to forget with --indices 12,99 or --indices-file FILE")

@@ -485,3 +485,27 @@ def test_a_sigkilled_run_leaves_a_temporary_the_next_run_removes(tmp_path):
     with atomic_output_dir(out) as tmp:
         (tmp / "done").write_text("y")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("where", ["is", "contains", "inside"])
+def test_a_sisa_store_never_overlaps_its_data_set_or_its_request(tmp_path, capsys, where):
+    """``sisa train`` writes its store, ``sisa forget`` writes into it: neither may touch the files they read."""
+    import numpy as np
+
+    data = tmp_path / "data" / "digits.npz"
+    data.parent.mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.random((60, 8)).astype("float32"), y=np.arange(60) % 3)
+    store = {"is": data, "contains": tmp_path / "data", "inside": data / "store"}[where]
+    before = data.read_bytes()
+    train = ["sisa", "train", "--dataset", str(data), "--model", "mlp", "--shards", "2", "--slices", "1"]
+    assert main([*train, "--store", str(store)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "would destroy that input" in err[0]
+    assert data.read_bytes() == before and sorted(p.name for p in data.parent.iterdir()) == ["digits.npz"]
+    request = tmp_path / "request" / "indices.txt"
+    request.parent.mkdir()
+    request.write_text("1\n")
+    assert main(["sisa", "forget", "--store", str(request.parent), "--indices-file", str(request)]) == 2
+    assert "would destroy that input" in capsys.readouterr().err
+    assert sorted(p.name for p in request.parent.iterdir()) == ["indices.txt"]
