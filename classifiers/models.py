@@ -10,7 +10,6 @@ is ever unpickled. Every model built here carries its config as ``model.config``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from transformers import ViTConfig, ViTForImageClassification
 
 from concept_erase.core.config import FINITE, check_numbers, config_to_dict, from_dict
 from concept_erase.core.errors import CheckpointError, ConfigError, InputNotFoundError, excerpt
+from concept_erase.core.io import strict_json
 from concept_erase.core.readers import read_json_object
 from concept_erase.core.tensorfile import save_tensors
 
@@ -231,7 +231,7 @@ def save_model(model: nn.Module, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_tensors(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    (directory / CONFIG_NAME).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    (directory / CONFIG_NAME).write_text(strict_json(config_to_dict(config), CONFIG_NAME, indent=2) + "\n")
     return directory
 
 

@@ -45,6 +45,7 @@ from classifiers.masking import MaskOptions, prepare_mask
 from classifiers.training import TrainConfig, UnlearningConfig, fit, reinitialise
 from concept_erase.core.config import NON_NEGATIVE
 from concept_erase.core.errors import ConfigError, InputNotFoundError
+from concept_erase.core.io import strict_json
 from concept_erase.core.readers import first_line, require
 from concept_erase.core.registry import register_method
 from concept_erase.core.tensorfile import save_tensors
@@ -151,7 +152,7 @@ def record_training(model: nn.Module, train_set: TensorDataset, recipe: TrainCon
             "recipe": {k: getattr(recipe, k) for k in ("epochs", "max_train_steps", "batch_size", "learning_rate",
                                                        "optimizer", "weight_decay", "seed")}}  # fmt: skip
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_tensors(tensors, str(path), metadata={"amnesiac": json.dumps(info)})
+    save_tensors(tensors, str(path), metadata={"amnesiac": strict_json(info, "the amnesiac record")})
     return {**info, "seconds": round(seconds, 4), "bytes": Path(path).stat().st_size}
 
 

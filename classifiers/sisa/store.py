@@ -44,6 +44,7 @@ from classifiers.sisa.aggregation import AGGREGATIONS
 from classifiers.sisa.sharding import STRATEGIES
 from concept_erase.core.config import config_to_dict
 from concept_erase.core.errors import InputNotFoundError, StoreError
+from concept_erase.core.io import strict_json
 
 __all__ = ["FORMAT_VERSION", "IDENTITY_KEYS", "SISAStore", "build_manifest", "fingerprint_tensors"]
 
@@ -153,7 +154,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _json_bytes(data) -> bytes:
-    return (json.dumps(data, indent=1) + "\n").encode()
+    return (strict_json(data, "a SISA store file", indent=1) + "\n").encode()
 
 
 class SISAStore:
@@ -293,7 +294,7 @@ class SISAStore:
         if self.path.is_dir() and any(p.name != "lock" for p in self.path.iterdir()):
             raise StoreError(f"{self.path} is not empty and is not a SISA store; use a new --store directory")
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.path / "shards.json", json.dumps(shards).encode())
+        _write_atomic(self.path / "shards.json", strict_json(shards, "shards.json").encode())
         _write_atomic(self.manifest_path, _json_bytes(manifest))  # last: its presence marks a store
 
     def check(self, expected: dict) -> None:
@@ -469,7 +470,7 @@ class SISAStore:
     def append_ledger(self, record: dict) -> None:
         """Append one record as one line and fsync it before returning."""
         record = {**record, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        line = (strict_json(record, "a ledger record", separators=(",", ":")) + "\n").encode()
         fd = os.open(self.ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)  # one write: a kill cannot leave half of it

@@ -47,6 +47,7 @@ __all__ = [
     "package_versions",
     "peak_memory_bytes",
     "RunRecorder",
+    "strict_json",
     "write_json",
 ]
 
@@ -299,11 +300,16 @@ def _json_default(obj: Any) -> Any:
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as strict JSON (no ``NaN`` / ``Infinity``: a non-finite number is refused, naming its key)."""
+    Path(path).write_text(strict_json(data, Path(path).name, indent=2) + "\n")
+
+
+def strict_json(data: Any, what: str = "the value", **kwargs: Any) -> str:
+    """``json.dumps(data, **kwargs)`` as strict JSON: a NaN or infinite number anywhere in ``data`` raises
+    :class:`NonFiniteValueError` naming ``what`` and the key, instead of writing ``NaN`` (which is not JSON)."""
     bad = _non_finite(data)
     if bad is not None:
-        raise NonFiniteValueError(f"cannot write {Path(path).name}: {bad} (strict JSON has no NaN or Infinity)")
-    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
-    Path(path).write_text(text + "\n")
+        raise NonFiniteValueError(f"cannot write {what}: {bad} (strict JSON has no NaN or Infinity)")
+    return json.dumps(data, default=_json_default, allow_nan=False, **kwargs)
 
 
 def _non_finite(data: Any, where: str = "") -> str | None:

@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from concept_erase.core.errors import ConfigError, EmptyDataError, MaskError
-from concept_erase.core.io import atomic_file
+from concept_erase.core.io import atomic_file, strict_json
 from concept_erase.core.parameters import Selection, select_parameters, unwrap_model
 from concept_erase.core.tensorfile import save_tensors
 
@@ -374,7 +374,7 @@ class SaliencyMask:
         for name, mask in self.masks.items():
             tensors[name] = _pack(mask)
             params.append({"name": name, "shape": list(mask.shape), "kept": int(mask.sum())})
-        info = json.dumps({"metadata": self.metadata, "parameters": params})
+        info = strict_json({"metadata": self.metadata, "parameters": params}, "the mask's metadata")
         header = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "mask": info}
         with atomic_file(path) as tmp:
             save_tensors(tensors, str(tmp), metadata=header)

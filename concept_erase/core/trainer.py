@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from concept_erase.core.config import NON_NEGATIVE, Range, check_numbers, config_to_dict
 from concept_erase.core.errors import CheckpointError, CheckpointNotFoundError, ConfigError, EmptyDataError, excerpt
+from concept_erase.core.io import strict_json
 from concept_erase.core.parameters import Selection, select_parameters
 from concept_erase.core.tensorfile import save_tensors
 
@@ -327,7 +328,7 @@ class Trainer:
         if accelerator.is_main_process:
             self._save_extra_state(tmp)
             state = {"global_step": self.global_step, **epoch_state, "config": config_to_dict(cfg)}
-            (tmp / _STATE_FILE).write_text(json.dumps(state, indent=2))
+            (tmp / _STATE_FILE).write_text(strict_json(state, _STATE_FILE, indent=2))
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
         accelerator.wait_for_everyone()

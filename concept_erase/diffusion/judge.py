@@ -10,7 +10,6 @@ its accuracy on the held-out split in ``judge_config.json``. Its penultimate fea
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from concept_erase.core.config import check_numbers
 from concept_erase.core.digits import CONCEPTS, fixed_split, load_digit_arrays
 from concept_erase.core.errors import ConfigError, InputNotFoundError, ModelLoadError
+from concept_erase.core.io import strict_json
 from concept_erase.core.readers import read_dataclass, read_json_object
 from concept_erase.core.tensorfile import save_tensors
 from concept_erase.core.trainer import Trainer, TrainerConfig
@@ -106,7 +106,7 @@ def save_judge(judge: DigitJudge, directory: str | Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_tensors({k: v.contiguous() for k, v in judge.state_dict().items()}, str(directory / _WEIGHTS_FILE))
-    (directory / _CONFIG_FILE).write_text(json.dumps(asdict(judge.config), indent=2) + "\n")
+    (directory / _CONFIG_FILE).write_text(strict_json(asdict(judge.config), _CONFIG_FILE, indent=2) + "\n")
 
 
 def load_judge(directory: str | Path | None = None) -> DigitJudge:

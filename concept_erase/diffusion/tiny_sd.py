@@ -18,7 +18,6 @@ exact-unlearning oracle of any model it trained.
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from concept_erase.core.config import check_numbers
 from concept_erase.core.digits import CONCEPTS, concept_index, fixed_split, load_digit_arrays
 from concept_erase.core.errors import ConfigError, EmptyDataError
+from concept_erase.core.io import strict_json
 from concept_erase.core.readers import read_dataclass, read_json_object, require
 from concept_erase.core.trainer import Trainer, TrainerConfig
 from concept_erase.diffusion.loading import pipeline_class
@@ -179,7 +179,7 @@ def build_tokenizer(directory: str | Path, max_length: int = 16):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     vocab, merges = _vocabulary()
-    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "vocab.json").write_text(strict_json(vocab, "vocab.json"))
     (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     special = {"unk_token": "<|endoftext|>", "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>"}
     return CLIPTokenizer(
@@ -418,7 +418,7 @@ def save_pipeline(pipe, directory: str | Path) -> None:
     build_tokenizer(directory / "tokenizer", pipe.tokenizer.model_max_length)  # vocab.json/merges.txt for old loaders
     recipe = getattr(pipe, "tiny_sd_recipe", None)
     if recipe is not None:
-        (directory / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
+        (directory / RECIPE_FILE).write_text(strict_json(recipe, RECIPE_FILE, indent=2) + "\n")
 
 
 def resolve_model(spec: str | Path) -> str | Path:

@@ -95,3 +95,26 @@ def test_saved_tensor_files_get_the_umask_modes_not_safetensors_0600(tmp_path):
         assert save_tensors({"w": torch.zeros(3)}, tmp_path / "private.safetensors").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(previous)
+
+
+def test_every_json_file_writer_goes_through_strict_json():
+    """Files the toolkit writes as JSON (configs, recipes, trainer states, SISA stores and ledgers, mask metadata)
+    are written by ``write_json`` or ``strict_json``: no module calls ``json.dumps`` to write a file."""
+    import re
+    from pathlib import Path
+
+    from concept_erase.core.io import strict_json
+
+    with pytest.raises(NonFiniteValueError, match=r"cannot write a ledger record: losses\[0\] is nan"):
+        strict_json({"losses": [float("nan")]}, "a ledger record")
+    root = Path(__file__).resolve().parents[2]
+    offenders = []
+    for path in [
+        *root.glob("concept_erase/**/*.py"),
+        *root.glob("classifiers/**/*.py"),
+        *root.glob("pipelines/**/*.py"),
+    ]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"(write_text|write_bytes|_write_atomic)\(.*json\.dumps", line):
+                offenders.append(f"{path.relative_to(root)}:{number}")
+    assert not offenders, f"JSON written without strict_json: {offenders}"
