@@ -150,12 +150,7 @@ def erase(
     erasure record. Everything is validated before any work starts."""
 
     entry = get_method(method, tag="diffusion")
-    if config is None or isinstance(config, dict):
-        config = entry.make_config(config or {})
-    if not isinstance(config, entry.config_cls):
-        raise ConfigError(
-            f"config for {entry.name!r} must be a {entry.config_cls.__name__}, got {type(config).__name__}"
-        )
+    config = _method_config(entry, config)
     inputs = [resolve_model(model or DEFAULT_MODEL), *config_paths(config_to_dict(config))]
     if output_dir is not None and atomic:
         check_output_dir(output_dir, overwrite, inputs)
@@ -196,6 +191,17 @@ def erase(
             record["artifact"] = _write_artifact(tmp, pipe, outcome, record, config.output_format)
             write_json(tmp / ERASURE_FILE, record)
     return record
+
+
+def _method_config(entry, config: ErasureConfig | dict | None) -> ErasureConfig:
+    """The method's config from a mapping (validated) or as given, which must be the method's own config class."""
+    if config is None or isinstance(config, dict):
+        config = entry.make_config(config or {})
+    if not isinstance(config, entry.config_cls):
+        raise ConfigError(
+            f"config for {entry.name!r} must be a {entry.config_cls.__name__}, got {type(config).__name__}"
+        )
+    return config
 
 
 def _training_summary(outcome: ErasureOutcome, unet, reference: dict[str, torch.Tensor]) -> dict[str, Any]:

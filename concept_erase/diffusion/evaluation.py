@@ -324,13 +324,11 @@ def evaluate_erasure(
             sources["erased"] = original  # the model under test is the original: generate (or load) once
         metrics, panels = _score_sources(sources, judge_model, forget, retain, config)
         metrics["oracle_source"] = oracle_note
+        paths = {"model": model, "original": original, "erasure": erasure_dir, "oracle": oracle_path}
         metrics["settings"] = {
             **config.generation_key(),
-            "model": str(model),
+            **{key: str(value) if value is not None else None for key, value in paths.items()},
             "adapter": adapter_info,
-            "original": str(original),
-            "erasure": str(erasure_dir) if erasure_dir is not None else None,
-            "oracle": str(oracle_path) if oracle_path is not None else None,
             "judge": str(judge or "embedded digit judge"),
             "judge_test_accuracy": judge_model.config.test_accuracy,
         }
