@@ -45,6 +45,7 @@ from classifiers.sisa.sharding import STRATEGIES
 from concept_erase.core.config import config_to_dict
 from concept_erase.core.errors import InputNotFoundError, StoreError
 from concept_erase.core.io import strict_json
+from concept_erase.core.readers import read_json
 
 __all__ = ["FORMAT_VERSION", "IDENTITY_KEYS", "SISAStore", "build_manifest", "fingerprint_tensors"]
 
@@ -188,22 +189,9 @@ class SISAStore:
 
     def _read_json(self, name: str):
         path = self.path / name
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise StoreError(f"{self.path} is incomplete: {name} is missing") from None
-        except IsADirectoryError:
-            raise StoreError(f"{path} is corrupt: a directory, not a JSON file") from None
-        except UnicodeDecodeError:
-            raise StoreError(f"{path} is corrupt: not UTF-8 text (garbage bytes)") from None
-        except OSError as exc:
-            raise StoreError(f"{path} cannot be read: {exc.strerror or exc}") from None
-        if not text.strip():
-            raise StoreError(f"{path} is corrupt: the file is empty")
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"{path} is corrupt: not valid JSON (truncated?): {exc}") from None
+        if not path.exists():
+            raise StoreError(f"{self.path} is incomplete: {name} is missing")
+        return read_json(path, "SISA store file", StoreError)
 
     def _corrupt(self, name: str, what: str) -> StoreError:
         return StoreError(f"{self.path / name} is corrupt: {what}")

@@ -19,7 +19,7 @@ import numpy as np
 from concept_erase.core.config import from_dict
 from concept_erase.core.errors import ConceptEraseError, ConfigError
 
-__all__ = ["read_json_object", "require", "read_dataclass", "load_npz", "check_array", "first_line"]
+__all__ = ["read_json", "read_json_object", "require", "read_dataclass", "load_npz", "check_array", "first_line"]
 
 _TYPE_NAMES = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number", bool: "a bool"}
 
@@ -37,8 +37,8 @@ def _describe(types: type | tuple[type, ...]) -> str:
     )
 
 
-def read_json_object(path: str | Path, what: str, error: type[ConceptEraseError] = ConfigError) -> dict:
-    """The JSON object in ``path`` (a ``what``: "erasure record", "judge config", ...)."""
+def read_json(path: str | Path, what: str, error: type[ConceptEraseError] = ConfigError) -> Any:
+    """The JSON value in ``path`` (a ``what``: "erasure record", "SISA store file", ...), any JSON type."""
     path = Path(path)
     if path.is_dir():
         raise error(f"{what} {path} is a directory, not a file")
@@ -53,11 +53,16 @@ def read_json_object(path: str | Path, what: str, error: type[ConceptEraseError]
     if not text.strip():
         raise error(f"{what} {path} is corrupt: the file is empty")
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{what} {path} is corrupt: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     except RecursionError:
         raise error(f"{what} {path} is corrupt: nested too deeply") from None
+
+
+def read_json_object(path: str | Path, what: str, error: type[ConceptEraseError] = ConfigError) -> dict:
+    """The JSON object in ``path`` (a ``what``: "erasure record", "judge config", ...)."""
+    data = read_json(path, what, error)
     if not isinstance(data, dict):
         raise error(f"{what} {path} is corrupt: expected a JSON object, got {type(data).__name__}")
     return data
