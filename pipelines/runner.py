@@ -52,8 +52,11 @@ from concept_erase.core.io import (
     atomic_output_dir,
     check_disjoint,
     check_output_dir,
+    config_paths,
     remove_stale_temporaries,
+    strict_json,
 )
+from concept_erase.core.readers import read_json_object
 from concept_erase.core.registry import Entry, get_step
 
 __all__ = ["PipelineConfig", "StepSpec", "StepContext", "Pipeline", "load_pipeline", "run_pipeline", "MANIFEST_NAME"]
@@ -64,8 +67,6 @@ _STEP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _HASH_FILE = ".config_hash"
 # a temporary left by atomic_output_dir / atomic_file: ``.<name>.tmp-<pid>-<8 hex>`` (or ``.old-``)
 _TMP_RE = re.compile(r"^\.(.+)\.(?:tmp|old)-\d+-[0-9a-f]{8}$")
-# config keys whose values name input paths (checked against the output directory before anything runs)
-_INPUT_KEY_RE = re.compile(r"(_dir|_path|_file)$|^(model|adapter|original|oracle|judge|dataset|data|store|path)$")
 
 
 @dataclass
@@ -198,17 +199,6 @@ def _resolve(value: Any, outputs: dict[str, dict], where: str) -> Any:
     if whole:
         return lookup(*whole.groups())
     return _REF_RE.sub(lambda m: str(lookup(*m.groups())), value)
-
-
-def _input_values(data: Any, key: str = "") -> list[str]:
-    """The non-empty strings under path-like keys of a config mapping (recursing into mappings and lists)."""
-    if isinstance(data, dict):
-        return [v for k, item in data.items() for v in _input_values(item, str(k))]
-    if isinstance(data, (list, tuple)):
-        return [v for item in data for v in _input_values(item, key)]
-    if isinstance(data, str) and data.strip() and _INPUT_KEY_RE.search(key):
-        return [data]
-    return []
 
 
 def _remove_stale_temporaries(directory: Path) -> list[Path]:
@@ -346,7 +336,7 @@ class Pipeline:
         paths = [str(self.source)] if self.source is not None else []
         for p in self.steps:
             values = p.entry.make_config(_strip_references(p.raw)) if p.entry.config_cls else None
-            paths += _input_values(config_to_dict(values) if values is not None else {})
+            paths += config_paths(config_to_dict(values) if values is not None else {})
         return paths
 
 
@@ -382,7 +372,9 @@ class _Run:
         return {}
 
     def _write_manifest(self) -> None:
-        _write_text_atomic(self.out / MANIFEST_NAME, json.dumps(self.manifest, indent=2, default=str) + "\n")
+        _write_text_atomic(
+            self.out / MANIFEST_NAME, strict_json(self.manifest, MANIFEST_NAME, indent=2, default=str) + "\n"
+        )
 
     def execute(self) -> dict:
         cfg = self.pipeline.config
@@ -532,15 +524,9 @@ def _read_manifest(path: Path) -> dict:
         return PipelineError(f"{path} is corrupt ({what}); pass --overwrite to start again")
 
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise corrupt("not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise corrupt(f"not valid JSON: {exc.msg} at line {exc.lineno}") from None
-    except OSError as exc:
-        raise PipelineError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not isinstance(data, dict):
-        raise corrupt(f"expected a JSON object, got {type(data).__name__}")
+        data = read_json_object(path, "manifest", PipelineError)
+    except PipelineError as exc:
+        raise PipelineError(f"{exc}; pass --overwrite to start again") from None
     if not isinstance(data.get("pipeline"), str):
         raise corrupt("'pipeline' is missing or not a string")
     runs = data.get("runs", 0)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import shutil
 import sys
@@ -100,22 +101,27 @@ def check_writable(path: str | Path) -> None:
         )
 
 
-def config_paths(values: Any) -> list[str]:
-    """The input paths a config mapping names: the string values of keys ending in ``_path`` or ``_dir`` (at any
-    depth), except outputs (keys starting with ``save_`` or ``output``, ``logging_dir``, ``work_dir``)."""
-    found: list[str] = []
+# Config keys whose values name input paths: ``*_dir``, ``*_path``, ``*_file`` and the usual names of inputs; keys
+# of outputs (``save_*``, ``output*``, ``logging_dir``, ``work_dir``) are not inputs.
+_INPUT_KEY = re.compile(r"(_dir|_path|_file)$|^(model|adapter|original|oracle|judge|dataset|data|store|path)$")
+_OUTPUT_KEY = re.compile(r"^(save_|output)|^(logging_dir|work_dir)$")
+
+
+def config_paths(values: Any, key: str = "") -> list[str]:
+    """The input paths a config mapping names: the non-empty strings (alone or in lists) under input-like keys (see
+    ``_INPUT_KEY``), at any depth, except under output keys."""
     if isinstance(values, dict):
-        for key, value in values.items():
-            name = str(key)
-            is_input = name.endswith(("_path", "_dir")) and not name.startswith(("save_", "output"))
-            if is_input and name not in ("logging_dir", "work_dir") and isinstance(value, (str, Path)) and value:
-                found.append(str(value))
-            else:
-                found += config_paths(value)
-    elif isinstance(values, (list, tuple)):
-        for value in values:
-            found += config_paths(value)
-    return found
+        return [p for k, v in values.items() for p in config_paths(v, str(k))]
+    if isinstance(values, (list, tuple)):
+        return [p for v in values for p in config_paths(v, key)]
+    if (
+        isinstance(values, (str, Path))
+        and str(values).strip()
+        and _INPUT_KEY.search(key)
+        and not _OUTPUT_KEY.search(key)
+    ):
+        return [str(values)]
+    return []
 
 
 def check_disjoint(output: str | Path, inputs: Iterable[str | Path | None]) -> None:
@@ -309,7 +315,8 @@ def strict_json(data: Any, what: str = "the value", **kwargs: Any) -> str:
     bad = _non_finite(data)
     if bad is not None:
         raise NonFiniteValueError(f"cannot write {what}: {bad} (strict JSON has no NaN or Infinity)")
-    return json.dumps(data, default=_json_default, allow_nan=False, **kwargs)
+    kwargs.setdefault("default", _json_default)
+    return json.dumps(data, allow_nan=False, **kwargs)
 
 
 def _non_finite(data: Any, where: str = "") -> str | None:

@@ -312,8 +312,14 @@ def test_config_paths_names_inputs_not_outputs():
         "nested": {"records_path": "r.pt", "model_dir": "model", "prepared_path": ""},
         "methods": [{"mask_path": "n.safetensors"}],
         "epochs": 3,
+        "judge": "j",
+        "indices_file": "i.txt",
+        "model_dirs": ["ignored-key"],
+        "weights_path": ["w1", "w2"],
+        "output_file": "o.txt",
     }
-    assert sorted(config_paths(values)) == ["m.safetensors", "model", "n.safetensors", "r.pt"]
+    expected = ["i.txt", "j", "m.safetensors", "model", "n.safetensors", "r.pt", "w1", "w2"]
+    assert sorted(config_paths(values)) == expected
 
 
 # ---------------------------------------------------------------------------------------------------- read-only

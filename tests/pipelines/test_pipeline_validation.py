@@ -177,7 +177,7 @@ def test_a_temporary_of_a_run_killed_with_kill_9_is_removed(tmp_path):
 @pytest.mark.parametrize(
     "content, what",
     [
-        (b"", "not valid JSON"),
+        (b"", "the file is empty"),
         (b'{"pipeline": "echo", "steps": {', "not valid JSON"),
         (b"\x80\x81\xfe\xff", "not UTF-8 text"),
         (b"[1, 2]", "expected a JSON object, got list"),
