@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from classifiers.data import DATASETS, Scenario
+from classifiers.data import Scenario, dataset_path, scenario_paths
 from classifiers.harness import UnlearnJob, load_splits, per_class_fractions, run_job
 from classifiers.methods import get_classifier_method
 from classifiers.metrics import plot_metric_bars, plot_per_class_comparison
@@ -139,12 +139,10 @@ def _row(scenario: str, seed: int, method: str, metrics: dict) -> dict:
     return {"scenario": scenario, "seed": seed, "method": method, **{k: metrics.get(k) for k, _ in COLUMNS}}
 
 
-def bench_inputs(config: BenchConfig) -> list[str]:
+def bench_inputs(config: BenchConfig) -> list[str | None]:
     """The local paths a benchmark reads: a dataset given as a path, ``indices:FILE`` scenarios' files and the paths
     in the method configs and entries (``mask_path``, ...). An output overlapping one of them would destroy it."""
-    paths = [] if str(config.dataset) in DATASETS else [str(config.dataset)]
-    paths += [s.split(":", 1)[1] for s in config.scenarios if s.startswith("indices:")]
-    paths += config_paths(config.method_configs)
+    paths = [dataset_path(config.dataset), *scenario_paths(*config.scenarios), *config_paths(config.method_configs)]
     return paths + [p for entry in config.methods for p in config_paths(parse_method(entry)[1])]
 
 

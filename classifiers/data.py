@@ -33,6 +33,8 @@ from concept_erase.core.readers import first_line, load_npz
 
 __all__ = [
     "DATASETS",
+    "dataset_path",
+    "scenario_paths",
     "SCENARIO_KINDS",
     "DatasetSplits",
     "Scenario",
@@ -188,6 +190,17 @@ def _check_arrays(name: str, images, labels) -> tuple[np.ndarray, np.ndarray]:
             "divide 8-bit images by 255)"
         )
     return images, labels.astype(np.int64)
+
+
+def dataset_path(name: str | os.PathLike | None) -> str | None:
+    """``name`` when it names a data set on disk (an image folder, an ``.npz``); None for a built-in data set
+    (``digits``, ``mnist5k``) or no name. The inputs an output must never overlap."""
+    return None if name is None or os.fspath(name) in DATASETS else os.fspath(name)
+
+
+def scenario_paths(*specs: object) -> list[str]:
+    """The files that scenario specs read: ``indices:FILE`` -> ``FILE`` (other specs and Scenario objects read none)."""
+    return [s.split(":", 1)[1] for s in specs if isinstance(s, str) and s.startswith("indices:")]
 
 
 def load_dataset(name: str = "digits", seed: int = 0, test_size: float = 0.25) -> DatasetSplits:

@@ -25,7 +25,15 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from classifiers.data import DATASETS, DatasetSplits, Scenario, UnlearningTask, load_dataset, make_task
+from classifiers.data import (
+    DatasetSplits,
+    Scenario,
+    UnlearningTask,
+    dataset_path,
+    load_dataset,
+    make_task,
+    scenario_paths,
+)
 from classifiers.methods import get_classifier_method
 from classifiers.metrics import plot_per_class_comparison, unlearning_metrics
 from classifiers.models import ModelConfig, build_model, is_model_dir, load_model, save_model
@@ -237,16 +245,11 @@ def run_job(job: UnlearnJob, model: nn.Module | None = None, splits: DatasetSpli
     return JobResult(job, task, unlearned, {**info, **metrics}, summary, method_config, original, oracle)
 
 
-def job_inputs(job: UnlearnJob) -> list[str]:
+def job_inputs(job: UnlearnJob) -> list[str | None]:
     """The local paths ``job`` reads: its weights, a dataset given as a path, an ``indices:FILE`` scenario's file and
     the paths in its method config (``mask_path``, ``records_path``, ``prepared_path``). An output overlapping one
     of them would destroy it (see :func:`concept_erase.core.io.check_disjoint`)."""
-    paths = [job.weights] if job.weights else []
-    if str(job.dataset) not in DATASETS:
-        paths.append(str(job.dataset))
-    if isinstance(job.forget, str) and job.forget.startswith("indices:"):
-        paths.append(job.forget.split(":", 1)[1])
-    return paths + config_paths(job.method_config)
+    return [job.weights, dataset_path(job.dataset), *scenario_paths(job.forget), *config_paths(job.method_config)]
 
 
 def write_job(result: JobResult, out_dir: str | Path) -> Path:

@@ -11,12 +11,11 @@ The logic lives in :mod:`concept_erase.diffusion.erasure`, :mod:`concept_erase.d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from concept_erase.core.config import config_to_dict
 from concept_erase.core.errors import ConfigError
-from concept_erase.core.io import check_disjoint, config_paths
+from concept_erase.core.io import config_paths
 from concept_erase.core.registry import get_method, register_step
 from concept_erase.diffusion.erasure import erase, erasure_inputs
 from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure
@@ -24,13 +23,6 @@ from concept_erase.diffusion.report import summarize_evaluation, write_erasure_r
 from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, resolve_model
 
 __all__ = ["EraseStepConfig", "EvaluateErasureStepConfig", "ErasureReportStepConfig"]
-
-
-def _check_inputs(context, *inputs) -> None:
-    """Refuse a step whose output (its step directory, and ``steps/<id>`` it becomes) is, contains or lies inside a
-    path it reads from its config: the step would write into, or replace, that input."""
-    for output in (Path(context.step_dir), Path(context.output_dir) / "steps" / context.step_id):
-        check_disjoint(output, inputs)
 
 
 @dataclass
@@ -54,7 +46,7 @@ class EraseStepConfig:
 @register_step("erase", EraseStepConfig, outputs=("output_dir", "seconds", "artifact_bytes"))
 def erase_step(context, config: EraseStepConfig) -> dict:
     """Erase concepts from a diffusion model (artifact + erasure.json in the step directory)."""
-    _check_inputs(context, resolve_model(config.model or DEFAULT_MODEL), *config_paths(config.config))
+    context.check_inputs(resolve_model(config.model or DEFAULT_MODEL), *config_paths(config.config))
     record = erase(
         config.model or None, config.method, config.concepts, dict(config.config), context.step_dir, atomic=False
     )
@@ -83,7 +75,7 @@ def evaluate_erasure_step(context, config: EvaluateErasureStepConfig) -> dict:
     """Forget / retain accuracy, Frechet distances, gaps to the oracle; metrics.json, grid.png, report.md."""
     oracle = resolve_model(config.oracle) if config.oracle not in (None, "auto", "none") else None
     model = resolve_model(config.model or DEFAULT_MODEL)
-    _check_inputs(context, *erasure_inputs(model), config.adapter, resolve_model(config.original), oracle, config.judge)
+    context.check_inputs(*erasure_inputs(model), config.adapter, resolve_model(config.original), oracle, config.judge)
     metrics = evaluate_erasure(
         config.model or str(DEFAULT_MODEL),
         config.evaluation,

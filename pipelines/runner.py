@@ -108,6 +108,12 @@ class StepContext:
             )
         return ids
 
+    def check_inputs(self, *inputs: str | Path | None) -> None:
+        """Refuse a step whose output (its step directory, and ``steps/<id>`` it becomes) is, contains or lies inside
+        a path it reads from its config: the step would write into, or replace, that input."""
+        for output in (Path(self.step_dir), Path(self.output_dir) / "steps" / self.step_id):
+            check_disjoint(output, inputs)
+
     def work_dir(self, step_id: str | None = None) -> Path:
         """``output_dir/.work/<id>``: persistent scratch space (checkpoints) that survives a failed step."""
         path = self.output_dir / ".work" / (step_id or self.step_id)

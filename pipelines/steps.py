@@ -25,7 +25,7 @@ from typing import Any, Literal
 from torch.utils.data import DataLoader
 
 from classifiers.bench import BenchConfig, bench_inputs, run_bench
-from classifiers.data import DATASETS, load_dataset, make_class_task
+from classifiers.data import dataset_path, load_dataset, make_class_task
 from classifiers.harness import make_method_config
 from classifiers.methods import get_classifier_method
 from classifiers.metrics import EvaluateConfig, accuracy, evaluate_model_dir, plot_per_class_comparison
@@ -33,7 +33,7 @@ from classifiers.models import load_model, save_model
 from classifiers.training import TrainConfig, cross_entropy, train_classifier
 from concept_erase.core.config import check_numbers, config_to_dict, merge_dicts, parse_overrides
 from concept_erase.core.errors import ConfigError
-from concept_erase.core.io import check_disjoint, config_paths, write_json
+from concept_erase.core.io import config_paths, write_json
 from concept_erase.core.registry import register_step
 from concept_erase.core.saliency import SaliencyMask, compute_saliency
 
@@ -44,18 +44,6 @@ def _need(value: str, key: str) -> str:
     if not value:
         raise ConfigError(f"{key} is empty: name a directory (usually ${{steps.<id>.{key}}})")
     return value
-
-
-def _check_inputs(context, *inputs) -> None:
-    """Refuse a step whose output (its step directory, and ``steps/<id>`` it becomes) is, contains or lies inside a
-    path it reads from its config: the step would write into, or replace, that input."""
-    for output in (Path(context.step_dir), Path(context.output_dir) / "steps" / context.step_id):
-        check_disjoint(output, inputs)
-
-
-def _dataset(name: str) -> str | None:
-    """A dataset given as a path (an image folder, an .npz); None for a built-in name."""
-    return None if name in DATASETS else name
 
 
 # ---------------------------------------------------------------------------------------------------- train
@@ -76,7 +64,7 @@ def _dataset(name: str) -> str | None:
 )
 def train_classifier_step(context, config: TrainConfig) -> dict:
     """Train a classifier from scratch; with exclude_classes, the retrained-without-the-forget-set oracle."""
-    _check_inputs(context, _dataset(config.dataset), *config_paths(config_to_dict(config)))
+    context.check_inputs(dataset_path(config.dataset), *config_paths(config_to_dict(config)))
     work_dir = context.work_dir() if config.checkpointing_steps else None
     model, info = train_classifier(config, work_dir=work_dir)
     save_model(model, context.step_dir)
@@ -109,7 +97,7 @@ class SaliencyMaskConfig:
 @register_step("saliency_mask", SaliencyMaskConfig, outputs=("mask_path", "fraction_kept"))
 def saliency_mask_step(context, config: SaliencyMaskConfig) -> dict:
     """Compute a saliency mask for forgetting the given classes."""
-    _check_inputs(context, config.model_dir, _dataset(config.dataset))
+    context.check_inputs(config.model_dir, dataset_path(config.dataset))
     model = load_model(_need(config.model_dir, "model_dir"))
     task = make_class_task(load_dataset(config.dataset, config.data_seed, config.test_size), config.forget_classes)
     loader = DataLoader(task.forget, batch_size=config.batch_size)
@@ -162,7 +150,7 @@ def run_unlearning(model, task, method: str, config: Any, out_dir: Path, work_di
 @register_step("unlearn", UnlearnStepConfig, outputs=("model_dir", "global_step", "seconds"))
 def unlearn_step(context, config: UnlearnStepConfig) -> dict:
     """Unlearn the forget classes from a model directory with a registered classifier method."""
-    _check_inputs(context, config.model_dir, _dataset(config.dataset), *config_paths(config.method_config))
+    context.check_inputs(config.model_dir, dataset_path(config.dataset), *config_paths(config.method_config))
     cfg = method_config(config.method, config.method_config, config.seed)
     model = load_model(_need(config.model_dir, "model_dir"))
     task = make_class_task(load_dataset(config.dataset, config.data_seed, config.test_size), config.forget_classes)
@@ -176,7 +164,7 @@ def unlearn_step(context, config: UnlearnStepConfig) -> dict:
 @register_step("bench_classifiers", BenchConfig, outputs=("report_path", "results_csv", "summary_path"))
 def bench_classifiers_step(context, config: BenchConfig) -> dict:
     """A benchmark grid (methods x scenarios x seeds) scored against the retrain oracle: tables, CSV, plots."""
-    _check_inputs(context, *bench_inputs(config))
+    context.check_inputs(*bench_inputs(config))
     run_bench(config, context.step_dir, log=context.log)
     return {
         "report_path": str(context.step_dir / "report.md"),
@@ -195,7 +183,7 @@ def bench_classifiers_step(context, config: BenchConfig) -> dict:
 )
 def evaluate_classifier_step(context, config: EvaluateConfig) -> dict:
     """Forget / retain / test accuracies of a model directory, with a per-class bar chart."""
-    _check_inputs(context, config.model_dir, _dataset(config.dataset))
+    context.check_inputs(config.model_dir, dataset_path(config.dataset))
     metrics = evaluate_model_dir(config, context.step_dir)
     keys = ("forget_accuracy", "retain_accuracy", "test_accuracy", "forget_test_accuracy")
     return {"metrics_path": str(context.step_dir / "metrics.json"), **{k: metrics[k] for k in keys}}

@@ -90,18 +90,6 @@ def check_output(args: argparse.Namespace, inputs=()) -> Path:
     return check_output_dir(args.output_dir, args.overwrite, inputs=list(inputs))
 
 
-def dataset_input(name: str | None) -> str | None:
-    """``--dataset`` as an input path: None for a built-in dataset name (``digits``, ``mnist5k``)."""
-    from classifiers.data import DATASETS
-
-    return None if name is None or str(name) in DATASETS else str(name)
-
-
-def scenario_inputs(*specs: str | None) -> list[str]:
-    """The files that scenarios read: ``indices:FILE`` -> ``FILE``."""
-    return [s.split(":", 1)[1] for s in specs if isinstance(s, str) and s.startswith("indices:")]
-
-
 def say(text: str) -> None:
     print(text, flush=True)
 

@@ -17,7 +17,6 @@ from pipelines.cli._common import (
     add_dataset_option,
     add_output_options,
     add_seed_option,
-    dataset_input,
     say,
 )
 
@@ -25,11 +24,12 @@ __all__ = ["add_parsers", "cmd_distruction_prepare"]
 
 
 def cmd_distruction_prepare(args: argparse.Namespace) -> int:
+    from classifiers.data import dataset_path
     from classifiers.distruction.bgd import BGDConfig
     from classifiers.distruction.prepare import prepare_original
     from concept_erase.core.io import atomic_output_dir, check_output_dir
 
-    inputs = [args.weights, dataset_input(args.dataset)]
+    inputs = [args.weights, dataset_path(args.dataset)]
     out = check_output_dir(args.output_dir, args.overwrite, inputs)
     config = BGDConfig(epochs=args.epochs, mc_samples=args.mc_samples, init_sigma=args.init_sigma, seed=args.seed)
     posterior, original = prepare_original(

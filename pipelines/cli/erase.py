@@ -14,7 +14,6 @@ from pipelines.cli._common import (
     add_output_options,
     add_seed_option,
     check_output,
-    dataset_input,
     pct,
     say,
 )
@@ -154,6 +153,7 @@ def cmd_evaluate_diffusion(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from classifiers.data import dataset_path
     from classifiers.harness import read_unlearn_record
     from classifiers.metrics import EvaluateConfig, evaluate_model_dir
     from classifiers.models import is_model_dir
@@ -169,7 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"{model_dir} is not a classifier model directory: expected model.safetensors and model_config.json"
         )
-    inputs = [model_dir, dataset_input(args.dataset)]
+    inputs = [model_dir, dataset_path(args.dataset)]
     out = check_output(args, inputs)
     forget = args.forget_classes
     if forget is None:

@@ -11,7 +11,7 @@ import argparse
 import os
 import time
 
-from pipelines.cli._common import ARCHITECTURE_HELP, add_dataset_option, add_seed_option, dataset_input, pct, say
+from pipelines.cli._common import ARCHITECTURE_HELP, add_dataset_option, add_seed_option, pct, say
 
 __all__ = ["AGGREGATIONS", "STRATEGIES", "add_parsers", "cmd_sisa_evaluate", "cmd_sisa_forget", "cmd_sisa_train"]
 
@@ -92,12 +92,12 @@ def _deletion_probabilities(path: str | None):
 
 
 def cmd_sisa_train(args: argparse.Namespace) -> int:
-    from classifiers.data import load_dataset
+    from classifiers.data import dataset_path, load_dataset
     from classifiers.sisa import SISAClassifier
     from concept_erase.core.io import check_disjoint
 
     # the store is written into: it must not be, contain or lie inside the data set or the probabilities file
-    check_disjoint(args.store, [dataset_input(args.dataset), args.deletion_probabilities])
+    check_disjoint(args.store, [dataset_path(args.dataset), args.deletion_probabilities])
     splits = load_dataset(args.dataset)
     probabilities = _deletion_probabilities(args.deletion_probabilities)
     if probabilities is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.cli._common import add_output_options, add_seed_option, say, scenario_inputs
+from pipelines.cli._common import add_output_options, add_seed_option, say
 
 __all__ = ["add_parsers", "cmd_vbu"]
 
@@ -61,13 +61,14 @@ def _moons(args: argparse.Namespace) -> int:
 
 
 def _digits(args: argparse.Namespace) -> int:
+    from classifiers.data import scenario_paths
     from classifiers.vbu.bayes_classifier import DigitsConfig, run_digits
     from concept_erase.core.io import RunRecorder, atomic_output_dir, check_output_dir, write_json
 
     config = DigitsConfig(forget=args.forget, seed=args.seed)
     if args.lambdas:
         config.lambdas = _csv(float, args.lambdas, "lambdas")
-    inputs = scenario_inputs(config.forget)
+    inputs = scenario_paths(config.forget)
     out = check_output_dir(args.output_dir, args.overwrite, inputs)
     with RunRecorder("vbu-digits", config, seed=config.seed) as recorder:
         result = run_digits(config)
