@@ -3,8 +3,10 @@
 A method supplies ``compute_loss(model, batch) -> loss`` (pass a function or subclass and override it) and, if it
 needs one, an ``after_step(trainer)`` hook that runs after every optimizer step (a saliency mask uses it to restore
 frozen weights). Everything else is here once: gradient accumulation, mixed precision with fp32 trainable parameters,
-clipping, diffusers' LR schedulers, training a selected parameter subset, ``checkpoint-{step}`` folders with a total
-limit, ``resume_from_checkpoint latest|PATH``, a progress bar on the main process, optional trackers and seeding.
+clipping, diffusers' LR schedulers, training a selected parameter subset, gradient checkpointing of the trained module
+(``gradient_checkpointing``: activations recomputed in the backward pass instead of kept, for less memory),
+``checkpoint-{step}`` folders with a total limit, ``resume_from_checkpoint latest|PATH``, a progress bar on the main
+process, optional trackers and seeding.
 
 The same code runs in one process, under ``accelerate launch`` and under ``torchrun``: each process gets different
 batches, gradients are averaged, and every rank ends with the same parameters.
@@ -45,7 +47,15 @@ from concept_erase.core.io import strict_json
 from concept_erase.core.parameters import Selection, select_parameters
 from concept_erase.core.tensorfile import save_tensors
 
-__all__ = ["Trainer", "TrainerConfig", "TrainResult", "EpochSampler", "find_checkpoint", "read_trainer_state"]
+__all__ = [
+    "Trainer",
+    "TrainerConfig",
+    "TrainResult",
+    "EpochSampler",
+    "check_gradient_checkpointing",
+    "find_checkpoint",
+    "read_trainer_state",
+]
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _STATE_FILE = "trainer_state.json"
@@ -77,6 +87,7 @@ class TrainerConfig:
     lr_warmup_steps: int = 0
     gradient_accumulation_steps: int = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
     max_grad_norm: float | None = 1.0  # None or 0 disables clipping
     checkpointing_steps: int | None = None
     checkpoints_total_limit: int | None = None
@@ -103,6 +114,11 @@ class TrainerConfig:
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(
                 f"mixed_precision: invalid value {excerpt(self.mixed_precision)}; accepted values: no, fp16, bf16"
+            )
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError(
+                f"gradient_checkpointing: invalid value {excerpt(self.gradient_checkpointing)}; accepted values: "
+                "true, false"
             )
         if self.report_to in ("none", ""):
             self.report_to = None
@@ -193,11 +209,47 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
+# The two spellings of the switch: diffusers' ModelMixin and transformers' PreTrainedModel.
+_CHECKPOINTING_SWITCHES = (
+    ("enable_gradient_checkpointing", "disable_gradient_checkpointing", "_supports_gradient_checkpointing"),
+    ("gradient_checkpointing_enable", "gradient_checkpointing_disable", "supports_gradient_checkpointing"),
+)
+
+
+def check_gradient_checkpointing(module: torch.nn.Module) -> tuple[Callable[[], None], Callable[[], None]]:
+    """``(enable, disable)`` of ``module``'s gradient checkpointing (a diffusers or transformers model); a module that
+    has none raises :class:`ConfigError` naming its class."""
+    for enable, disable, supported in _CHECKPOINTING_SWITCHES:
+        if callable(getattr(module, enable, None)) and getattr(module, supported, True):
+            return getattr(module, enable), getattr(module, disable)
+    raise ConfigError(
+        f"gradient_checkpointing: {type(module).__name__} does not support gradient checkpointing (no "
+        "enable_gradient_checkpointing() as diffusers models have); set gradient_checkpointing false"
+    )
+
+
+@contextlib.contextmanager
+def _checkpointing(module: torch.nn.Module, wanted: bool) -> Iterator[None]:
+    """Gradient checkpointing on inside the block when ``wanted``; afterwards the module is as it was found."""
+    was_on = bool(getattr(module, "is_gradient_checkpointing", False))
+    if not wanted or was_on:
+        yield
+        return
+    enable, disable = check_gradient_checkpointing(module)
+    enable()
+    try:
+        yield
+    finally:
+        disable()
+
+
 class Trainer:
     """Train ``model`` in place on ``train_dataloader`` with the loss returned by ``compute_loss``.
 
     Args:
         model: the module to train; parameters not selected stay frozen (their ``requires_grad`` is restored after).
+            With ``config.gradient_checkpointing`` it must be a diffusers or transformers model (else
+            :class:`ConfigError` here); checkpointing is switched on for training and off again after.
         config: a :class:`TrainerConfig`.
         train_dataloader: a ``torch.utils.data.DataLoader``; it is rebuilt with a deterministic sampler, never mutated.
         compute_loss: ``fn(model, batch) -> scalar tensor``; or subclass and override :meth:`compute_loss`.
@@ -222,6 +274,8 @@ class Trainer:
             raise TypeError(f"train_dataloader must be a torch DataLoader, got {type(train_dataloader).__name__}")
         if len(train_dataloader) == 0:
             raise EmptyDataError("the training data loader is empty: there is nothing to train on")
+        if config.gradient_checkpointing:
+            check_gradient_checkpointing(model)
         self.config = config
         self.model = model
         self.train_dataloader = train_dataloader
@@ -381,7 +435,8 @@ class Trainer:
                 num_training_steps=cfg.max_train_steps * n,
             )
             model, optimizer, dataloader, scheduler = accelerator.prepare(self.model, optimizer, dataloader, scheduler)
-            return self._loop(accelerator, model, optimizer, dataloader, scheduler, sampler, sorted(chosen))
+            with _checkpointing(self.model, cfg.gradient_checkpointing):
+                return self._loop(accelerator, model, optimizer, dataloader, scheduler, sampler, sorted(chosen))
         finally:
             self._restore_requires_grad()
             if accelerator.trackers:
