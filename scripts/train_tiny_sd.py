@@ -3,9 +3,14 @@
     python scripts/train_tiny_sd.py                                    # -> concept_erase/diffusion/assets/tiny-sd
     python scripts/train_tiny_sd.py --exclude_concept seven \\
         --output_dir concept_erase/diffusion/assets/tiny-sd-without-seven        # the oracle shipped for the demo
+    python scripts/train_tiny_sd.py --prediction_type v_prediction \
+        --output_dir concept_erase/diffusion/assets/tiny-sd-v                    # SD 2.x-style v-prediction
+    python scripts/train_tiny_sd.py --family sdxl \
+        --output_dir concept_erase/diffusion/assets/tiny-sdxl                    # StableDiffusionXLPipeline
 
-The shipped models were produced by exactly these two commands (seed 0, digits). Every component is a real
-diffusers / transformers class; the result loads with ``StableDiffusionPipeline.from_pretrained(output_dir)``.
+The shipped models were produced by exactly these commands (seed 0, digits). Every component is a real
+diffusers / transformers class; the result loads with ``StableDiffusionPipeline.from_pretrained(output_dir)``
+(``StableDiffusionXLPipeline`` for ``--family sdxl``).
 ``concept-erase oracle --concept NAME`` runs the same recipe and caches the result instead.
 """
 
@@ -14,7 +19,14 @@ from __future__ import annotations
 import argparse
 
 from concept_erase.core.io import atomic_output_dir, peak_memory_bytes
-from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, TinySDConfig, save_pipeline, train_tiny_sd
+from concept_erase.diffusion.tiny_sd import (
+    DEFAULT_MODEL,
+    FAMILIES,
+    PREDICTION_TYPES,
+    TinySDConfig,
+    save_pipeline,
+    train_tiny_sd,
+)
 
 
 def main() -> None:
@@ -28,6 +40,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--unet_steps", type=int, default=TinySDConfig.unet_steps)
     parser.add_argument("--vae_steps", type=int, default=TinySDConfig.vae_steps)
+    parser.add_argument("--prediction_type", default=TinySDConfig.prediction_type, choices=list(PREDICTION_TYPES))
+    parser.add_argument("--family", default=TinySDConfig.family, choices=list(FAMILIES))
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     config = TinySDConfig(
@@ -37,6 +51,8 @@ def main() -> None:
         seed=args.seed,
         unet_steps=args.unet_steps,
         vae_steps=args.vae_steps,
+        prediction_type=args.prediction_type,
+        family=args.family,
     )
     with atomic_output_dir(args.output_dir, overwrite=args.overwrite) as tmp:
         pipe = train_tiny_sd(config)

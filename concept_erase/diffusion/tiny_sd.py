@@ -9,6 +9,11 @@ Every Stable Diffusion component is the real diffusers / transformers class at a
 a ``UNet2DConditionModel`` with cross-attention, and a DDIM scheduler. The saved directory loads with
 ``StableDiffusionPipeline.from_pretrained(path)`` exactly like an SD 1.x checkpoint.
 
+Two variants follow the families people erase concepts from: ``prediction_type="v_prediction"`` trains the UNet on
+SD 2.x's velocity target, and ``family="sdxl"`` builds a ``StableDiffusionXLPipeline`` (two tokenizers and text
+encoders, the second a ``CLIPTextModelWithProjection``; a UNet with the ``text_time`` added embedding), conditioned
+in training exactly as that pipeline conditions at inference.
+
 Prompts come from :data:`TRAIN_TEMPLATES` ("a handwritten digit seven", "the number seven", ...). Evaluation uses
 :data:`EVAL_TEMPLATES`, paraphrases that never appear in training or erasure. The recipe (this config, including the
 removed concepts) is written into the model directory as ``tiny_sd_recipe.json`` so the toolkit can retrain the
@@ -22,17 +27,18 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import diffusers
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from torch.utils.data import DataLoader, TensorDataset
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from concept_erase.core.config import check_numbers
 from concept_erase.core.digits import CONCEPTS, concept_index, fixed_split, load_digit_arrays
-from concept_erase.core.errors import ConfigError, EmptyDataError
+from concept_erase.core.errors import ConfigError, EmptyDataError, excerpt
 from concept_erase.core.io import strict_json
 from concept_erase.core.readers import read_dataclass, read_json_object, require
 from concept_erase.core.trainer import Trainer, TrainerConfig
@@ -41,6 +47,8 @@ from concept_erase.diffusion.loading import pipeline_class
 __all__ = [
     "DEFAULT_MODEL",
     "EVAL_TEMPLATES",
+    "FAMILIES",
+    "PREDICTION_TYPES",
     "RECIPE_FILE",
     "TRAIN_TEMPLATES",
     "TinySDConfig",
@@ -93,6 +101,8 @@ FILLER_WORDS: tuple[str, ...] = tuple(
 # Words never paired with an image: prompts built from them show what an unseen word yields.
 UNSEEN_WORDS: tuple[str, ...] = ("banana", "zebra", "violin", "castle")
 _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
+FAMILIES: tuple[str, ...] = ("sd", "sdxl")
 
 
 @dataclass
@@ -126,9 +136,20 @@ class TinySDConfig:
     random_prompt_probability: float = 0.5  # else a TRAIN_TEMPLATES prompt; random: filler words around the concept
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"  # the UNet's target (v: SD 2.x's velocity)
+    # sd: StableDiffusionPipeline. sdxl: StableDiffusionXLPipeline (a second, projected text encoder; the UNet
+    # takes both encoders' penultimate states and the pooled embedding + time ids through a text_time embedding)
+    family: Literal["sd", "sdxl"] = "sd"
+    text_2_hidden_size: int = 64  # sdxl: the second text encoder's width (and its projection's)
+    addition_time_embed_dim: int = 8  # sdxl: the Fourier width of each of the six time ids
 
     def __post_init__(self) -> None:
         check_numbers(self)
+        for name, accepted in (("prediction_type", PREDICTION_TYPES), ("family", FAMILIES)):
+            if getattr(self, name) not in accepted:
+                raise ConfigError(
+                    f"{name}: invalid value {excerpt(getattr(self, name))}; accepted values: {', '.join(accepted)}"
+                )
         self.exclude_concepts = sorted({concept.strip().lower() for concept in self.exclude_concepts})
         for concept in self.exclude_concepts:
             concept_index(concept)
@@ -173,8 +194,9 @@ def _vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
-def build_tokenizer(directory: str | Path, max_length: int = 16):
-    """Write ``vocab.json`` / ``merges.txt`` into ``directory`` and return the ``CLIPTokenizer`` built from them."""
+def build_tokenizer(directory: str | Path, max_length: int = 16, pad_token: str = "<|endoftext|>"):
+    """Write ``vocab.json`` / ``merges.txt`` into ``directory`` and return the ``CLIPTokenizer`` built from them
+    (SDXL's second tokenizer is the same vocabulary padding with ``"!"``)."""
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -185,26 +207,29 @@ def build_tokenizer(directory: str | Path, max_length: int = 16):
     return CLIPTokenizer(
         str(directory / "vocab.json"),
         str(directory / "merges.txt"),
-        pad_token="<|endoftext|>",
+        pad_token=pad_token,
         model_max_length=max_length,
         **special,
     )
 
 
-def _tokenizer(config: TinySDConfig, work_dir: str | Path | None = None):
+def _tokenizer(config: TinySDConfig, work_dir: str | Path | None = None, pad_token: str = "<|endoftext|>"):
     """The tokenizer, built from BPE files in a temporary directory (it keeps its vocabulary in memory)."""
 
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        return build_tokenizer(tmp, config.max_length)
+        return build_tokenizer(tmp, config.max_length, pad_token)
 
 
-def _text_encoder(config: TinySDConfig, tokenizer):
+def _text_encoder(config: TinySDConfig, tokenizer, second: bool = False):
+    """The frozen random CLIP text encoder; ``second``: SDXL's ``CLIPTextModelWithProjection`` (its own seed)."""
 
-    torch.manual_seed(config.seed)
+    hidden = config.text_2_hidden_size if second else config.text_hidden_size
+    torch.manual_seed(config.seed + 3 if second else config.seed)
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=config.text_hidden_size,
-        intermediate_size=4 * config.text_hidden_size,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        **({"projection_dim": hidden} if second else {}),
         num_hidden_layers=config.text_layers,
         num_attention_heads=config.text_heads,
         max_position_embeddings=config.max_length,
@@ -212,12 +237,23 @@ def _text_encoder(config: TinySDConfig, tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = CLIPTextModel(text_config).eval().requires_grad_(False)
+    model = (CLIPTextModelWithProjection if second else CLIPTextModel)(text_config).eval().requires_grad_(False)
     with torch.no_grad():
         for name, module in model.named_modules():  # (module paths differ across transformers versions)
             if name.endswith(("self_attn.out_proj", "mlp.fc2")):
                 module.weight.mul_(config.text_residual_scale)
     return model
+
+
+def _text_components(config: TinySDConfig, work_dir: str | Path | None = None) -> dict[str, Any]:
+    """The pipeline's tokenizer(s) and frozen text encoder(s) by component name (SDXL: two of each)."""
+
+    tokenizer = _tokenizer(config, work_dir)
+    text = {"tokenizer": tokenizer, "text_encoder": _text_encoder(config, tokenizer)}
+    if config.family == "sdxl":
+        text["tokenizer_2"] = _tokenizer(config, work_dir, pad_token="!")
+        text["text_encoder_2"] = _text_encoder(config, text["tokenizer_2"], second=True)
+    return text
 
 
 def _vae(config: TinySDConfig):
@@ -240,6 +276,13 @@ def _unet(config: TinySDConfig):
 
     n = len(config.unet_channels)
     torch.manual_seed(config.seed + 2)
+    sdxl = {}
+    if config.family == "sdxl":  # SDXL's conditioning: both encoders' states, pooled embedding + six time ids
+        sdxl = {
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": config.addition_time_embed_dim,
+            "projection_class_embeddings_input_dim": config.text_2_hidden_size + 6 * config.addition_time_embed_dim,
+        }
     return UNet2DConditionModel(
         sample_size=8,
         in_channels=config.latent_channels,
@@ -248,9 +291,10 @@ def _unet(config: TinySDConfig):
         layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-        cross_attention_dim=config.text_hidden_size,
+        cross_attention_dim=config.text_hidden_size + (config.text_2_hidden_size if sdxl else 0),
         attention_head_dim=config.attention_head_dim,
         norm_num_groups=16,
+        **sdxl,
     )
 
 
@@ -260,7 +304,7 @@ def _noise_scheduler(config: TinySDConfig):
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
         clip_sample=False,
-        prediction_type="epsilon",
+        prediction_type=config.prediction_type,
     )
 
 
@@ -324,18 +368,45 @@ def _random_prompts(labels: torch.Tensor, config: TinySDConfig) -> list[str]:
 
 
 class _PromptEncoder:
-    """The frozen text encoder as a function of prompt strings (the empty prompt is cached)."""
+    """The frozen text encoder(s) as a function of prompt strings, conditioning as the family's pipeline does:
+    ``(states, None)`` for SD (the last hidden states), ``(states, pooled)`` for SDXL (both encoders' penultimate
+    hidden states concatenated, and the second encoder's projected ``text_embeds``). The empty prompt is cached."""
 
-    def __init__(self, config: TinySDConfig, tokenizer, text_encoder):
-        self.config, self.tokenizer, self.text_encoder = config, tokenizer, text_encoder
-        self.uncond = self([""])[0]
+    def __init__(self, config: TinySDConfig, text: dict[str, Any]):
+        self.config = config
+        pairs = [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")]
+        self.pairs = [(text[t], text[e]) for t, e in pairs if t in text]
+        self.uncond = tuple(None if x is None else x[0] for x in self([""]))
 
-    @torch.no_grad()
-    def __call__(self, prompts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(
+    def _ids(self, tokenizer, prompts: list[str]) -> torch.Tensor:
+        return tokenizer(
             prompts, padding="max_length", max_length=self.config.max_length, truncation=True, return_tensors="pt"
         ).input_ids
-        return self.text_encoder(ids)[0]
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.config.family == "sd":
+            tokenizer, encoder = self.pairs[0]
+            return encoder(self._ids(tokenizer, prompts))[0], None
+        outputs = [
+            encoder(self._ids(tokenizer, prompts), output_hidden_states=True) for tokenizer, encoder in self.pairs
+        ]
+        return torch.cat([out.hidden_states[-2] for out in outputs], dim=-1), outputs[-1].text_embeds
+
+
+def _conditioning(encode: _PromptEncoder, prompts: list[str], drop: torch.Tensor, config: TinySDConfig):
+    """The UNet's text conditioning for ``prompts`` (``drop``: replaced by the empty prompt's, for CFG):
+    ``(encoder_hidden_states, added_cond_kwargs)``, the latter None for SD. SDXL's time ids are the training
+    images' own: original size = target size = ``resolution``, crop (0, 0)."""
+
+    states, pooled = encode(prompts)
+    states = torch.where(drop[:, None, None], encode.uncond[0].expand_as(states), states)
+    if pooled is None:
+        return states, None
+    pooled = torch.where(drop[:, None], encode.uncond[1].expand_as(pooled), pooled)
+    size = float(config.resolution)
+    time_ids = torch.tensor([[size, size, 0.0, 0.0, size, size]]).expand(len(prompts), -1)
+    return states, {"text_embeds": pooled, "time_ids": time_ids}
 
 
 def _train_unet(config: TinySDConfig, data: dict[str, torch.Tensor], show_progress: bool):
@@ -349,13 +420,18 @@ def _train_unet(config: TinySDConfig, data: dict[str, torch.Tensor], show_progre
     def loss(model, batch) -> torch.Tensor:
         mean, std, labels = batch
         latents = (mean + std * torch.randn_like(mean)) * data["scaling_factor"]
-        states = encode(_random_prompts(labels, config))
-        drop = torch.rand(labels.shape) < config.uncond_probability
-        states = torch.where(drop[:, None, None], encode.uncond.expand_as(states), states)
+        prompts = _random_prompts(labels, config)
+        states, added = _conditioning(encode, prompts, torch.rand(labels.shape) < config.uncond_probability, config)
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, config.num_train_timesteps, labels.shape)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        return torch.nn.functional.mse_loss(model(noisy, timesteps, states).sample, noise)
+        # the scheduler's own target, as diffusers' train_text_to_image.py
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        prediction = model(noisy, timesteps, states, added_cond_kwargs=added).sample
+        return torch.nn.functional.mse_loss(prediction, target)
 
     settings = _trainer_config(config, config.unet_steps, config.learning_rate, config.lr_warmup_steps, show_progress)
     result = Trainer(unet, settings, loader, compute_loss=loss).train()
@@ -371,13 +447,12 @@ def train_tiny_sd(config: TinySDConfig | None = None, show_progress: bool = True
     config = config or TinySDConfig()
     start = time.perf_counter()
     images, labels = _training_data(config)
-    tokenizer = _tokenizer(config, work_dir)
-    text_encoder = _text_encoder(config, tokenizer)
+    text = _text_components(config, work_dir)
     vae, mean, std = _train_vae(config, images, show_progress)
-    data = {"mean": mean, "std": std, "labels": labels, "encoder": _PromptEncoder(config, tokenizer, text_encoder)}
+    data = {"mean": mean, "std": std, "labels": labels, "encoder": _PromptEncoder(config, text)}
     data["scaling_factor"] = vae.config.scaling_factor
     unet, noise_scheduler, final_loss = _train_unet(config, data, show_progress)
-    pipe = _assemble(tokenizer, text_encoder, vae, unet, noise_scheduler)
+    pipe = _assemble(config, text, vae, unet, noise_scheduler)
     pipe.tiny_sd_recipe = {
         "recipe": config.to_dict(),
         "training_images": len(labels),
@@ -387,18 +462,25 @@ def train_tiny_sd(config: TinySDConfig | None = None, show_progress: bool = True
     return pipe
 
 
-def _assemble(tokenizer, text_encoder, vae, unet, noise_scheduler):
+def _pipeline_class(family: str):
+    """The family's diffusers pipeline class (the first import goes through ``pipeline_class``, which hides
+    transformers' notices about torchvision)."""
+
+    sd = pipeline_class()
+    return diffusers.StableDiffusionXLPipeline if family == "sdxl" else sd
+
+
+def _assemble(config: TinySDConfig, text: dict[str, Any], vae, unet, noise_scheduler):
+    """The family's pipeline with a DDIM scheduler. SDXL's negative prompt is the empty prompt's encoding, as in
+    training (``force_zeros_for_empty_prompt=False``), and it has no watermarker."""
 
     scheduler = DDIMScheduler.from_config(noise_scheduler.config, set_alpha_to_one=False, steps_offset=1)
-    pipe = pipeline_class()(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    if config.family == "sdxl":
+        extra = {"force_zeros_for_empty_prompt": False, "add_watermarker": False}
+    else:
+        extra = {"safety_checker": None, "requires_safety_checker": False}
+    pipe = _pipeline_class(config.family)(
+        vae=vae, unet=unet, scheduler=scheduler, feature_extractor=None, **text, **extra
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -407,15 +489,18 @@ def _assemble(tokenizer, text_encoder, vae, unet, noise_scheduler):
 def build_pipeline(config: TinySDConfig | None = None, work_dir: str | Path | None = None):
     """An untrained pipeline with the recipe's architecture (random weights): for tests and shape checks."""
     config = config or TinySDConfig()
-    tokenizer = _tokenizer(config, work_dir)
-    return _assemble(tokenizer, _text_encoder(config, tokenizer), _vae(config), _unet(config), _noise_scheduler(config))
+    text = _text_components(config, work_dir)
+    return _assemble(config, text, _vae(config), _unet(config), _noise_scheduler(config))
 
 
 def save_pipeline(pipe, directory: str | Path) -> None:
     """``save_pretrained`` (safetensors) plus the tokenizer's BPE files and the training recipe, if any."""
     directory = Path(directory)
     pipe.save_pretrained(str(directory), safe_serialization=True)
-    build_tokenizer(directory / "tokenizer", pipe.tokenizer.model_max_length)  # vocab.json/merges.txt for old loaders
+    for name in ("tokenizer", "tokenizer_2"):  # vocab.json/merges.txt for old loaders
+        tokenizer = getattr(pipe, name, None)
+        if tokenizer is not None:
+            build_tokenizer(directory / name, tokenizer.model_max_length)
     recipe = getattr(pipe, "tiny_sd_recipe", None)
     if recipe is not None:
         (directory / RECIPE_FILE).write_text(strict_json(recipe, RECIPE_FILE, indent=2) + "\n")

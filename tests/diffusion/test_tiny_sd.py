@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from concept_erase.core.digits import CONCEPTS, fixed_split, load_digit_arrays
 from concept_erase.core.errors import ConfigError
@@ -19,9 +19,12 @@ from concept_erase.diffusion.tiny_sd import (
     ASSETS,
     DEFAULT_MODEL,
     EVAL_TEMPLATES,
+    PREDICTION_TYPES,
     RECIPE_FILE,
     TRAIN_TEMPLATES,
     TinySDConfig,
+    _conditioning,
+    _PromptEncoder,
     build_pipeline,
     build_tokenizer,
     read_recipe,
@@ -107,7 +110,9 @@ def test_oracle_is_trained_once_then_served_from_the_cache(tmp_path, monkeypatch
 def test_shipped_oracle_matches_the_shipped_model_recipe_without_seven():
     assert find_oracle(DEFAULT_MODEL, ["seven"]) == ASSETS / "tiny-sd-without-seven"
     shipped = json.loads((DEFAULT_MODEL / RECIPE_FILE).read_text())
-    assert shipped["recipe"] == TinySDConfig().to_dict()  # the shipped model is exactly the default recipe
+    assert read_recipe(DEFAULT_MODEL) == TinySDConfig()  # the shipped model is exactly the default recipe
+    default = TinySDConfig().to_dict()
+    assert shipped["recipe"] == {key: default[key] for key in shipped["recipe"]}  # (written before family etc.)
     assert shipped["seconds"] <= 20 * 60
 
 
@@ -128,3 +133,78 @@ def test_embedded_judge_is_accurate_on_held_out_real_digits():
     assert judge.config.test_accuracy == pytest.approx(accuracy)
     assert features.shape == (len(test_idx), judge.config.feature_dim)
     assert judge.labels == CONCEPTS
+
+
+VARIANTS = [
+    ({"prediction_type": "v_prediction"}, StableDiffusionPipeline),
+    ({"family": "sdxl"}, StableDiffusionXLPipeline),
+]
+
+
+@pytest.mark.parametrize(("variant", "pipeline_class"), VARIANTS, ids=["v_prediction", "sdxl"])
+def test_variants_train_save_and_load_with_diffusers_own_pipeline(tmp_path, variant, pipeline_class):
+    config = TinySDConfig(**QUICK, **variant)
+    save_pipeline(train_tiny_sd(config, show_progress=False), tmp_path / "model")
+    assert read_recipe(tmp_path / "model") == config
+    loaded = pipeline_class.from_pretrained(tmp_path / "model")
+    assert type(loaded) is pipeline_class
+    assert loaded.scheduler.config.prediction_type == config.prediction_type
+    generator = [torch.Generator().manual_seed(i) for i in range(2)]
+    out = loaded(["a handwritten digit seven"] * 2, num_inference_steps=2, output_type="pt", generator=generator)
+    assert out.images.shape == (2, 1, 8, 8) and torch.isfinite(out.images).all()
+
+
+def test_sdxl_variant_has_sdxl_architecture(tmp_path):
+    config = TinySDConfig(family="sdxl", text_hidden_size=32, text_2_hidden_size=48)
+    pipe = build_pipeline(config)
+    assert type(pipe) is StableDiffusionXLPipeline
+    assert type(pipe.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    assert pipe.tokenizer_2.pad_token == "!" and pipe.tokenizer.pad_token == "<|endoftext|>"
+    assert pipe.tokenizer_2.get_vocab() == pipe.tokenizer.get_vocab()
+    assert pipe.unet.config.addition_embed_type == "text_time"
+    assert pipe.unet.config.cross_attention_dim == 32 + 48
+    save_pipeline(pipe, tmp_path / "xl")
+    for name in ("tokenizer", "tokenizer_2"):
+        assert (tmp_path / "xl" / name / "vocab.json").is_file()
+    assert StableDiffusionXLPipeline.from_pretrained(tmp_path / "xl").tokenizer_2.pad_token == "!"
+
+
+def test_sdxl_training_conditions_as_the_pipeline_does():
+    config = TinySDConfig(family="sdxl")
+    pipe = build_pipeline(config)
+    text = {name: getattr(pipe, name) for name in ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")}
+    prompts = ["a handwritten digit seven", "the number two"]
+    drop = torch.tensor([False, True])
+    states, added = _conditioning(_PromptEncoder(config, text), prompts, drop, config)
+    expected = pipe.encode_prompt(prompts, do_classifier_free_guidance=True, negative_prompt=["", ""])
+    embeds, negative, pooled, negative_pooled = expected
+    torch.testing.assert_close(states, torch.stack([embeds[0], negative[1]]))  # a dropped prompt is the empty one
+    torch.testing.assert_close(added["text_embeds"], torch.stack([pooled[0], negative_pooled[1]]))
+    time_ids = pipe._get_add_time_ids((8, 8), (0, 0), (8, 8), torch.float32, pipe.text_encoder_2.config.projection_dim)
+    torch.testing.assert_close(added["time_ids"], time_ids.expand(2, -1))
+
+
+def test_v_prediction_trains_a_different_unet_from_the_same_seed():
+    unets = [
+        train_tiny_sd(TinySDConfig(**QUICK, prediction_type=p), show_progress=False).unet for p in PREDICTION_TYPES
+    ]
+    weights = [dict(unet.named_parameters()) for unet in unets]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the target followed the type
+
+
+def test_recipe_without_the_new_keys_reads_with_defaults(tmp_path):
+    recipe = json.loads((DEFAULT_MODEL / RECIPE_FILE).read_text())
+    for key in ("prediction_type", "family", "text_2_hidden_size", "addition_time_embed_dim"):
+        recipe["recipe"].pop(key, None)
+    (tmp_path / RECIPE_FILE).write_text(json.dumps(recipe))
+    config = read_recipe(tmp_path)
+    assert (config.prediction_type, config.family) == ("epsilon", "sd")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "accepted"),
+    [("prediction_type", "sample", "epsilon, v_prediction"), ("family", "sd3", "sd, sdxl")],
+)
+def test_recipe_rejects_unknown_prediction_type_and_family(key, value, accepted):
+    with pytest.raises(ConfigError, match=f"^{key}: invalid value '{value}'; accepted values: {accepted}$"):
+        TinySDConfig(**{key: value})
