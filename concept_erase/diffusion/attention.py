@@ -23,6 +23,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0, XFormersAttnProcessor
 
 from concept_erase.core.errors import ConfigError, TrainingError
+from concept_erase.diffusion.families import tokenizers
 from concept_erase.diffusion.loading import concept_token_ids
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "SteeringAttnProcessor",
     "concept_positions",
     "cross_attention_layers",
+    "pipeline_concept_positions",
     "resolve_attention_backend",
     "steer_cross_attention",
 ]
@@ -284,6 +286,19 @@ def concept_positions(
             if end is not None:
                 mask[row, end] = True
     return mask
+
+
+def pipeline_concept_positions(
+    pipe, prompts: Sequence[str], concepts: Sequence[str] | str, include_end_of_text: bool = False
+) -> torch.Tensor:
+    """:func:`concept_positions` in every tokenizer of ``pipe``, united: SDXL's UNet attends over both text
+    encoders' states concatenated position by position, so a key position carries the concept when either
+    tokenizer put it there (their padding differs: ``tokenizer_2`` pads with ``"!"``)."""
+    masks = {name: concept_positions(t, prompts, concepts, include_end_of_text) for name, t in tokenizers(pipe).items()}
+    shapes = {name: tuple(mask.shape) for name, mask in masks.items()}
+    if len(set(shapes.values())) != 1:
+        raise ConfigError(f"the pipeline's tokenizers write prompts of different lengths: {shapes}")
+    return torch.stack(list(masks.values())).any(0)
 
 
 def _end_of_text(ids: list[int], attention_mask, row: int, eos: int | None) -> int | None:

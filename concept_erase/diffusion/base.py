@@ -6,6 +6,10 @@ through :func:`make_trainer` (the shared :class:`~concept_erase.core.trainer.Tra
 the model itself generates (:func:`concept_data`), so erasure needs no dataset: the same code runs on the embedded
 tiny model and on a real checkpoint. The driver that loads the model, calls the method and writes the artifact is
 :mod:`concept_erase.diffusion.erasure`; this module never imports it.
+
+Methods work on every supported family (:mod:`concept_erase.diffusion.families`: SD 1.x/2.x and SDXL) and every
+prediction type: they call a UNet through :func:`unet_prediction`, which adds what the family's UNet needs (SDXL's
+pooled embeddings and time ids), and regress onto :func:`~concept_erase.diffusion.families.training_target`.
 """
 
 from __future__ import annotations
@@ -19,27 +23,39 @@ from typing import Any, Literal
 
 import torch
 from diffusers import DDPMScheduler
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from concept_erase.core.config import check_numbers
 from concept_erase.core.errors import ConfigError, TrainingError, excerpt
 from concept_erase.core.trainer import Trainer, TrainerConfig
+from concept_erase.diffusion.families import (
+    PromptEmbeddings,
+    check_prediction_type,
+    encode,
+    family_of,
+    unconditional,
+    unet_kwargs,
+)
 
 __all__ = [
     "GENERIC_RETAIN",
     "GENERIC_TEMPLATES",
     "ConceptData",
+    "ConceptDataset",
     "ErasureConfig",
     "ErasureOutcome",
     "ErasureRequest",
     "concept_data",
     "encode_prompts",
+    "batch_embeddings",
+    "empty_prompt",
     "frozen_copy",
     "make_trainer",
     "noise_scheduler",
     "replace_config",
     "training_prompts",
+    "unet_prediction",
 ]
 
 # Templates for a model the toolkit did not train (a real SD checkpoint); the tiny model uses its training templates.
@@ -81,10 +97,16 @@ class ErasureConfig:
     generation_guidance_scale: float = 3.0
     retain_concepts: list[str] | None = None  # None: the model's other concepts (tiny SD) or a generic list
     output_format: Literal["auto", "adapter", "pipeline"] = "auto"
+    gradient_checkpointing: bool = False  # recompute the UNet's activations in the backward pass: less memory
     show_progress: bool = True
 
     def __post_init__(self) -> None:
         check_numbers(self)
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError(
+                f"gradient_checkpointing: invalid value {excerpt(self.gradient_checkpointing)}; accepted values: "
+                "true, false"
+            )
         if self.templates is not None and (not self.templates or any("{}" not in t for t in self.templates)):
             raise ConfigError("templates must be a non-empty list of prompt templates, each containing '{}'")
         if self.output_format not in ("auto", "adapter", "pipeline"):
@@ -107,15 +129,24 @@ class ErasureConfig:
             seed=self.seed,
             show_progress=self.show_progress,
         )
+        if self.gradient_checkpointing:  # passed only when asked for, so the trainer's default stays in charge
+            values["gradient_checkpointing"] = True
         values.update(overrides)
         return TrainerConfig(**values)
+
+    def check_family(self, family: str) -> None:
+        """Refuse, with a :class:`ConfigError`, a setting the model family (``sd``, ``sdxl``) cannot honour.
+        Every shared setting works on every family; a method's config overrides this for its own."""
 
 
 @dataclass
 class ErasureRequest:
-    """What a method receives: the loaded pipeline (trained in place) and the concepts to erase."""
+    """What a method receives: the loaded pipeline (trained in place) and the concepts to erase.
 
-    pipe: Any  # a diffusers StableDiffusionPipeline; methods change ``pipe.unet`` only
+    The pipeline must be of a supported family with a prediction type the losses know (checked here, before any
+    work: :class:`~concept_erase.core.errors.ModelLoadError` / :class:`ConfigError` otherwise)."""
+
+    pipe: Any  # a StableDiffusionPipeline or StableDiffusionXLPipeline; methods change ``pipe.unet`` only
     concepts: list[str]
     model: str  # the base model as recorded in erasure.json (shipped asset name, local path or hub id)
     retain_concepts: list[str]
@@ -123,9 +154,18 @@ class ErasureRequest:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     work_dir: Path | None = None
 
+    def __post_init__(self) -> None:
+        family_of(self.pipe)
+        check_prediction_type(self.pipe.scheduler)
+
     @property
     def unet(self) -> torch.nn.Module:
         return self.pipe.unet
+
+    @property
+    def family(self) -> str:
+        """``sd`` (SD 1.x/2.x) or ``sdxl``."""
+        return family_of(self.pipe).name
 
 
 @dataclass
@@ -149,17 +189,58 @@ class ConceptData:
     concept_ids: torch.Tensor  # (N,) index into the concept list the data was built for
     latents: torch.Tensor  # (N, C, h, w): clean latents in the UNet's (scaled) latent space
     embeddings: torch.Tensor  # (N, L, D): the frozen text encoder's states of each prompt
+    pooled: torch.Tensor | None = None  # (N, P): SDXL's pooled text embeddings; None for SD 1.x/2.x
+
+    @property
+    def text(self) -> PromptEmbeddings:
+        return PromptEmbeddings(self.embeddings, self.pooled)
+
+
+class ConceptDataset(Dataset):
+    """Rows of named tensors as dicts (the default collate stacks them): ``latents``, ``states``, ``pooled`` (SDXL
+    only) and any per-row ``extra`` columns; :func:`batch_embeddings` reads a batch's conditioning back."""
+
+    def __init__(self, latents: torch.Tensor, text: PromptEmbeddings, **extra: torch.Tensor):
+        columns = {"latents": latents, "states": text.states, "pooled": text.pooled, **extra}
+        self.columns = {name: column for name, column in columns.items() if column is not None}
+        lengths = {name: len(column) for name, column in self.columns.items()}
+        if len(set(lengths.values())) != 1:
+            raise ConfigError(f"dataset columns differ in length: {lengths}")
+
+    def __len__(self) -> int:
+        return len(self.columns["latents"])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {name: column[index] for name, column in self.columns.items()}
+
+
+def batch_embeddings(batch: dict[str, torch.Tensor], device=None) -> PromptEmbeddings:
+    """The conditioning of a :class:`ConceptDataset` batch, on ``device``."""
+    text = PromptEmbeddings(batch["states"], batch.get("pooled"))
+    return text if device is None else text.to(device)
 
 
 @torch.no_grad()
-def encode_prompts(pipe, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """The text encoder's hidden states of ``prompts`` (CPU, float32), as the pipeline conditions its UNet."""
-    out = []
-    device = pipe.text_encoder.device
-    for start in range(0, len(prompts), batch_size):
-        states, _ = pipe.encode_prompt(prompts[start : start + batch_size], device, 1, False)
-        out.append(states.float().cpu())
-    return torch.cat(out)
+def encode_prompts(pipe, prompts: list[str], batch_size: int = 64) -> PromptEmbeddings:
+    """``(states, pooled)`` of ``prompts`` (CPU, float32), as the pipeline conditions its UNet; ``pooled`` is None
+    except on SDXL."""
+    parts = [encode(pipe, prompts[start : start + batch_size]) for start in range(0, len(prompts), batch_size)]
+    return PromptEmbeddings.cat(parts).to("cpu", torch.float32)
+
+
+@torch.no_grad()
+def empty_prompt(pipe) -> PromptEmbeddings:
+    """The pipeline's own unconditional conditioning (one row, CPU, float32), the one its classifier-free guidance
+    uses: the empty prompt's encoding, or zeros on SDXL with ``force_zeros_for_empty_prompt``."""
+    return unconditional(pipe).to("cpu", torch.float32)
+
+
+def unet_prediction(unet, pipe, noisy: torch.Tensor, timesteps: torch.Tensor, text: PromptEmbeddings) -> torch.Tensor:
+    """``unet``'s output for ``noisy`` at ``timesteps`` conditioned on ``text``, with the keyword arguments the
+    pipeline's family needs (SDXL: pooled embeddings and time ids). ``unet`` may be ``pipe.unet``, a frozen copy or
+    the trainer's wrapped model."""
+    text = text.to(device=noisy.device, dtype=noisy.dtype)
+    return unet(noisy, timesteps, text.states, **unet_kwargs(pipe, text.pooled, len(noisy))).sample
 
 
 def training_prompts(concepts: list[str], templates: list[str], num_images: int) -> tuple[list[str], list[int]]:
@@ -196,12 +277,14 @@ def concept_data(
             ).images
             latents.append(out.float().cpu())
             bar.update(len(chunk))
-    return ConceptData(prompts, torch.tensor(ids), torch.cat(latents), encode_prompts(pipe, prompts))
+    text = encode_prompts(pipe, prompts)
+    return ConceptData(prompts, torch.tensor(ids), torch.cat(latents), text.states, text.pooled)
 
 
 def noise_scheduler(pipe):
-    """A DDPM scheduler with the pipeline's noise schedule, for ``add_noise`` during training."""
-
+    """A DDPM scheduler with the pipeline's noise schedule and prediction type, for ``add_noise`` and
+    :func:`~concept_erase.diffusion.families.training_target` during training."""
+    check_prediction_type(pipe.scheduler)
     return DDPMScheduler.from_config(pipe.scheduler.config)
 
 

@@ -48,12 +48,13 @@ from concept_erase.diffusion.base import (
     ErasureRequest,
 )
 from concept_erase.diffusion.loading import (
-    LORA_FILE,
     WEIGHTS_FILE,
     apply_adapter,
-    concept_token_ids,
+    check_concept_tokens,
+    check_model,
     load_pipeline,
     looks_like_hub_id,
+    save_lora_adapter,
     save_weights_adapter,
 )
 from concept_erase.diffusion.tiny_sd import (
@@ -82,7 +83,7 @@ ADAPTER_MAX_FRACTION = 0.10  # an adapter is at most this fraction of the UNet's
 # ---------------------------------------------------------------------------------------------------- erase
 
 
-def _check_concepts(concepts: list[str] | tuple[str, ...] | None, tokenizer) -> list[str]:
+def _check_concepts(concepts: list[str] | tuple[str, ...] | None, pipe) -> list[str]:
 
     if isinstance(concepts, str):
         concepts = [concepts]
@@ -96,7 +97,7 @@ def _check_concepts(concepts: list[str] | tuple[str, ...] | None, tokenizer) -> 
     if not cleaned:
         raise ConfigError("the concept list is empty: name at least one concept to erase (e.g. --concept seven)")
     for concept in cleaned:
-        concept_token_ids(tokenizer, concept)
+        check_concept_tokens(pipe, concept)  # every tokenizer the pipeline has (SDXL: two)
     return cleaned
 
 
@@ -157,8 +158,9 @@ def erase(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     _check_precision(config.mixed_precision, device)
     model = resolve_model(model or DEFAULT_MODEL)
+    config.check_family(check_model(model).name)  # a setting the family cannot honour: refused before loading
     pipe = load_pipeline(model, device=str(device))
-    concepts = _check_concepts(concepts, pipe.tokenizer)
+    concepts = _check_concepts(concepts, pipe)
     templates, retain = _defaults_for(model, concepts, config)
     request = ErasureRequest(pipe, concepts, _recorded_model(model), retain, templates, device)
     # the UNet before erasure, on the host (a second copy on the accelerator would double its memory)
@@ -234,14 +236,13 @@ def _write_artifact(out: Path, pipe, outcome: ErasureOutcome, record: dict, outp
     changed = set(record["changed_parameters"])
     if outcome.lora:
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
-        pipeline_class = type(pipe)
-        pipeline_class.save_lora_weights(str(out), unet_lora_layers=layers, safe_serialization=True)
-        return _describe(out / LORA_FILE, "lora", unet_bytes)
+        return _describe(save_lora_adapter(pipe, out, layers, method=record["method"]), "lora", unet_bytes)
     tensors = {f"unet.{n}": p.detach() for n, p in pipe.unet.named_parameters() if n in changed}
     size = sum(t.numel() * t.element_size() for t in tensors.values())
     small = size <= ADAPTER_MAX_FRACTION * unet_bytes
     if output_format == "adapter" or (output_format == "auto" and small):
-        save_weights_adapter(out / WEIGHTS_FILE, tensors, mode="replace", method=record["method"])
+        made_for = {"method": record["method"], "pipeline_class": type(pipe).__name__}  # checked by apply_adapter
+        save_weights_adapter(out / WEIGHTS_FILE, tensors, mode="replace", **made_for)
         return _describe(out / WEIGHTS_FILE, "weights", unet_bytes)
     save_pipeline(pipe, out)
     files = [p for p in (out / "unet").iterdir() if p.suffix == ".safetensors"]

@@ -1,8 +1,12 @@
-"""Loading Stable Diffusion pipelines, checking concepts against their tokenizer, and applying erasure adapters.
+"""Loading Stable Diffusion pipelines, checking concepts against their tokenizers, and applying erasure adapters.
 
-    pipe = load_pipeline("concept_erase/diffusion/assets/tiny-sd")      # or "runwayml/stable-diffusion-v1-5", any SD dir
+    pipe = load_pipeline("concept_erase/diffusion/assets/tiny-sd")      # or any SD 1.x/2.x/SDXL directory or hub id
     concept_token_ids(pipe.tokenizer, "seven")                 # [id]; a clear error if it cannot be represented
+    check_concept_tokens(pipe, "seven")                        # the same for every tokenizer (SDXL has two)
     apply_adapter(pipe, "out/erase-seven")                     # a LoRA or a weight file, checked against the model
+
+The pipeline class comes from the model's ``model_index.json`` (:mod:`concept_erase.diffusion.families`): an
+unsupported one (SD3, Flux, ...) is refused before any weights are loaded.
 
 An *adapter* is what an erasure produces, in one of two safetensors formats:
 
@@ -12,7 +16,9 @@ An *adapter* is what an erasure produces, in one of two safetensors formats:
   ``replace`` or ``delta``) for methods that change a selected set of weights directly.
 
 Every key is checked against the model before anything is changed: an adapter made for another model fails with a
-one-line error that names the first key that does not fit.
+one-line error that names the first key that does not fit. Adapters the toolkit writes also record the pipeline
+class they were made for (metadata ``pipeline_class``): one made for SDXL applied to an SD 1.x/2.x model, or the
+reverse, is refused naming both.
 """
 
 from __future__ import annotations
@@ -26,35 +32,55 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers.utils import logging as transformers_logging
 
 from concept_erase.core.errors import AdapterError, ConfigError, ModelLoadError
 from concept_erase.core.tensorfile import save_tensors
+from concept_erase.diffusion.families import (
+    FAMILIES,
+    Family,
+    check_family,
+    describe_class,
+    model_family,
+    pipeline_class,
+    quiet_loading,
+    tokenizers,
+)
 
 __all__ = [
     "ADAPTER_FILES",
     "REQUIRED_COMPONENTS",
     "apply_adapter",
+    "check_concept_tokens",
+    "check_model",
     "concept_token_ids",
     "find_adapter_file",
     "load_pipeline",
     "looks_like_hub_id",
+    "pipeline_class",
+    "save_lora_adapter",
     "save_weights_adapter",
 ]
 
-REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+REQUIRED_COMPONENTS = FAMILIES["sd"].components  # SD 1.x/2.x; each family lists its own (Family.components)
 WEIGHTS_FILE = "erasure.safetensors"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 ADAPTER_FILES = (WEIGHTS_FILE, LORA_FILE)
 WEIGHTS_FORMAT = "concept-erase/weights-v1"
 # Weight files that are Python pickles: loading one can run arbitrary code.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# from_pretrained options per family: no safety checker (SD), no invisible watermark (SDXL)
+_LOAD_OPTIONS: dict[str, dict[str, Any]] = {
+    "sd": {"safety_checker": None, "requires_safety_checker": False},
+    "sdxl": {"add_watermarker": False},
+}
+_quiet_loading = quiet_loading  # its name here before it moved to families (other modules import it)
 
 
 # ---------------------------------------------------------------------------------------------------- pipelines
 
 
-def _check_pipeline_dir(path: Path) -> None:
+def _check_pipeline_dir(path: Path) -> Family:
+    """The family of pipeline directory ``path`` (refused when unsupported), once its components are all there."""
     index = path / "model_index.json"
     if not index.is_file():
         raise ModelLoadError(f"{path} is not a diffusers pipeline directory: it has no model_index.json")
@@ -62,31 +88,17 @@ def _check_pipeline_dir(path: Path) -> None:
         components = json.loads(index.read_text())
     except json.JSONDecodeError as exc:
         raise ModelLoadError(f"{index} is not valid JSON: {exc}") from None
-    listed = {name for name, value in components.items() if isinstance(value, list) and value[0] is not None}
-    missing = [name for name in REQUIRED_COMPONENTS if name not in listed or not (path / name).is_dir()]
+    if not isinstance(components, dict):
+        raise ModelLoadError(f"{index} is not a JSON object of pipeline components")
+    family = check_family(components.get("_class_name"), f"model {path}")
+    listed = {name for name, value in components.items() if isinstance(value, list) and value and value[0] is not None}
+    missing = [name for name in family.components if name not in listed or not (path / name).is_dir()]
     if missing:
         raise ModelLoadError(
             f"{path} is missing Stable Diffusion component(s): {', '.join(missing)} "
-            f"(a pipeline needs {', '.join(REQUIRED_COMPONENTS)})"
+            f"(a {family.class_name} needs {', '.join(family.components)})"
         )
-
-
-@contextlib.contextmanager
-def _quiet_loading():
-    """Hide diffusers' and transformers' per-component loading bars (our callers show their own progress)."""
-
-    states = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
-    verbosity = transformers_logging.get_verbosity()
-    for lib, _ in states:
-        lib.disable_progress_bar()
-    transformers_logging.set_verbosity_error()  # its "requires torchvision" notices concern image processors we never use
-    try:
-        yield
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-        for lib, enabled in states:
-            if enabled:
-                lib.enable_progress_bar()
+    return family
 
 
 @contextlib.contextmanager
@@ -98,13 +110,6 @@ def _diffusers_errors_only():
         yield
     finally:
         diffusers_logging.set_verbosity(verbosity)
-
-
-def pipeline_class():
-    """``diffusers.StableDiffusionPipeline``, imported without transformers' notices about torchvision."""
-    with _quiet_loading():  # kept local: the import itself prints the notices that this hides
-        from diffusers import StableDiffusionPipeline
-    return StableDiffusionPipeline
 
 
 def looks_like_hub_id(model: str | Path) -> bool:
@@ -126,40 +131,51 @@ def _pickled_only_component(path: Path) -> tuple[str, str] | None:
     return None
 
 
+def check_model(model: str | Path, *, allow_pickle: bool = False) -> Family:
+    """The family of ``model`` (a pipeline directory or hub id) after everything :func:`load_pipeline` checks before
+    loading any weights: the directory exists, is of a supported pipeline class, has the family's components and
+    (unless ``allow_pickle``) safetensors weights; a hub id's ``model_index.json`` names a supported class."""
+    if looks_like_hub_id(model):
+        return model_family(model, is_local=False)
+    path = Path(model)
+    if not path.exists():
+        raise ModelLoadError(f"model {model} does not exist (give a diffusers pipeline directory or a hub id)")
+    family = _check_pipeline_dir(path)
+    pickled = None if allow_pickle else _pickled_only_component(path)
+    if pickled is not None:
+        component, file = pickled
+        raise ModelLoadError(
+            f"{path}: component {component} has only pickled weights ({file}), which can run code when loaded; "
+            "convert them to safetensors (save_pretrained(..., safe_serialization=True)) or, for files you "
+            "trust, load with allow_pickle=True"
+        )
+    return family
+
+
 def load_pipeline(
     model: str | Path, torch_dtype: torch.dtype | None = None, device: str | None = None, *, allow_pickle: bool = False
 ):
-    """``StableDiffusionPipeline.from_pretrained`` on a local directory or a hub id, with clear errors.
+    """The model's own pipeline class (``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``, from its
+    ``model_index.json``) ``.from_pretrained`` on a local directory or a hub id, with clear errors.
 
-    Weights are loaded from safetensors files only (``use_safetensors=True``): a pickled weight file (``.bin``) can
-    run arbitrary code when it is loaded. A model whose weights are only pickles is refused with a
-    :class:`ModelLoadError` naming the component, unless ``allow_pickle=True`` (for files you trust).
+    Any other pipeline class is refused with a :class:`ModelLoadError` naming it and the supported ones, before any
+    weights are loaded. Weights are loaded from safetensors files only (``use_safetensors=True``): a pickled weight
+    file (``.bin``) can run arbitrary code when it is loaded. A model whose weights are only pickles is refused with
+    a :class:`ModelLoadError` naming the component, unless ``allow_pickle=True`` (for files you trust).
 
-    The safety checker is not loaded (it judges photographs, not the concepts we erase); the pipeline's own
-    progress bar is disabled because callers show one over whole batches.
+    The safety checker (SD) and the invisible watermark (SDXL) are not loaded (they concern photographs, not the
+    concepts we erase); the pipeline's own progress bar is disabled because callers show one over whole batches.
     """
-    path = Path(model)
+    family = check_model(model, allow_pickle=allow_pickle)
     is_local = not looks_like_hub_id(model)
-    if is_local:
-        if not path.exists():
-            raise ModelLoadError(f"model {model} does not exist (give a diffusers pipeline directory or a hub id)")
-        _check_pipeline_dir(path)
-        pickled = None if allow_pickle else _pickled_only_component(path)
-        if pickled is not None:
-            component, file = pickled
-            raise ModelLoadError(
-                f"{path}: component {component} has only pickled weights ({file}), which can run code when loaded; "
-                "convert them to safetensors (save_pretrained(..., safe_serialization=True)) or, for files you "
-                "trust, load with allow_pickle=True"
-            )
-    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    kwargs: dict[str, Any] = dict(_LOAD_OPTIONS[family.name])
     if not allow_pickle:
         kwargs["use_safetensors"] = True
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
     try:
-        with _quiet_loading():
-            pipe = pipeline_class().from_pretrained(str(model), **kwargs)
+        with quiet_loading():
+            pipe = pipeline_class(family).from_pretrained(str(model), **kwargs)
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         where = "directory" if is_local else "hub id"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -168,18 +184,18 @@ def load_pipeline(
             if allow_pickle or "safetensors" not in first
             else " (only safetensors weights are loaded unless allow_pickle=True)"
         )
-        raise ModelLoadError(f"could not load a Stable Diffusion pipeline from {where} {model}: {first}{hint}") from exc
+        raise ModelLoadError(f"could not load a {family.class_name} from {where} {model}: {first}{hint}") from exc
     pipe.set_progress_bar_config(disable=True)
     if device is not None:
         pipe.to(device)
     return pipe
 
 
-def concept_token_ids(tokenizer, concept: str) -> list[int]:
+def concept_token_ids(tokenizer, concept: str, name: str = "tokenizer") -> list[int]:
     """The token ids of ``concept`` as the model's tokenizer writes it (no special tokens).
 
     Raises ConfigError if the concept is empty, contains text the tokenizer maps to its unknown token (or drops),
-    or does not fit in the tokenizer's context.
+    or does not fit in the tokenizer's context; ``name`` is the tokenizer's component name in the message.
     """
     if not concept or not concept.strip():
         raise ConfigError("concept must be a non-empty string")
@@ -189,13 +205,18 @@ def concept_token_ids(tokenizer, concept: str) -> list[int]:
         unknown.add(tokenizer.eos_token_id)
     if not ids or any(i in unknown for i in ids):
         raise ConfigError(
-            f"concept {concept!r} cannot be represented by the model's tokenizer (it becomes "
+            f"concept {concept!r} cannot be represented by the model's {name} (it becomes "
             f"{tokenizer.convert_ids_to_tokens(ids) or 'nothing'}); use text the tokenizer knows, e.g. plain ASCII"
         )
     limit = tokenizer.model_max_length - 2
     if len(ids) > limit:
-        raise ConfigError(f"concept {concept!r} is {len(ids)} tokens long; the tokenizer's context holds {limit}")
+        raise ConfigError(f"concept {concept!r} is {len(ids)} tokens long; the {name}'s context holds {limit}")
     return list(ids)
+
+
+def check_concept_tokens(pipe, concept: str) -> dict[str, list[int]]:
+    """:func:`concept_token_ids` of ``concept`` in every tokenizer of ``pipe`` (SDXL has two), by component name."""
+    return {name: concept_token_ids(tokenizer, concept, name) for name, tokenizer in tokenizers(pipe).items()}
 
 
 # ---------------------------------------------------------------------------------------------------- adapters
@@ -234,16 +255,19 @@ def _component(pipe, key: str) -> tuple[str, torch.nn.Module, str]:
     return name, module, rest
 
 
+def _mismatch(pipe) -> str:
+    return f"adapter does not match the model (a {type(pipe).__name__})"
+
+
 def _check_weights(pipe, tensors: dict[str, torch.Tensor]) -> None:
     for key, value in tensors.items():
         name, module, param = _component(pipe, key)
         state = module.state_dict()
         if param not in state:
-            raise AdapterError(f"adapter does not match the model: {name} has no parameter {param!r}")
+            raise AdapterError(f"{_mismatch(pipe)}: {name} has no parameter {param!r}")
         if tuple(state[param].shape) != tuple(value.shape):
             raise AdapterError(
-                f"adapter does not match the model: {key} has shape {tuple(value.shape)}, "
-                f"the model's is {tuple(state[param].shape)}"
+                f"{_mismatch(pipe)}: {key} has shape {tuple(value.shape)}, the model's is {tuple(state[param].shape)}"
             )
 
 
@@ -258,14 +282,24 @@ def _check_lora(pipe, tensors: dict[str, torch.Tensor]) -> None:
             try:
                 module = component.get_submodule(module_name)
             except AttributeError:
-                raise AdapterError(f"adapter does not match the model: {name} has no module {module_name!r}") from None
+                raise AdapterError(f"{_mismatch(pipe)}: {name} has no module {module_name!r}") from None
             base = getattr(module, "base_layer", module)
             expected = base.weight.shape[dim]
             if value.ndim < 2 or value.shape[dim] != expected:
                 raise AdapterError(
-                    f"adapter does not match the model: {key} has shape {tuple(value.shape)}, "
+                    f"{_mismatch(pipe)}: {key} has shape {tuple(value.shape)}, "
                     f"but {name}.{module_name} needs size {expected} in dimension {dim}"
                 )
+
+
+def _check_made_for(pipe, metadata: dict[str, str], file: Path) -> None:
+    """An adapter that records the pipeline class it was made for must be applied to a pipeline of that class."""
+    made_for, model = metadata.get("pipeline_class"), type(pipe).__name__
+    if made_for is not None and made_for != model:
+        raise AdapterError(
+            f"adapter {file} was made for a {describe_class(made_for)} model, but the model is a "
+            f"{describe_class(model)}; apply it to a model of the family it was made for"
+        )
 
 
 @torch.no_grad()
@@ -275,6 +309,7 @@ def apply_adapter(pipe, adapter: str | Path) -> dict[str, Any]:
     tensors, metadata = _read_adapter(file)
     if not tensors:
         raise AdapterError(f"adapter {file} holds no tensors")
+    _check_made_for(pipe, metadata, file)
     if any("lora" in key for key in tensors):
         _check_lora(pipe, tensors)
         try:
@@ -300,9 +335,21 @@ def apply_adapter(pipe, adapter: str | Path) -> dict[str, Any]:
 
 
 def save_weights_adapter(path: str | Path, tensors: dict[str, torch.Tensor], mode: str = "replace", **metadata) -> None:
-    """Write a concept-erase weights adapter: ``{component.parameter: tensor}`` plus string metadata."""
+    """Write a concept-erase weights adapter: ``{component.parameter: tensor}`` plus string metadata (the toolkit
+    records ``method`` and ``pipeline_class``, which :func:`apply_adapter` checks)."""
 
     if mode not in ("replace", "delta"):
         raise ConfigError(f"mode must be 'replace' or 'delta', got {mode!r}")
     header = {"format": WEIGHTS_FORMAT, "mode": mode, **{k: str(v) for k, v in metadata.items()}}
     save_tensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=header)
+
+
+def save_lora_adapter(pipe, directory: str | Path, unet_layers: dict[str, torch.Tensor], **metadata) -> Path:
+    """Write a UNet LoRA in diffusers' format through the pipeline's own class (``save_lora_weights``, so it loads
+    back with that class's ``load_lora_weights``), its metadata also naming the ``pipeline_class`` it was made for."""
+    type(pipe).save_lora_weights(str(directory), unet_lora_layers=unet_layers, safe_serialization=True)
+    file = Path(directory) / LORA_FILE
+    tensors, written = _read_adapter(file)
+    header = {**written, "pipeline_class": type(pipe).__name__, **{k: str(v) for k, v in metadata.items()}}
+    save_tensors(tensors, str(file), metadata=header)
+    return file

@@ -13,7 +13,7 @@ from concept_erase.diffusion.attention import (
     resolve_attention_backend,
     steer_cross_attention,
 )
-from concept_erase.diffusion.base import ErasureRequest, encode_prompts, noise_scheduler
+from concept_erase.diffusion.base import ErasureRequest, encode_prompts
 from concept_erase.diffusion.erasure import erase, load_erased, read_erasure
 from concept_erase.diffusion.methods import fmn
 from concept_erase.diffusion.methods.fmn import FMNConfig, concept_attention
@@ -36,7 +36,7 @@ def _request(pipe, concepts):
 def _inputs(pipe, prompts, concepts, seed=0):
     generator = torch.Generator().manual_seed(seed)
     latents = torch.randn(len(prompts), 4, 8, 8, generator=generator)
-    return latents, encode_prompts(pipe, prompts), concept_positions(pipe.tokenizer, prompts, concepts)
+    return latents, encode_prompts(pipe, prompts).states, concept_positions(pipe.tokenizer, prompts, concepts)
 
 
 def _processor_classes(unet):
@@ -159,13 +159,12 @@ def test_fmn_lowers_attention_on_every_concept_and_trains_only_the_keys(pipe):
     prompts = ["the number seven", "a drawing of seven", "the number nine", "nine written by hand"]
     concepts = ["seven", "seven", "nine", "nine"]
     latents, states, positions = _inputs(pipe, prompts, concepts, seed=1)
-    scheduler = noise_scheduler(pipe)
-    before = [concept_attention(pipe.unet, scheduler, latents[i::2], states[i::2], positions[i::2]) for i in (0, 1)]
+    before = [concept_attention(pipe.unet, pipe, latents[i::2], states[i::2], positions[i::2]) for i in (0, 1)]
     weights = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
     processors = pipe.unet.attn_processors
     config = FMNConfig(train="cross_attention_keys", learning_rate=2e-2, train_batch_size=2, **FAST)
     outcome = fmn.erase(_request(pipe, ["seven", "nine"]), config)
-    after = [concept_attention(pipe.unet, scheduler, latents[i::2], states[i::2], positions[i::2]) for i in (0, 1)]
+    after = [concept_attention(pipe.unet, pipe, latents[i::2], states[i::2], positions[i::2]) for i in (0, 1)]
     assert after[0] < 0.8 * before[0] and after[1] < 0.8 * before[1], (before, after)
     changed = {n for n, p in pipe.unet.named_parameters() if not torch.equal(p, weights[n])}
     assert changed and all(".attn2.to_k." in n for n in changed)
@@ -189,10 +188,9 @@ def test_lora_output_loads_back_with_load_erased_and_load_lora_weights(pipe, tmp
     record = erase(tmp_path / "model", "fmn", ["seven"], config, output_dir=tmp_path / "out")
     assert record["artifact"]["format"] == "lora" and read_erasure(tmp_path / "out")["method"] == "fmn"
     latents, states, positions = _inputs(pipe, ["the number seven"] * 4, "seven")
-    scheduler = noise_scheduler(pipe)
-    base = concept_attention(pipe.unet, scheduler, latents, states, positions)
+    base = concept_attention(pipe.unet, pipe, latents, states, positions)
     erased = load_erased(tmp_path / "out")
-    assert concept_attention(erased.unet, scheduler, latents, states, positions) < base
+    assert concept_attention(erased.unet, erased, latents, states, positions) < base
     fresh = build_pipeline()
     fresh.load_lora_weights(str(tmp_path / "out"))
     assert any("lora" in n for n, _ in fresh.unet.named_parameters())

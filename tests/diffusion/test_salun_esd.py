@@ -132,7 +132,7 @@ def _probe(pipe, prompts: list[str]):
 
     @torch.no_grad()
     def predict(unet, prompt: str) -> torch.Tensor:
-        return unet(noisy, steps, encode_prompts(pipe, [prompt]).expand(8, -1, -1)).sample
+        return unet(noisy, steps, encode_prompts(pipe, [prompt]).states.expand(8, -1, -1)).sample
 
     return predict
 

@@ -28,6 +28,14 @@ embeddings are close: on the tiny model "seven"'s text state has cosine 0.8 with
 that erases "seven" also damages them, and plain ESD cannot erase "seven" without losing ~10 points of retain
 accuracy.
 
+**Every family and prediction type.** Both terms distil the frozen copy's own predictions (guided or not) into
+the trained UNet: whatever the UNet predicts (noise, velocity or clean latents), the guided combination is formed in
+that same space, as the pipeline's classifier-free guidance forms it, so the loss needs no
+:func:`~concept_erase.diffusion.families.training_target` and is right for epsilon and v-prediction models alike.
+The unconditional prediction uses the pipeline's own unconditional conditioning
+(:func:`~concept_erase.diffusion.base.empty_prompt`: the empty prompt, or SDXL's zeros), and every UNet call goes
+through :func:`~concept_erase.diffusion.base.unet_prediction` (SDXL's pooled embeddings and time ids).
+
 Defaults are the paper's (``train-esd.py``): negative guidance 1.0, learning rate 1e-5, 1000 iterations, batch 1.
 """
 
@@ -38,21 +46,24 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
 
 from concept_erase.core.config import FINITE, check_numbers
 from concept_erase.core.errors import ConfigError, excerpt
 from concept_erase.core.registry import register_method
 from concept_erase.diffusion.base import (
+    ConceptDataset,
     ErasureConfig,
     ErasureOutcome,
     ErasureRequest,
+    batch_embeddings,
     concept_data,
-    encode_prompts,
+    empty_prompt,
     frozen_copy,
     make_trainer,
     noise_scheduler,
+    unet_prediction,
 )
+from concept_erase.diffusion.families import PromptEmbeddings
 
 __all__ = ["ESDConfig", "TRAIN_PATTERNS", "esd"]
 
@@ -95,25 +106,23 @@ def _esd_loss(request: ErasureRequest, config: ESDConfig, teacher: torch.nn.Modu
     """MSE to the frozen model's negatively guided prediction ``e0 - eta * (ec - e0)``; with ``retain`` data also
     ``preserve_weight`` times the MSE to the frozen model's prediction for retain prompts. One UNet call each for the
     trained and the frozen model per step."""
-    scheduler = noise_scheduler(request.pipe)
-    empty = encode_prompts(request.pipe, [""])
+    pipe, scheduler = request.pipe, noise_scheduler(request.pipe)
+    empty = empty_prompt(pipe)
 
     def loss(unet, batch):
-        latents, states = (t.to(unet.device) for t in batch)
+        latents, text = batch["latents"].to(unet.device), batch_embeddings(batch, unet.device)
         n = len(latents)
         if retain is not None:
             picks = torch.randint(0, len(retain.latents), (n,))
             latents = torch.cat([latents, retain.latents[picks].to(latents)])
-            states = torch.cat([states, retain.embeddings[picks].to(states)])
+            text = PromptEmbeddings.cat([text, retain.text.take(picks).to(unet.device)])
         noisy, steps = _noised(scheduler, latents)
         with torch.no_grad():
-            frozen = teacher(
-                torch.cat([noisy[:n], noisy]),
-                torch.cat([steps[:n], steps]),
-                torch.cat([empty.to(states).expand(n, -1, -1), states]),
-            ).sample.float()
+            both = PromptEmbeddings.cat([empty.expand(n).to(unet.device), text])
+            frozen = unet_prediction(teacher, pipe, torch.cat([noisy[:n], noisy]), torch.cat([steps[:n], steps]), both)
+            frozen = frozen.float()
         uncond, cond, kept = frozen[:n], frozen[n : 2 * n], frozen[2 * n :]
-        pred = unet(noisy, steps, states).sample.float()
+        pred = unet_prediction(unet, pipe, noisy, steps, text).float()
         value = F.mse_loss(pred[:n], uncond - config.negative_guidance * (cond - uncond))
         return value + config.preserve_weight * F.mse_loss(pred[n:], kept) if retain is not None else value
 
@@ -136,7 +145,7 @@ def esd(request: ErasureRequest, config: ESDConfig) -> ErasureOutcome:
     trainer = make_trainer(
         request,
         config,
-        TensorDataset(data.latents, data.embeddings),
+        ConceptDataset(data.latents, data.text),
         _esd_loss(request, config, teacher, retain),
         trainable=TRAIN_PATTERNS[config.train],
         method="esd",

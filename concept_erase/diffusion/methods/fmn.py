@@ -11,6 +11,13 @@ the loss is the norm of the attention probabilities on the concept-token positio
 head and pixel. Nothing else is in the loss, so FMN is fast but has no term that preserves other concepts: keep the
 run short (the paper trains 35 steps). It suppresses attention; it does not guarantee that the concept's images are
 gone (the prompt's other tokens, or end-of-text, may still carry it).
+
+On SDXL the UNet attends over both text encoders' states concatenated position by position, so the concept's
+positions are found in both tokenizers' inputs and their union is steered
+(:func:`~concept_erase.diffusion.attention.pipeline_concept_positions`; the second tokenizer pads with ``"!"``).
+The steering loss needs no denoising target; textual inversion's loss uses the scheduler's own
+(:func:`~concept_erase.diffusion.families.training_target`), and it is implemented for SD 1.x/2.x only: on SDXL
+``textual_inversion: true`` is refused before any work.
 """
 
 from __future__ import annotations
@@ -32,19 +39,24 @@ from concept_erase.diffusion.attention import (
     BACKENDS,
     concept_positions,
     cross_attention_layers,
+    pipeline_concept_positions,
     resolve_attention_backend,
     steer_cross_attention,
 )
 from concept_erase.diffusion.base import (
+    ConceptDataset,
     ErasureConfig,
     ErasureOutcome,
     ErasureRequest,
+    batch_embeddings,
     concept_data,
     make_trainer,
     noise_scheduler,
     replace_config,
     training_prompts,
+    unet_prediction,
 )
+from concept_erase.diffusion.families import PromptEmbeddings, training_target
 from concept_erase.diffusion.loading import concept_token_ids
 
 __all__ = ["FMNConfig", "concept_attention", "erase"]
@@ -107,6 +119,14 @@ class FMNConfig(ErasureConfig):
                 f"attention_backend: invalid value {excerpt(self.attention_backend)}; accepted values: {', '.join(BACKENDS)}"
             )
 
+    def check_family(self, family: str) -> None:
+        """Textual inversion is implemented for SD 1.x/2.x's single text encoder, not SDXL's two."""
+        if family == "sdxl" and self.textual_inversion:
+            raise ConfigError(
+                "fmn: textual_inversion is not implemented for SDXL (two text encoders); set textual_inversion: "
+                "false to steer the concept's own tokens in both encoders"
+            )
+
 
 @register_method(
     "fmn", FMNConfig, tags=("diffusion",), description="Forget-Me-Not (Zhang et al. 2023): attention re-steering"
@@ -120,38 +140,42 @@ def erase(request: ErasureRequest, config: FMNConfig) -> ErasureOutcome:
             f"fmn: the model's {type(unet).__name__} has no cross-attention layers; Forget-Me-Not steers "
             "cross-attention to the concept's tokens and cannot work on it (try salun or esd)"
         )
+    config.check_family(request.family)
     resolve_attention_backend(config.attention_backend, request.device)  # fail before any work
     data = concept_data(request, request.concepts, config)
     details: dict = {"steered_layers": len(cross_attention_layers(unet)), "textual_inversion": None}
     if config.textual_inversion:
         states, positions, details["textual_inversion"] = _inverted_inputs(request, config, data)
+        text = PromptEmbeddings(states)
     else:
         concepts = [request.concepts[i] for i in data.concept_ids.tolist()]
-        states = data.embeddings
-        positions = concept_positions(request.pipe.tokenizer, data.prompts, concepts, config.steer_end_of_text)
+        text = data.text
+        positions = pipeline_concept_positions(request.pipe, data.prompts, concepts, config.steer_end_of_text)
     details["steered_tokens_per_prompt"] = round(positions.sum(1).float().mean().item(), 2)
-    scheduler = noise_scheduler(request.pipe)
-    before = concept_attention(unet, scheduler, data.latents, states, positions, config.seed, config.attention_backend)
+    pipe, backend = request.pipe, config.attention_backend
+    before = concept_attention(unet, pipe, data.latents, text, positions, config.seed, backend)
     if config.train == "lora":
         _add_lora(unet, config.lora_rank, config.seed)
-    result = _train(request, config, TensorDataset(data.latents, states, positions), scheduler)
-    after = concept_attention(unet, scheduler, data.latents, states, positions, config.seed, config.attention_backend)
+    result = _train(request, config, ConceptDataset(data.latents, text, positions=positions))
+    after = concept_attention(unet, pipe, data.latents, text, positions, config.seed, backend)
     details.update(concept_attention_before=round(before, 6), concept_attention_after=round(after, 6))
     return ErasureOutcome(result, lora=config.train == "lora", details=details)
 
 
-def _train(request: ErasureRequest, config: FMNConfig, dataset: TensorDataset, scheduler):
+def _train(request: ErasureRequest, config: FMNConfig, dataset: ConceptDataset):
     """The FMN loop: noised concept latents through the UNet, loss = norm of the concept-token attention."""
+    pipe, scheduler = request.pipe, noise_scheduler(request.pipe)
     with steer_cross_attention(request.unet, config.attention_backend) as steering:
 
         def loss(model, batch) -> torch.Tensor:
-            latents, states, positions = batch
+            latents = batch["latents"]
             noise = torch.randn_like(latents)
             timesteps = torch.randint(
                 0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
             )
-            steering.set_positions(positions)
-            model(scheduler.add_noise(latents, noise, timesteps), timesteps, states.to(latents.dtype))
+            steering.set_positions(batch["positions"])
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+            unet_prediction(model, pipe, noisy, timesteps, batch_embeddings(batch))
             return steering.loss()
 
         trainer = make_trainer(request, config, dataset, loss, trainable=_TRAINABLE[config.train], method="fmn")
@@ -171,16 +195,19 @@ def _add_lora(unet, rank: int, seed: int) -> None:
 @torch.no_grad()
 def concept_attention(
     unet,
-    scheduler,
+    pipe,
     latents: torch.Tensor,
-    states: torch.Tensor,
+    text: PromptEmbeddings | torch.Tensor,
     positions: torch.Tensor,
     seed: int = 0,
     attention_backend: str | None = None,
     batch_size: int = 64,
 ) -> float:
     """Mean attention probability mass on the concept tokens (over samples, layers, heads and pixels) for the
-    ``latents`` noised at seeded random timesteps: FMN's target, lower after erasure."""
+    ``latents`` noised at seeded random timesteps: FMN's target, lower after erasure. ``unet`` is ``pipe``'s or a
+    copy of it; ``text`` is the prompts' conditioning (for SD 1.x/2.x also a plain tensor of encoder states)."""
+    text = text if isinstance(text, PromptEmbeddings) else PromptEmbeddings(text)
+    scheduler = noise_scheduler(pipe)
     generator = torch.Generator().manual_seed(seed + 12345)
     noise = torch.randn(latents.shape, generator=generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
@@ -191,7 +218,7 @@ def concept_attention(
             part = slice(start, start + batch_size)
             noisy = scheduler.add_noise(latents[part], noise[part], timesteps[part]).to(device, unet.dtype)
             steering.set_positions(positions[part].to(device))
-            unet(noisy, timesteps[part].to(device), states[part].to(device, unet.dtype))
+            unet_prediction(unet, pipe, noisy, timesteps[part].to(device), text.take(part))
             masses.append(steering.attention_mass().float().cpu())
     return float(torch.cat(masses).mean())
 
@@ -250,9 +277,10 @@ def _train_inversion(request: ErasureRequest, config: FMNConfig, encoder, datase
         latents, ids = batch
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
-        states = model(ids)[0]
-        prediction = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, states).sample
-        return torch.nn.functional.mse_loss(prediction.float(), noise.float())
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        prediction = unet_prediction(unet, request.pipe, noisy, timesteps, PromptEmbeddings(model(ids)[0]))
+        target = training_target(scheduler, latents, noise, timesteps)
+        return torch.nn.functional.mse_loss(prediction.float(), target.float())
 
     def keep_old_rows(trainer) -> None:
         with torch.no_grad():

@@ -19,6 +19,12 @@ ICLR 2024): saliency-masked fine-tuning that re-labels the concept.
 Defaults are the paper's Stable Diffusion settings (``random_label.py --train_method full --alpha 0.5 --lr 1e-5
 --epochs 5``, batch 8, mask ratio 0.5). ``num_train_epochs`` counts passes over the forget images (the paper's unit);
 ``max_train_steps``, when given, overrides it as in diffusers' scripts.
+
+Both regressions onto a denoising target (the saliency loss and the retain term) use the scheduler's own target
+(:func:`~concept_erase.diffusion.families.training_target`: the noise, the velocity of a v-prediction model such as
+SD 2.x 768, or the clean latents), and every UNet call goes through
+:func:`~concept_erase.diffusion.base.unet_prediction`, so SD 1.x/2.x and SDXL models are erased the same way. The
+forgetting term needs no target: it pulls one prediction onto another of the same model.
 """
 
 from __future__ import annotations
@@ -30,22 +36,26 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from concept_erase.core.config import NON_NEGATIVE, check_numbers
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.registry import register_method
 from concept_erase.core.saliency import SaliencyMask, compute_saliency
 from concept_erase.diffusion.base import (
+    ConceptDataset,
     ErasureConfig,
     ErasureOutcome,
     ErasureRequest,
+    batch_embeddings,
     concept_data,
     encode_prompts,
     make_trainer,
     noise_scheduler,
     replace_config,
+    unet_prediction,
 )
+from concept_erase.diffusion.families import PromptEmbeddings, training_target
 
 __all__ = ["SalUnConfig", "salun"]
 
@@ -71,16 +81,17 @@ class SalUnConfig(ErasureConfig):
         check_numbers(self)
 
 
-def _denoising_loss(scheduler, generator: torch.Generator | None = None):
-    """``fn(unet, (latents, states)) -> MSE(eps_theta(x_t, t, c), eps)`` at random timesteps."""
+def _denoising_loss(pipe, scheduler, generator: torch.Generator | None = None):
+    """``fn(unet, batch) -> MSE(unet(x_t, t, c), target)`` at random timesteps, ``target`` the scheduler's own
+    (:func:`~concept_erase.diffusion.families.training_target`), on a :class:`ConceptDataset` batch."""
 
     def loss(unet, batch):
-        latents, states = (t.to(unet.device) for t in batch)
+        latents, text = batch["latents"].to(unet.device), batch_embeddings(batch, unet.device)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         steps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
         steps = steps.to(latents.device)
-        pred = unet(scheduler.add_noise(latents, noise, steps), steps, states).sample
-        return F.mse_loss(pred.float(), noise.float())
+        pred = unet_prediction(unet, pipe, scheduler.add_noise(latents, noise, steps), steps, text)
+        return F.mse_loss(pred.float(), training_target(scheduler, latents, noise, steps).float())
 
     return loss
 
@@ -91,12 +102,12 @@ def saliency_mask(request: ErasureRequest, config: SalUnConfig, forget) -> Salie
     if config.mask_path is not None:
         mask = SaliencyMask.load(config.mask_path, model=unet)
     else:
-        loader = DataLoader(TensorDataset(forget.latents, forget.embeddings), batch_size=config.train_batch_size)
+        loader = DataLoader(ConceptDataset(forget.latents, forget.text), batch_size=config.train_batch_size)
         generator = torch.Generator().manual_seed(config.seed)
         scores = compute_saliency(
             unet,
             loader,
-            _denoising_loss(noise_scheduler(request.pipe), generator),
+            _denoising_loss(request.pipe, noise_scheduler(request.pipe), generator),
             params=".",
             show_progress=config.show_progress,
         )
@@ -105,37 +116,37 @@ def saliency_mask(request: ErasureRequest, config: SalUnConfig, forget) -> Salie
     return SaliencyMask.random_like(mask, seed=config.seed) if config.random_mask else mask
 
 
-def _misaligned_states(request: ErasureRequest, config: SalUnConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Text states of every (template, retain concept) prompt, shape (T, R, L, D), and each forget row's template
-    index (rows follow ``concept_data``: the templates take turns within each concept)."""
+def _misaligned_states(request: ErasureRequest, config: SalUnConfig) -> tuple[PromptEmbeddings, torch.Tensor]:
+    """Conditioning of every (template, retain concept) prompt, row ``template * R + retain``, and each forget row's
+    template index (rows follow ``concept_data``: the templates take turns within each concept)."""
     templates, retain = request.templates, request.retain_concepts
     prompts = [template.format(concept) for template in templates for concept in retain]
-    states = encode_prompts(request.pipe, prompts)
-    states = states.view(len(templates), len(retain), *states.shape[1:])
     rows = len(request.concepts) * config.num_images
     template_ids = torch.arange(rows) % config.num_images % len(templates)
-    return states, template_ids
+    return encode_prompts(request.pipe, prompts), template_ids
 
 
-def _salun_loss(request: ErasureRequest, config: SalUnConfig, retain, misaligned: torch.Tensor):
+def _salun_loss(request: ErasureRequest, config: SalUnConfig, retain, misaligned: PromptEmbeddings):
     """Forget (re-labelling) loss + alpha * retain denoising loss, one UNet pass with gradients for both."""
-    scheduler = noise_scheduler(request.pipe)
-    steps_total = scheduler.config.num_train_timesteps
+    pipe, scheduler = request.pipe, noise_scheduler(request.pipe)
+    steps_total, retain_count = scheduler.config.num_train_timesteps, len(request.retain_concepts)
 
     def loss(unet, batch):
-        latents, states, template_ids = batch
+        latents, template_ids = batch["latents"], batch["template_ids"]
         n, device = len(latents), unet.device
         picks = torch.randint(0, len(retain.latents), (n,))
-        other = misaligned[template_ids, torch.randint(0, misaligned.shape[1], (n,))].to(device)
+        other = misaligned.take(template_ids * retain_count + torch.randint(0, retain_count, (n,))).to(device)
         clean = torch.cat([latents, retain.latents[picks]]).to(device)
         noise = torch.randn_like(clean)
         steps = torch.randint(0, steps_total, (2 * n,), device=device)
         noisy = scheduler.add_noise(clean, noise, steps)
         with torch.no_grad():
-            target = unet(noisy[:n], steps[:n], other).sample.float()
-        pred = unet(noisy, steps, torch.cat([states, retain.embeddings[picks]]).to(device)).sample.float()
+            target = unet_prediction(unet, pipe, noisy[:n], steps[:n], other).float()
+        text = PromptEmbeddings.cat([batch_embeddings(batch), retain.text.take(picks)]).to(device)
+        pred = unet_prediction(unet, pipe, noisy, steps, text).float()
         forget_loss = F.mse_loss(pred[:n], target)
-        return forget_loss + config.alpha * F.mse_loss(pred[n:], noise[n:].float())
+        retain_target = training_target(scheduler, clean[n:], noise[n:], steps[n:])
+        return forget_loss + config.alpha * F.mse_loss(pred[n:], retain_target.float())
 
     return loss
 
@@ -155,7 +166,7 @@ def salun(request: ErasureRequest, config: SalUnConfig) -> ErasureOutcome:
     if config.save_mask_path is not None:
         mask.save(config.save_mask_path)
     misaligned, template_ids = _misaligned_states(request, config)
-    dataset = TensorDataset(forget.latents, forget.embeddings, template_ids)
+    dataset = ConceptDataset(forget.latents, forget.text, template_ids=template_ids)
     steps = config.max_train_steps or config.num_train_epochs * math.ceil(len(dataset) / config.train_batch_size)
     salient = [name for name, keep in mask.masks.items() if keep.any()]
     applier = mask.applier(request.unet)
