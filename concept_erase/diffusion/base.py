@@ -126,11 +126,10 @@ class ErasureConfig:
             max_grad_norm=self.max_grad_norm,
             gradient_accumulation_steps=self.gradient_accumulation_steps,
             mixed_precision=self.mixed_precision,
+            gradient_checkpointing=self.gradient_checkpointing,
             seed=self.seed,
             show_progress=self.show_progress,
         )
-        if self.gradient_checkpointing:  # passed only when asked for, so the trainer's default stays in charge
-            values["gradient_checkpointing"] = True
         values.update(overrides)
         return TrainerConfig(**values)
 

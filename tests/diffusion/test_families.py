@@ -37,9 +37,12 @@ from concept_erase.diffusion.base import (
 from concept_erase.diffusion.erasure import erase, load_erased, read_erasure
 from concept_erase.diffusion.families import PromptEmbeddings, family_of, training_target, unet_kwargs
 from concept_erase.diffusion.loading import apply_adapter, check_concept_tokens, load_pipeline, save_weights_adapter
+from concept_erase.diffusion.methods.esd import ESDConfig
 from concept_erase.diffusion.methods.salun import _denoising_loss
-from concept_erase.diffusion.tiny_sd import build_pipeline, build_tokenizer, save_pipeline
+from concept_erase.diffusion.tiny_sd import TinySDConfig, build_pipeline, build_tokenizer, save_pipeline
 
+# diffusers' EulerDiscreteScheduler (SDXL's own) builds its sigmas with np.array(tensor), which numpy 2 warns about
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
 MAX_LENGTH = 16
 TEMPLATES = ["the number {}", "a drawing of the digit {}"]
 FAST = {
@@ -91,12 +94,12 @@ def build_sdxl(work_dir) -> StableDiffusionXLPipeline:
         layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32 + 32,  # both encoders' states, concatenated
+        cross_attention_dim=32 + 48,  # both encoders' states, concatenated
         attention_head_dim=8,
         norm_num_groups=16,
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=32 + 6 * 8,  # pooled embedding + six time ids
+        projection_class_embeddings_input_dim=48 + 6 * 8,  # pooled embedding + six time ids
     )
     vae = AutoencoderKL(
         in_channels=3,
@@ -111,7 +114,7 @@ def build_sdxl(work_dir) -> StableDiffusionXLPipeline:
     pipe = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=_text_encoder(CLIPTextModel, tokenizer, 32),
-        text_encoder_2=_text_encoder(CLIPTextModelWithProjection, tokenizer_2, 32),
+        text_encoder_2=_text_encoder(CLIPTextModelWithProjection, tokenizer_2, 48),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
         unet=unet,
@@ -187,7 +190,7 @@ def test_sdxl_loads_as_its_own_class_and_conditions_its_unet_as_the_pipeline_doe
     assert torch.equal(ours["time_ids"], torch.tensor([[8.0, 8.0, 0.0, 0.0, 8.0, 8.0]]))
     assert torch.equal(ours["time_ids"], seen["added_cond_kwargs"]["time_ids"])
     assert torch.allclose(ours["text_embeds"], seen["added_cond_kwargs"]["text_embeds"])
-    assert torch.allclose(text.states, seen["states"]) and text.states.shape == (1, MAX_LENGTH, 64)
+    assert torch.allclose(text.states, seen["states"]) and text.states.shape == (1, MAX_LENGTH, 80)
 
 
 def test_sdxl_unet_without_pooled_embeddings_is_refused(sdxl):
@@ -228,6 +231,24 @@ def test_sdxl_artifacts_load_back_with_sdxls_own_loaders(sdxl_erasures, sdxl_dir
     esd = load_erased(sdxl_erasures / "esd")
     changed = read_erasure(sdxl_erasures / "esd")["changed_parameters"][0]
     assert ".attn2." in changed and not torch.equal(esd.unet.get_parameter(changed), sdxl.unet.get_parameter(changed))
+
+
+def test_gradient_checkpointing_reaches_the_trainer_and_trains_sdxl(sdxl_dir, tmp_path):
+    assert ESDConfig(gradient_checkpointing=True).trainer_config().gradient_checkpointing is True
+    assert ESDConfig().trainer_config().gradient_checkpointing is False
+    settings = {**FAST, **SETTINGS["esd"], "gradient_checkpointing": True}
+    record = erase(sdxl_dir, "esd", ["seven"], settings, output_dir=tmp_path / "out")
+    assert record["config"]["gradient_checkpointing"] is True and record["changed_parameters"]
+
+
+def test_salun_on_the_toolkits_own_tiny_sdxl_v_prediction_recipe(tmp_path):
+    """The tiny-SD recipe's SDXL family with a v-prediction scheduler (and the empty prompt's encoding as its
+    unconditional input, force_zeros_for_empty_prompt false) erases end to end."""
+    save_pipeline(build_pipeline(TinySDConfig(family="sdxl", prediction_type="v_prediction"), tmp_path), tmp_path / "m")
+    record = erase(tmp_path / "m", "salun", ["seven"], {**FAST, **SETTINGS["salun"]}, output_dir=tmp_path / "out")
+    erased = load_erased(tmp_path / "out")
+    assert isinstance(erased, StableDiffusionXLPipeline) and erased.scheduler.config.prediction_type == "v_prediction"
+    assert record["changed_parameters"]
 
 
 def test_fmn_textual_inversion_on_sdxl_is_refused_before_any_work(sdxl_dir, tmp_path):
