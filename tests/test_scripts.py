@@ -1,6 +1,8 @@
 """The benchmark scripts run end to end in their quick (--small) form and write the JSON keys the README quotes."""
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +112,77 @@ def test_bench_startup_writes_medians_ratios_and_the_help_goal(tmp_path):
     # --help imports none of the library; `list` imports every method (torch, diffusers): one run, relative timing
     assert rows["concept-erase --help"]["median_s"] < rows["concept-erase list (loads every method)"]["median_s"]
     assert [g["goal"] for g in result["goals"]] == ["concept-erase --help <= 0.5 s"]
+
+
+def run_script(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "scripts" / name), *args]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+
+
+@pytest.mark.slow  # each run is a fresh interpreter (~8 s of imports on a loaded 2-core CPU)
+def test_bench_gpu_toy_run_measures_steps_and_fmn_end_to_end(tmp_path):
+    output = tmp_path / "gpu.json"
+    proc = run_script("bench_gpu.py", "--toy", "--methods", "fmn", "--precisions", "fp32", "--output", str(output))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(output.read_text())
+    assert result["toy"] and result["device"] and {"torch", "diffusers"} <= set(result["versions"])
+    assert "bench_gpu.py --toy --methods fmn" in result["command"]
+    runs = {r["name"]: r for r in result["runs"]}
+    steps = runs["fmn fp32 sdpa"]
+    assert steps["status"] == "ok" and steps["steps"] == 1 and steps["step_seconds"] > 0
+    assert steps["peak_rss_bytes"] > 0 and "peak_gpu_bytes" in steps
+    end_to_end = runs["fmn 35 steps end to end"]
+    assert end_to_end["status"] == "ok" and end_to_end["artifact"] in ("pipeline", "weights")
+    assert result["comparisons"]["fmn_end_to_end_seconds"] == end_to_end["erase_seconds"]
+    assert not any(name.startswith(("fmn bf16", "salun", "esd")) for name in runs)  # only what was asked for
+    xformers = runs["fmn fp32 xformers"]["status"]
+    assert xformers == ("ok" if importlib.util.find_spec("xformers") else "not installed")
+    assert result["skipped_for_time"] == []
+
+
+@pytest.mark.slow  # each run is a fresh interpreter (~8 s of imports on a loaded 2-core CPU)
+def test_bench_gpu_records_runs_that_do_not_fit_the_budget_and_refuses_unknown_methods(tmp_path):
+    output = tmp_path / "gpu.json"
+    proc = run_script("bench_gpu.py", "--toy", "--budget_s", "0", "--attention", "sdpa", "--output", str(output))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(output.read_text())
+    assert result["model"]["status"] == "ok"  # the pipeline is still built
+    names = [r["name"] for r in result["runs"]]
+    assert "fmn fp32 sdpa" in names and "salun saliency mask" in names
+    assert result["skipped_for_time"] == names
+    proc = run_script("bench_gpu.py", "--toy", "--methods", "fmn,sdxl", "--output", str(tmp_path / "bad.json"))
+    assert proc.returncode == 2 and not (tmp_path / "bad.json").exists()
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--methods: invalid value 'sdxl'; accepted values: fmn, esd, salun, uce")
+    )
+
+
+@pytest.mark.slow  # each run is a fresh interpreter (~8 s of imports on a loaded 2-core CPU)
+def test_bench_memory_toy_run_gives_each_option_its_saving(tmp_path):
+    output = tmp_path / "memory.json"
+    only = ["fmn paper (train=unet)", "fmn lora"]
+    proc = run_script("bench_memory.py", "--toy", "--only", *only, "--output", str(output))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(output.read_text())
+    runs = result["runs"]
+    assert list(runs) == ["load only", *only]
+    assert all(run["status"] == "ok" and run["peak_rss_bytes"] > 0 for run in runs.values())
+    assert runs["fmn lora"]["trained_parameter_count"] < runs["fmn paper (train=unet)"]["trained_parameter_count"]
+    saving = result["savings"]["fmn lora"]
+    paper, lora = runs["fmn paper (train=unet)"]["peak_rss_bytes"], runs["fmn lora"]["peak_rss_bytes"]
+    assert saving["against"] == "fmn paper (train=unet)" and saving["saved_bytes"] == paper - lora
+    unet_bytes = result["model"]["unet_bytes"]
+    assert unet_bytes == 4 * result["model"]["parameters"]["unet"]
+    assert (
+        result["held_copies"]["erase() host copy of every UNet parameter (to list the changed ones)"]["bytes"]
+        == unet_bytes
+    )
+    proc = run_script("bench_memory.py", "--only", "fmn 8-bit adam", "--output", str(tmp_path / "bad.json"))
+    assert (
+        proc.returncode == 2
+        and "--only: unknown configuration 'fmn 8-bit adam'; accepted values: fmn paper" in proc.stderr
+    )
