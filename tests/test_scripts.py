@@ -114,6 +114,33 @@ def test_bench_startup_writes_medians_ratios_and_the_help_goal(tmp_path):
     assert [g["goal"] for g in result["goals"]] == ["concept-erase --help <= 0.5 s"]
 
 
+def test_bench_families_toy_run_scores_every_method_on_every_variant(tmp_path):
+    output = tmp_path / "families.json"
+    script = ROOT / "scripts" / "bench_families.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--toy", "--output", str(output)], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(output.read_text())
+    models = result["models"]
+    assert list(models) == ["tiny-sd", "tiny-sd-v", "tiny-sdxl"]
+    assert [(m["pipeline"], m["prediction_type"]) for m in models.values()] == [
+        ("StableDiffusionPipeline", "epsilon"),
+        ("StableDiffusionPipeline", "v_prediction"),
+        ("StableDiffusionXLPipeline", "epsilon"),
+    ]
+    assert all(len(m["per_concept"]) == 10 for m in models.values())
+    rows = result["rows"]
+    assert [(r["model"], r["method"]) for r in rows] == [(m, x) for m in models for x in ("fmn", "salun", "esd")]
+    assert [r.get("error") for r in rows] == [None] * 9  # every method runs on every family
+    for row in rows:
+        assert 0 <= row["forget_accuracy"] <= 1 and 0 <= row["retain_accuracy"] <= 1
+        assert row["original_retain_accuracy"] == models[row["model"]]["retain_accuracy"]
+        assert row["config"]["max_train_steps"] == 1
+    table = output.with_suffix(".md").read_text().splitlines()
+    assert table[2].startswith("| model | method | forget % | retain %") and len(table) == 4 + 9
+
+
 def run_script(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(ROOT / "scripts" / name), *args]
     return subprocess.run(
