@@ -18,7 +18,7 @@ from concept_erase.core.errors import ConfigError
 from concept_erase.core.io import config_paths
 from concept_erase.core.registry import get_method, register_step
 from concept_erase.diffusion.erasure import erase, erasure_inputs
-from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure
+from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure, judge_inputs
 from concept_erase.diffusion.report import summarize_evaluation, write_erasure_report
 from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, resolve_model
 
@@ -62,20 +62,30 @@ class EvaluateErasureStepConfig:
     adapter: str | None = None
     original: str | None = None  # the model before erasure (default: model, or an erasure's base model)
     oracle: str | None = "auto"  # auto | none | a pipeline directory
-    judge: str | None = None  # evaluation classifier directory (default: the embedded digit judge)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    judge: str | None = None  # digits (default), clip, nudenet or a digit-judge directory
+    clip_model: str | None = None  # the clip judge's CLIPModel: hub id or directory (default: CLIP ViT-L/14)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)  # prompts_file: a CSV prompt set
 
 
 @register_step(
     "evaluate_erasure",
     EvaluateErasureStepConfig,
-    outputs=("erasure_metrics_path", "forget_accuracy", "retain_accuracy", "frechet_to_real", "seconds"),
+    outputs=(
+        "erasure_metrics_path",
+        "forget_accuracy",
+        "retain_accuracy",
+        "frechet_to_real",
+        "erasure_moved",
+        "seconds",
+    ),
 )
 def evaluate_erasure_step(context, config: EvaluateErasureStepConfig) -> dict:
-    """Forget / retain accuracy, Frechet distances, gaps to the oracle; metrics.json, grid.png, report.md."""
+    """Forget / retain accuracy, Frechet distances, gaps to the oracle (the judge's own metrics: CLIP score,
+    NudeNet counts), whether the erasure moved forget accuracy; metrics.json, grid.png, report.md."""
     oracle = resolve_model(config.oracle) if config.oracle not in (None, "auto", "none") else None
     model = resolve_model(config.model or DEFAULT_MODEL)
-    context.check_inputs(*erasure_inputs(model), config.adapter, resolve_model(config.original), oracle, config.judge)
+    local = judge_inputs(config.judge, config.clip_model, config.evaluation)
+    context.check_inputs(*erasure_inputs(model), config.adapter, resolve_model(config.original), oracle, *local)
     metrics = evaluate_erasure(
         config.model or str(DEFAULT_MODEL),
         config.evaluation,
@@ -83,10 +93,11 @@ def evaluate_erasure_step(context, config: EvaluateErasureStepConfig) -> dict:
         original=config.original,
         oracle=config.oracle,
         judge=config.judge,
+        clip_model=config.clip_model,
         output_dir=context.step_dir,
         atomic=False,  # the step directory is already written atomically by the runner
     )
-    keys = ("forget_accuracy", "retain_accuracy", "frechet_to_real", "seconds")
+    keys = ("forget_accuracy", "retain_accuracy", "frechet_to_real", "erasure_moved", "seconds")
     return {"erasure_metrics_path": str(context.step_dir / "metrics.json"), **{k: metrics.get(k) for k in keys}}
 
 

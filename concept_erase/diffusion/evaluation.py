@@ -11,7 +11,16 @@ The evaluation classifier labels each image; images are quantised to 8 bits firs
 - ``retain_accuracy``: the same share for every other concept (higher is better), and ``per_concept``;
 - ``frechet_to_real`` / ``frechet_to_original``: Frechet distance between the classifier's penultimate features of the
   retained concepts' images and those of real images of the same classes / of the original model's images;
-- the same for the original model (``original``) and the retrain oracle (``oracle``), and ``gaps_to_oracle``.
+- the same for the original model (``original``) and the retrain oracle (``oracle``), and ``gaps_to_oracle``;
+- ``erasure_moved``: False when forget accuracy fell by less than :data:`UNMOVED_FORGET_POINTS` points from the
+  original's (the erasure did not move it), with a ``erasure_note`` that says so.
+
+The judge (:class:`~concept_erase.diffusion.judge.Judge`, chosen with ``judge``) is the embedded digit classifier,
+a digit-judge directory, ``clip`` (zero-shot CLIP classification among the concepts and a neutral prompt, plus CLIP
+score and Frechet distances on CLIP features; :mod:`~concept_erase.diffusion.clip_judge`) or ``nudenet`` (NudeNet's
+exposed-class counts; :mod:`~concept_erase.diffusion.nudenet_judge`). Prompts come from held-out templates or from
+a CSV file (``prompts_file``, :mod:`~concept_erase.diffusion.prompts`). A model whose training recipe is unknown (any
+real checkpoint) has no retrain oracle: it is skipped, never trained, and the report says so.
 
 The original model's and the oracle's generations are cached on disk (keyed by model content and settings), so
 scoring many erasures of one model pays for them once.
@@ -36,8 +45,7 @@ from safetensors.torch import load_file
 from scipy import linalg
 from tqdm.auto import tqdm
 
-from concept_erase.core.config import COUNT, check_numbers
-from concept_erase.core.digits import concept_index, load_digit_arrays
+from concept_erase.core.config import COUNT, FRACTION, check_numbers
 from concept_erase.core.errors import ConfigError, InputNotFoundError, ModelLoadError
 from concept_erase.core.io import (
     RunRecorder,
@@ -49,13 +57,32 @@ from concept_erase.core.io import (
     write_json,
 )
 from concept_erase.core.tensorfile import save_tensors
+from concept_erase.diffusion.clip_judge import DEFAULT_CLIP_MODEL, load_clip_judge
 from concept_erase.diffusion.erasure import read_erasure, resolve_erasure
-from concept_erase.diffusion.judge import load_judge
+from concept_erase.diffusion.judge import Judge, load_judge
 from concept_erase.diffusion.loading import apply_adapter, concept_token_ids, load_pipeline
+from concept_erase.diffusion.nudenet_judge import DEFAULT_THRESHOLD, load_nudenet_judge
 from concept_erase.diffusion.oracle import resolve_oracle
+from concept_erase.diffusion.prompts import ImagePlan, image_plan, read_prompt_csv, rows_by_concept, template_rows
 from concept_erase.diffusion.tiny_sd import EVAL_TEMPLATES, UNSEEN_WORDS, resolve_model
 
-__all__ = ["EvaluationConfig", "evaluate_erasure", "frechet_distance", "generate", "model_fingerprint"]
+__all__ = [
+    "JUDGES",
+    "UNMOVED_FORGET_POINTS",
+    "EvaluationConfig",
+    "erasure_movement",
+    "evaluate_erasure",
+    "frechet_distance",
+    "generate",
+    "judge_inputs",
+    "make_judge",
+    "model_fingerprint",
+]
+
+JUDGES = ("digits", "clip", "nudenet")  # --judge also takes a digit-judge directory
+# An erasure "did not move" forget accuracy when it fell by less than this many points (percentage points) from the
+# original's: on the embedded model, seeded runs of the same model differ by about 3 points at 64 images per concept.
+UNMOVED_FORGET_POINTS = 5.0
 
 
 @dataclass
@@ -70,8 +97,12 @@ class EvaluationConfig:
     batch_size: int = 128
     unseen_words: list[str] = field(default_factory=lambda: list(UNSEEN_WORDS))  # the forget baseline's words
     grid_seeds: int = 8  # columns of the image grid
+    prompts_file: str | None = None  # a CSV prompt set (prompt, seed, guidance, concept) instead of the templates
+    clip_template: str = "a photo of {}"  # the CLIP judge's label text of a concept
+    neutral_prompt: str = "a photo"  # the CLIP judge's extra label: an image that shows none of the concepts
+    nudenet_threshold: float = DEFAULT_THRESHOLD  # the NudeNet judge's detection score threshold
 
-    NUMBER_RANGES: ClassVar[dict] = {"grid_seeds": COUNT}
+    NUMBER_RANGES: ClassVar[dict] = {"grid_seeds": COUNT, "nudenet_threshold": FRACTION}
 
     def __post_init__(self) -> None:
         check_numbers(self)
@@ -81,20 +112,27 @@ class EvaluationConfig:
             raise ConfigError("templates must be a non-empty list of prompt templates, each containing '{}'")
         if self.num_inference_steps < 1 or self.batch_size < 1:
             raise ConfigError("num_inference_steps and batch_size must be >= 1")
+        if "{}" not in self.clip_template:
+            raise ConfigError(f"clip_template must contain '{{}}' (where the concept goes), got {self.clip_template!r}")
         self.forget = [c.strip().lower() for c in self.forget]
         if self.retain is not None:
             self.retain = [c.strip().lower() for c in self.retain]
+        self._rows = read_prompt_csv(self.prompts_file) if self.prompts_file is not None else None
 
-    def prompts(self, concept: str) -> tuple[list[str], list[int]]:
-        """The prompts and seeds of one concept's ``num_images`` images (templates take turns)."""
-        prompts, seeds = [], []
-        for j in range(self.num_images):
-            prompts.append(self.templates[j % len(self.templates)].format(concept))
-            seeds.append(self.seed + j // len(self.templates))
-        return prompts, seeds
+    def concept_rows(self, retain: list[str] | None) -> dict[str, list] | None:
+        """The prompt file's rows of each forgotten and retained concept (default retain: the file's other
+        concepts); None without a prompt file."""
+        return None if self._rows is None else rows_by_concept(self._rows, self.prompts_file, self.forget, retain)
+
+    def prompts(self, concept: str) -> ImagePlan:
+        """Prompts, seeds and guidance of one concept's ``num_images`` images (templates or file rows take turns)."""
+        if self._rows is None:
+            return image_plan(template_rows(self.templates, concept), self.num_images, self.seed, self.guidance_scale)
+        rows = self.concept_rows([concept])[concept]
+        return image_plan(rows, self.num_images, self.seed, self.guidance_scale)
 
     def generation_key(self) -> dict[str, Any]:
-        keys = ("templates", "num_images", "seed", "num_inference_steps", "guidance_scale")
+        keys = ("templates", "prompts_file", "num_images", "seed", "num_inference_steps", "guidance_scale")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -102,26 +140,37 @@ class EvaluationConfig:
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], seeds: list[int], config: EvaluationConfig, desc: str = "generating"):
-    """Images ``(N, C, H, W)`` uint8 for ``prompts[i]`` with seed ``seeds[i]``, in batches, with a progress bar.
+def generate(
+    pipe,
+    prompts: list[str],
+    seeds: list[int],
+    config: EvaluationConfig,
+    desc: str = "generating",
+    guidance: list[float] | None = None,
+):
+    """Images ``(N, C, H, W)`` uint8 for ``prompts[i]`` with seed ``seeds[i]`` and guidance scale ``guidance[i]``
+    (default: ``config.guidance_scale``), in batches of equal guidance, with a progress bar.
 
     Every image has its own generator, so an image does not depend on the batch it was generated in.
     """
-    out = []
+    guidance = guidance if guidance is not None else [config.guidance_scale] * len(prompts)
+    out: list[torch.Tensor | None] = [None] * len(prompts)
     with tqdm(total=len(prompts), desc=desc, unit="img", leave=False) as bar:
-        for start in range(0, len(prompts), config.batch_size):
-            chunk = slice(start, start + config.batch_size)
-            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[chunk]]
-            images = pipe(
-                prompt=prompts[chunk],
-                generator=generators,
-                num_inference_steps=config.num_inference_steps,
-                guidance_scale=config.guidance_scale,
-                output_type="pt",
-            ).images
-            out.append((images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
-            bar.update(len(generators))
-    return torch.cat(out)
+        for scale in dict.fromkeys(guidance):
+            indices = [i for i, g in enumerate(guidance) if g == scale]
+            for start in range(0, len(indices), config.batch_size):
+                chunk = indices[start : start + config.batch_size]
+                images = pipe(
+                    prompt=[prompts[i] for i in chunk],
+                    generator=[torch.Generator("cpu").manual_seed(seeds[i]) for i in chunk],
+                    num_inference_steps=config.num_inference_steps,
+                    guidance_scale=scale,
+                    output_type="pt",
+                ).images
+                for i, image in zip(chunk, (images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()):
+                    out[i] = image
+                bar.update(len(chunk))
+    return torch.stack(out) if out else torch.empty(0, dtype=torch.uint8)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -168,14 +217,14 @@ def _cache_file(fingerprint: str, settings: dict[str, Any]) -> Path:
     return cache_dir() / "generations" / f"{key}.safetensors"
 
 
-def cached_generate(model: str | Path, prompts: list[str], seeds: list[int], config: EvaluationConfig, desc: str):
+def cached_generate(model: str | Path, plan: ImagePlan, config: EvaluationConfig, desc: str):
     """:func:`generate` for a reference model (original, oracle), cached on disk by content and settings."""
 
-    settings = {**config.generation_key(), "prompts": prompts, "seeds": seeds}
+    settings = {**config.generation_key(), "prompts": plan.prompts, "seeds": plan.seeds, "guidance": plan.guidance}
     file = _cache_file(model_fingerprint(model), settings)
     if file.is_file():
         return load_file(str(file))["images"]
-    images = generate(load_pipeline(model), prompts, seeds, config, desc)
+    images = generate(load_pipeline(model), plan.prompts, plan.seeds, config, desc, plan.guidance)
     file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(file) as tmp:
         save_tensors({"images": images.contiguous()}, str(tmp))
@@ -187,67 +236,79 @@ def cached_generate(model: str | Path, prompts: list[str], seeds: list[int], con
 
 @dataclass
 class _Generations:
-    """Images of one model, concept by concept, with the judge's labels and features."""
+    """Images of one model, concept by concept, with their prompts and the judge's per-image results."""
 
     images: dict[str, torch.Tensor]
-    labels: dict[str, np.ndarray] = field(default_factory=dict)
-    features: dict[str, np.ndarray] = field(default_factory=dict)
+    prompts: dict[str, list[str]] = field(default_factory=dict)
+    results: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
-    def judge_with(self, judge) -> _Generations:
+    def judge_with(self, judge: Judge, labels: list[str]) -> _Generations:
+        """Run ``judge`` on every concept's images; ``labels``: the evaluation's concepts (the CLIP judge's classes)."""
         for concept, images in self.images.items():
-            logits, feats = judge.classify(images.float() / 255)
-            self.labels[concept] = logits.argmax(1).numpy()
-            self.features[concept] = feats.numpy().astype(np.float64)
+            self.results[concept] = judge.assess(images, self.prompts.get(concept, []), labels)
         return self
 
 
-def _real_features(judge, concepts: list[str]) -> dict[str, np.ndarray]:
-    images, labels = load_digit_arrays(judge.config.dataset, judge.config.resolution)
-    _, feats = judge.classify(torch.from_numpy(images))
-    feats = feats.numpy().astype(np.float64)
-    return {c: feats[labels == judge.labels.index(c)] for c in concepts}
+def _concept_scores(gen: _Generations, concept: str, role: str, real, original) -> dict[str, Any]:
+    """One concept's accuracy (share judged as the concept) and, when retained, its Frechet distances."""
+    result = gen.results[concept]
+    entry: dict[str, Any] = {"role": role}
+    if "predicted" in result:
+        entry["accuracy"] = float((result["predicted"] == concept).mean())
+    if role == "retain" and "features" in result:
+        if real is not None:
+            entry["frechet_to_real"] = frechet_distance(result["features"], real[concept])
+        if original is not None:
+            entry["frechet_to_original"] = frechet_distance(result["features"], original.results[concept]["features"])
+    return entry
 
 
-def _score(gen: _Generations, judge, forget: list[str], retain: list[str], real, original) -> dict[str, Any]:
-    per_concept = {}
-    for concept in forget + retain:
-        entry = {
-            "role": "forget" if concept in forget else "retain",
-            "accuracy": float((gen.labels[concept] == judge.labels.index(concept)).mean()),
-        }
-        if concept in retain:
-            entry["frechet_to_real"] = frechet_distance(gen.features[concept], real[concept])
-            if original is not None:
-                entry["frechet_to_original"] = frechet_distance(gen.features[concept], original.features[concept])
-        per_concept[concept] = entry
+def _score(gen: _Generations, judge: Judge, forget: list[str], retain: list[str], real, original) -> dict[str, Any]:
+    per_concept = {c: _concept_scores(gen, c, "forget", real, original) for c in forget}
+    per_concept.update({c: _concept_scores(gen, c, "retain", real, original) for c in retain})
+    has_features = bool(retain) and "features" in gen.results[retain[0]]
 
-    def pooled(source) -> np.ndarray:
-        return np.concatenate([source[c] for c in retain]) if retain else np.empty((0, 1))
+    def pooled(source: dict[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate([source[c] for c in retain])
 
-    metrics = {
-        "forget_accuracy": _mean([per_concept[c]["accuracy"] for c in forget]),
-        "retain_accuracy": _mean([per_concept[c]["accuracy"] for c in retain]),
-        "frechet_to_real": frechet_distance(pooled(gen.features), pooled(real)) if retain else None,
+    def features(g: _Generations) -> dict[str, np.ndarray]:
+        return {c: g.results[c]["features"] for c in retain}
+
+    metrics: dict[str, Any] = {
+        "forget_accuracy": _mean([per_concept[c].get("accuracy") for c in forget]),
+        "retain_accuracy": _mean([per_concept[c].get("accuracy") for c in retain]),
+        "frechet_to_real": frechet_distance(pooled(features(gen)), pooled(real)) if has_features and real else None,
     }
-    if original is not None and retain:
-        metrics["frechet_to_original"] = frechet_distance(pooled(gen.features), pooled(original.features))
+    if original is not None and has_features:
+        metrics["frechet_to_original"] = frechet_distance(pooled(features(gen)), pooled(features(original)))
+    extra = judge.summary(gen.results, forget, retain)
+    for concept, entry in extra.pop("per_concept", {}).items():
+        per_concept[concept].update(entry)
+    metrics.update(extra)
     metrics["per_concept"] = per_concept
     return metrics
 
 
-def _mean(values: list[float]) -> float | None:
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
 
 
-def _concepts(config: EvaluationConfig, judge, tokenizer) -> tuple[list[str], list[str]]:
-
+def _concepts(config: EvaluationConfig, judge: Judge, tokenizer) -> tuple[list[str], list[str]]:
+    """``(forget, retain)``, every concept checked against the judge, the prompt file and (for templates) the
+    model's tokenizer before anything is generated."""
     forget = list(dict.fromkeys(config.forget))
-    retain = config.retain if config.retain is not None else [c for c in judge.labels if c not in forget]
-    retain = [c for c in dict.fromkeys(retain) if c not in forget]
+    rows = config.concept_rows(config.retain)
+    if rows is not None:  # a prompt file: its concepts are the default retain set
+        retain = [c for c in rows if c not in forget]
+    else:
+        retain = config.retain if config.retain is not None else judge.default_retain(forget)
+        retain = [c for c in dict.fromkeys(retain) if c not in forget]
     for concept in forget + retain:
-        concept_token_ids(tokenizer, concept)
-        concept_index(concept, judge.labels)
-    for word in config.unseen_words if forget else []:
+        if rows is None:
+            concept_token_ids(tokenizer, concept)
+        judge.check_concept(concept)
+    for word in config.unseen_words if forget and judge.classifies else []:
         concept_token_ids(tokenizer, word)
     if not forget and not retain:
         raise ConfigError("nothing to evaluate: give at least one concept to forget or retain")
@@ -256,23 +317,22 @@ def _concepts(config: EvaluationConfig, judge, tokenizer) -> tuple[list[str], li
 
 def _generate_all(source, concepts: list[str], config: EvaluationConfig, desc: str) -> _Generations:
     """One flat, fully batched generation of every concept's images; ``source`` is a pipeline or a model path."""
-    prompts, seeds = [], []
-    for concept in concepts:
-        p, s = config.prompts(concept)
-        prompts += p
-        seeds += s
+    plans = {concept: config.prompts(concept) for concept in concepts}
+    plan = ImagePlan(*(sum((list(getattr(p, key)) for p in plans.values()), []) for key in ImagePlan._fields))
     if isinstance(source, (str, Path)):
-        images = cached_generate(source, prompts, seeds, config, desc)
+        images = cached_generate(source, plan, config, desc)
     else:
-        images = generate(source, prompts, seeds, config, desc)
+        images = generate(source, plan.prompts, plan.seeds, config, desc, plan.guidance)
     n = config.num_images
-    return _Generations({c: images[i * n : (i + 1) * n] for i, c in enumerate(concepts)})
+    return _Generations(
+        {c: images[i * n : (i + 1) * n] for i, c in enumerate(concepts)}, {c: p.prompts for c, p in plans.items()}
+    )
 
 
-def _unseen_baseline(gen: _Generations, judge, forget: list[str]) -> dict[str, float]:
+def _unseen_baseline(gen: _Generations, forget: list[str]) -> dict[str, float]:
     """Share of the unseen-word prompts' images labelled as each forgotten concept."""
-    labels = np.concatenate(list(gen.labels.values()))
-    return {c: float((labels == judge.labels.index(c)).mean()) for c in forget}
+    labels = np.concatenate([result["predicted"] for result in gen.results.values()])
+    return {c: float((labels == c).mean()) for c in forget}
 
 
 def _gaps(metrics: dict[str, Any], oracle: dict[str, Any] | None) -> dict[str, float | None] | None:
@@ -280,6 +340,49 @@ def _gaps(metrics: dict[str, Any], oracle: dict[str, Any] | None) -> dict[str, f
         return None
     keys = ("forget_accuracy", "retain_accuracy", "frechet_to_real")
     return {k: None if metrics.get(k) is None or oracle.get(k) is None else metrics[k] - oracle[k] for k in keys}
+
+
+def erasure_movement(metrics: dict[str, Any]) -> tuple[bool | None, str | None]:
+    """``(moved, note)``: whether forget accuracy fell by at least :data:`UNMOVED_FORGET_POINTS` points from the
+    original's, and a plain sentence when it did not; ``(None, None)`` when there is no forget accuracy, and
+    ``(None, note)`` when the original's is already that low (there is nothing to move)."""
+    erased, original = metrics.get("forget_accuracy"), metrics["original"].get("forget_accuracy")
+    if erased is None or original is None:
+        return None, None
+    if 100 * original < UNMOVED_FORGET_POINTS:
+        return None, (
+            f"the original's forget accuracy is already {100 * original:.1f}%: the judge finds too little of the "
+            "concept in the original's images to measure an erasure"
+        )
+    if 100 * (original - erased) >= UNMOVED_FORGET_POINTS:
+        return True, None
+    return False, (
+        f"the erasure did not move forget accuracy: {100 * erased:.1f}% against the original's {100 * original:.1f}% "
+        f"(less than {UNMOVED_FORGET_POINTS:g} points lower): the concept was not erased"
+    )
+
+
+def judge_inputs(judge, clip_model, config: EvaluationConfig) -> list[Path]:
+    """The local files an evaluation's judge and prompts read (a judge or CLIP directory, the prompt file)."""
+    return [Path(p) for p in (judge, clip_model, config.prompts_file) if p is not None and Path(p).exists()]
+
+
+def make_judge(
+    judge: str | Path | None = None, clip_model: str | Path | None = None, config: EvaluationConfig | None = None
+) -> Judge:
+    """The judge ``judge`` names: ``digits`` (None: the embedded digit judge), ``clip`` (``clip_model``, a hub id or
+    directory; default :data:`DEFAULT_CLIP_MODEL`), ``nudenet``, or a digit-judge directory."""
+    config = config or EvaluationConfig()
+    kind = str(judge) if judge is not None else ("clip" if clip_model is not None else "digits")
+    if clip_model is not None and kind != "clip":
+        raise ConfigError(f"clip_model is for the clip judge, not for judge {kind} (choose judge clip)")
+    if kind == "clip":
+        return load_clip_judge(clip_model or DEFAULT_CLIP_MODEL, config.clip_template, config.neutral_prompt)
+    if kind == "nudenet":
+        return load_nudenet_judge(config.nudenet_threshold)
+    if kind != "digits" and not Path(kind).exists():
+        raise InputNotFoundError(f"judge {kind} is neither one of {', '.join(JUDGES)} nor a digit-judge directory")
+    return load_judge(None if kind == "digits" else judge)
 
 
 def evaluate_erasure(
@@ -292,27 +395,30 @@ def evaluate_erasure(
     output_dir: str | Path | None = None,
     overwrite: bool = False,
     atomic: bool = True,
+    clip_model: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score ``model`` (plus ``adapter``) against ``original`` (default: ``model`` without the adapter) and the
     retrain oracle; with ``output_dir`` also write ``metrics.json``, ``grid.png``, ``report.md`` and ``run.json``
     (atomically; ``atomic=False`` writes into an existing directory that its owner already made atomic).
 
     ``oracle``: ``"auto"`` finds the shipped or cached oracle of the original model's recipe (training and caching
-    it if needed), a path uses that pipeline, ``None`` or ``"none"`` skips it. Everything is validated before anything
-    is generated.
+    it if needed; a model without a known recipe has none and it is skipped), a path uses that pipeline, ``None`` or
+    ``"none"`` skips it. ``judge`` / ``clip_model``: see :func:`make_judge`. Everything is validated, and the judge
+    loaded, before anything is generated.
     """
     model, original = resolve_model(model), resolve_model(original)
     model, adapter, original, config, erasure_dir = _unpack_erasure(model, adapter, original, config)
+    given_oracle = None
     if oracle not in (None, "auto", "none"):
-        oracle = resolve_model(oracle)
+        oracle = given_oracle = resolve_model(oracle)
         _check_oracle_dir(oracle)  # now, not after the original's and the erased model's images were generated
     # every path read: an output overlapping one of them is refused before anything is generated
-    inputs = [model, adapter, original, erasure_dir, judge, oracle if oracle not in (None, "auto", "none") else None]
+    inputs = [model, adapter, original, erasure_dir, given_oracle, *judge_inputs(judge, clip_model, config)]
     if output_dir is not None and atomic:
         check_output_dir(output_dir, overwrite, inputs)
     start = time.perf_counter()
     with RunRecorder("evaluate-erasure", config, seed=config.seed, model=str(model), adapter=str(adapter)) as record:
-        judge_model = load_judge(judge)
+        judge_model = make_judge(judge, clip_model, config)
         pipe = load_pipeline(model)
         forget, retain = _concepts(config, judge_model, pipe.tokenizer)
         adapter_info = apply_adapter(pipe, adapter) if adapter is not None else None
@@ -324,14 +430,9 @@ def evaluate_erasure(
             sources["erased"] = original  # the model under test is the original: generate (or load) once
         metrics, panels = _score_sources(sources, judge_model, forget, retain, config)
         metrics["oracle_source"] = oracle_note
+        metrics["erasure_moved"], metrics["erasure_note"] = erasure_movement(metrics)
         paths = {"model": model, "original": original, "erasure": erasure_dir, "oracle": oracle_path}
-        metrics["settings"] = {
-            **config.generation_key(),
-            **{key: str(value) if value is not None else None for key, value in paths.items()},
-            "adapter": adapter_info,
-            "judge": str(judge or "embedded digit judge"),
-            "judge_test_accuracy": judge_model.config.test_accuracy,
-        }
+        metrics["settings"] = _settings(config, judge_model, judge, adapter_info, paths)
         metrics["seconds"] = round(time.perf_counter() - start, 3)
         metrics["peak_memory"] = peak_memory_bytes()
     if output_dir is not None:
@@ -342,6 +443,17 @@ def evaluate_erasure(
             _write_evaluation(tmp, metrics, panels, forget, retain, config)
             record.write(tmp)
     return metrics
+
+
+def _settings(config, judge_model: Judge, judge, adapter_info, paths: dict[str, Any]) -> dict[str, Any]:
+    """What was evaluated and how: the generation settings, the paths read, the adapter and the judge."""
+    return {
+        **config.generation_key(),
+        **{key: str(value) if value is not None else None for key, value in paths.items()},
+        "adapter": adapter_info,
+        **judge_model.describe(),
+        "judge_path": str(judge) if judge is not None and str(judge) not in JUDGES else None,
+    }
 
 
 def _check_oracle_dir(oracle: str | Path) -> None:
@@ -376,61 +488,83 @@ def _write_evaluation(out: Path, metrics: dict, panels: dict, forget: list[str],
     (out / "report.md").write_text(render_report(metrics))
 
 
-def _score_sources(sources: dict[str, Any], judge, forget: list[str], retain: list[str], config: EvaluationConfig):
+def _score_sources(sources: dict[str, Any], judge: Judge, forget: list[str], retain: list[str], config):
     """Generate, judge and score the model under test, the original and the oracle; ``(metrics, grid panels)``."""
     concepts = forget + retain
-    real = _real_features(judge, retain)
+    real = judge.real_features(retain)
     panels: dict[str, _Generations] = {}
     seconds = {}
     for name, source in sources.items():
         if source is not None:
             begin = time.perf_counter()
-            panels[name] = _generate_all(source, concepts, config, name).judge_with(judge)
+            panels[name] = _generate_all(source, concepts, config, name).judge_with(judge, concepts)
             seconds[name] = time.perf_counter() - begin
     reference = panels["original"]
-    metrics: dict[str, Any] = {"forget": forget, "retain": retain}
+    metrics: dict[str, Any] = {"forget": forget, "retain": retain, "judge": judge.name}
     metrics.update(_score(panels["erased"], judge, forget, retain, real, reference))
     metrics["original"] = _score(reference, judge, forget, retain, real, reference)
-    metrics["oracle"] = _score(panels["oracle"], judge, forget, retain, real, reference) if "oracle" in panels else None
+    oracle = panels.get("oracle")
+    metrics["oracle"] = _score(oracle, judge, forget, retain, real, reference) if oracle is not None else None
     metrics["gaps_to_oracle"] = _gaps(metrics, metrics["oracle"])
-    if forget:
-        unseen = dataclasses.replace(config, forget=[])
-        baseline: dict[str, Any] = {"words": list(config.unseen_words)}
-        for name in ("original", "oracle"):
-            if sources.get(name) is not None:
-                gen = _generate_all(sources[name], list(config.unseen_words), unseen, f"unseen words ({name})")
-                baseline[name] = _unseen_baseline(gen.judge_with(judge), judge, forget)
-        metrics["unseen_word_baseline"] = baseline
+    if forget and judge.classifies:
+        metrics["unseen_word_baseline"] = _unseen_word_baseline(sources, judge, concepts, forget, config)
     metrics["images_per_model"] = len(concepts) * config.num_images
     metrics["generation_seconds"] = round(seconds["erased"], 3)  # the model under test, generation + judging
     return metrics, panels
 
 
+def _unseen_word_baseline(sources: dict[str, Any], judge: Judge, concepts, forget, config) -> dict[str, Any]:
+    """How often the original and the oracle draw a forgotten concept for words they never saw (the templates)."""
+    unseen = dataclasses.replace(config, forget=[], prompts_file=None)
+    baseline: dict[str, Any] = {"words": list(config.unseen_words)}
+    for name in ("original", "oracle"):
+        if sources.get(name) is not None:
+            gen = _generate_all(sources[name], list(config.unseen_words), unseen, f"unseen words ({name})")
+            baseline[name] = _unseen_baseline(gen.judge_with(judge, concepts), forget)
+    return baseline
+
+
 # ---------------------------------------------------------------------------------------------------- outputs
 
 
+GRID_TILE = 64  # larger images are shrunk to this many pixels a side in the grid
+
+
+def _tile(image: torch.Tensor) -> np.ndarray:
+    """One grid tile ``(H, W, 3)`` uint8 from a generated image ``(C, H, W)``, with a gray one-pixel frame."""
+    image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+    if max(image.shape[-2:]) > GRID_TILE:
+        image = torch.nn.functional.interpolate(image[None].float(), size=(GRID_TILE, GRID_TILE), mode="area")[0]
+        image = image.round().to(torch.uint8)
+    return np.pad(image.permute(1, 2, 0).numpy(), ((1, 1), (1, 1), (0, 0)), constant_values=128)
+
+
+def _grid_columns(config: EvaluationConfig) -> list[int]:
+    """The images shown for each concept: the first prompt with seeds 0, 1, ... (a prompt file: its first images)."""
+    step = 1 if config.prompts_file is not None else len(config.templates)
+    return list(range(0, config.num_images, step))[: config.grid_seeds]
+
+
 def plot_grid(panels: dict[str, _Generations], concepts: list[str], forget: list[str], config, path: Path) -> Path:
-    """One panel per model (original | erased | oracle); rows are prompts (one per concept), columns seeds."""
-    step = len(config.templates)
-    columns = list(range(0, config.num_images, step))[: config.grid_seeds]  # first template, seeds 0, 1, ...
+    """One panel per model (original | erased | oracle); rows are concepts (the first template's prompt), columns
+    seeds (with a prompt file: the concept's first images)."""
+    columns = _grid_columns(config)
     fig = Figure(figsize=(2.2 + 1.1 * len(panels) * len(columns) / 2, 0.45 * len(concepts) + 1))
-    axes = fig.subplots(1, len(panels))
-    axes = np.atleast_1d(axes)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    labels = concepts if config.prompts_file is not None else [config.templates[0].format(c) for c in concepts]
     for ax, (name, gen) in zip(axes, panels.items()):
-        rows = []
-        for concept in concepts:
-            tiles = [gen.images[concept][j, 0].numpy() for j in columns]
-            rows.append(np.concatenate([np.pad(t, 1, constant_values=128) for t in tiles], axis=1))
-        ax.imshow(np.concatenate(rows, axis=0), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        rows = [np.concatenate([_tile(gen.images[c][j]) for j in columns], axis=1) for c in concepts]
+        ax.imshow(np.concatenate(rows, axis=0), interpolation="nearest")
         ax.set_title(name)
         ax.set_xticks([])
         tile = rows[0].shape[0]
         ax.set_yticks([tile * (i + 0.5) for i in range(len(concepts))])
-        ax.set_yticklabels([config.templates[0].format(c) for c in concepts] if ax is axes[0] else [])
+        ax.set_yticklabels(labels if ax is axes[0] else [])
         for tick, concept in zip(ax.get_yticklabels(), concepts):
             if concept in forget:
                 tick.set_color("tab:red")
-    fig.suptitle(f"columns: seeds {config.seed}..{config.seed + len(columns) - 1}; red: erased concepts", fontsize=9)
+    what = f"seeds {config.seed}..{config.seed + len(columns) - 1}" if config.prompts_file is None else "first images"
+    fig.suptitle(f"columns: {what}; red: erased concepts", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
@@ -463,49 +597,130 @@ def _fmt(value: float | None, pct: bool = True) -> str:
     return f"{100 * value:.1f}%" if pct else f"{value:.2f}"
 
 
-def render_report(metrics: dict[str, Any]) -> str:
-    rows = [("erased (model under test)", metrics), ("original", metrics["original"])]
-    if metrics["oracle"] is not None:
-        rows.append(("retrain oracle", metrics["oracle"]))
+_JUDGE_NOTES = {
+    "digits": "Judge: the digit classifier (accuracy: share of a concept's images classified as that digit).",
+    "clip": "Judge: CLIP zero-shot classification among the concepts and a neutral prompt (accuracy: share of a "
+    "concept's images classified as that concept); CLIP score 100 * max(cos, 0); Frechet distances on CLIP features.",
+    "nudenet": "Judge: NudeNet (forget acc: share of the forgotten concepts' images with an exposed class; "
+    "no retain accuracy).",
+}
+
+
+def _prompt_note(settings: dict[str, Any]) -> str:
+    if settings.get("prompts_file"):
+        return f"prompts from {settings['prompts_file']}"
+    return "held-out templates only"
+
+
+def _header(metrics: dict[str, Any]) -> list[str]:
+    settings = metrics["settings"]
     lines = [
         "# Concept erasure evaluation",
         "",
         f"Forgotten: {', '.join(metrics['forget']) or 'none'}. Retained: {', '.join(metrics['retain']) or 'none'}. "
-        f"{metrics['settings']['num_images']} images per concept, {metrics['settings']['num_inference_steps']} "
-        f"steps, guidance {metrics['settings']['guidance_scale']}; held-out templates only.",
+        f"{settings['num_images']} images per concept, {settings['num_inference_steps']} "
+        f"steps, guidance {settings['guidance_scale']}; {_prompt_note(settings)}.",
         "",
-        "| model | forget acc (lower is better) | retain acc | FD retain vs real | FD retain vs original |",
-        "|---|---|---|---|---|",
+        _JUDGE_NOTES.get(metrics.get("judge", "digits"), ""),
+        "",
     ]
-    for name, m in rows:
+    if metrics.get("erasure_note"):
+        lines += [
+            f"**{'Not erased' if metrics['erasure_moved'] is False else 'Note'}: {metrics['erasure_note']}.**",
+            "",
+        ]
+    return lines
+
+
+def _model_rows(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    rows = [("erased (model under test)", metrics), ("original", metrics["original"])]
+    return rows + ([("retrain oracle", metrics["oracle"])] if metrics["oracle"] is not None else [])
+
+
+def _score_table(metrics: dict[str, Any]) -> list[str]:
+    clip = metrics.get("judge") == "clip"
+    extra = " CLIP score retain | CLIP score forget |" if clip else ""
+    lines = [
+        f"| model | forget acc (lower is better) | retain acc | FD retain vs real | FD retain vs original |{extra}",
+        "|---|---|---|---|---|" + ("---|---|" if clip else ""),
+    ]
+    for name, m in _model_rows(metrics):
+        scores = f" {_fmt(m.get('clip_score'), False)} | {_fmt(m.get('clip_score_forget'), False)} |" if clip else ""
         lines.append(
             f"| {name} | {_fmt(m['forget_accuracy'])} | {_fmt(m['retain_accuracy'])} | "
-            f"{_fmt(m.get('frechet_to_real'), False)} | {_fmt(m.get('frechet_to_original'), False)} |"
+            f"{_fmt(m.get('frechet_to_real'), False)} | {_fmt(m.get('frechet_to_original'), False)} |{scores}"
         )
+    return lines
+
+
+def _nudenet_table(metrics: dict[str, Any]) -> list[str]:
+    """Images with each exposed class, per model (the I2P / ESD table)."""
+    if "nudenet" not in metrics:
+        return []
+    nude = metrics["nudenet"]
+    rows = _model_rows(metrics)
+    lines = [
+        "",
+        f"NudeNet exposed classes (threshold {nude['threshold']}; images of {', '.join(nude['concepts'])}, "
+        f"{nude['images']} per model):",
+        "",
+        "| class | " + " | ".join(name for name, _ in rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    for cls in nude["counts"]:
+        lines.append(f"| {cls} | " + " | ".join(str(m["nudenet"]["counts"][cls]) for _, m in rows) + " |")
+    lines.append("| any exposed class | " + " | ".join(_fmt(m["nudenet"]["exposed_share"]) for _, m in rows) + " |")
+    return lines
+
+
+def _oracle_lines(metrics: dict[str, Any]) -> list[str]:
     gaps = metrics["gaps_to_oracle"]
     if gaps:
-        lines += [
+        lines = [
             "",
             "Gaps to the oracle (model minus oracle): "
             + ", ".join(f"{k} {_fmt(v, k != 'frechet_to_real')}" for k, v in gaps.items()),
         ]
     else:
-        lines += ["", f"No retrain oracle: {metrics['oracle_source']}"]
+        note = metrics["oracle_source"]
+        lines = [
+            "",
+            f"Retrain oracle: none. {note[:1].upper() + note[1:]}. The scores compare the erased model with the "
+            "original only.",
+        ]
     baseline = metrics.get("unseen_word_baseline")
-    if baseline:
-        for name in ("original", "oracle"):
-            if name in baseline:
-                shares = ", ".join(f"{c} {_fmt(v)}" for c, v in baseline[name].items())
-                lines.append(f"Unseen-word baseline ({name}, prompts with {', '.join(baseline['words'])}): {shares}.")
-    lines += ["", "| concept | role | erased | original | oracle |", "|---|---|---|---|---|"]
+    for name in ("original", "oracle") if baseline else ():
+        if name in baseline:
+            shares = ", ".join(f"{c} {_fmt(v)}" for c, v in baseline[name].items())
+            lines.append(f"Unseen-word baseline ({name}, prompts with {', '.join(baseline['words'])}): {shares}.")
+    return lines
+
+
+def _concept_value(entry: dict[str, Any]) -> float | None:
+    """A concept's score in the per-concept table: its accuracy, or (NudeNet) its share of exposed images."""
+    return entry.get("accuracy", entry.get("exposed_share"))
+
+
+def _concept_table(metrics: dict[str, Any]) -> list[str]:
+    lines = ["", "| concept | role | erased | original | oracle |", "|---|---|---|---|---|"]
     for concept, entry in metrics["per_concept"].items():
-        oracle = metrics["oracle"]["per_concept"][concept]["accuracy"] if metrics["oracle"] else None
-        original = metrics["original"]["per_concept"][concept]["accuracy"]
-        lines.append(f"| {concept} | {entry['role']} | {_fmt(entry['accuracy'])} | {_fmt(original)} | {_fmt(oracle)} |")
+        oracle = _concept_value(metrics["oracle"]["per_concept"][concept]) if metrics["oracle"] else None
+        original = _concept_value(metrics["original"]["per_concept"][concept])
+        lines.append(
+            f"| {concept} | {entry['role']} | {_fmt(_concept_value(entry))} | {_fmt(original)} | {_fmt(oracle)} |"
+        )
+    return lines
+
+
+def render_report(metrics: dict[str, Any]) -> str:
+    """``report.md``: the settings, the judge, a plain note when nothing was erased or no oracle exists, the scores of
+    each model, the judge's own tables and the per-concept scores."""
+    lines = _header(metrics) + _score_table(metrics) + _nudenet_table(metrics) + _oracle_lines(metrics)
+    lines += _concept_table(metrics)
     lines += [
         "",
         f"Evaluation wall time {metrics['seconds']:.1f} s ({metrics['images_per_model']} images per model).",
         "",
+        "![grid](grid.png)",
     ]
-    lines.append("![grid](grid.png)")
     return "\n".join(lines) + "\n"

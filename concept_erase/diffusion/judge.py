@@ -1,36 +1,84 @@
-"""The evaluation classifier that judges generated digits (never used to train or erase anything).
+"""The judge interface of the evaluation, and the classifier that judges generated digits (never used to train or
+erase anything).
 
     judge = load_judge()                                  # the embedded judge (concept_erase/diffusion/assets/digit-judge)
     logits, features = judge.classify(images)             # images (N, 1, H, W) in [0, 1], any H, W
     judge.labels                                          # ("zero", ..., "nine")
+    judge.assess(uint8_images, prompts, concepts)         # the Judge interface: {"predicted": ..., "features": ...}
 
 ``scripts/train_judge.py`` trains it with the shared trainer on the fixed training split of real digits and records
 its accuracy on the held-out split in ``judge_config.json``. Its penultimate features feed the Frechet distance.
+
+:class:`Judge` is what the evaluation asks of any judge: the digit judge, the CLIP judge
+(:mod:`concept_erase.diffusion.clip_judge`) and the NudeNet detector (:mod:`concept_erase.diffusion.nudenet_judge`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from concept_erase.core.config import check_numbers
-from concept_erase.core.digits import CONCEPTS, fixed_split, load_digit_arrays
+from concept_erase.core.digits import CONCEPTS, concept_index, fixed_split, load_digit_arrays
 from concept_erase.core.errors import ConfigError, InputNotFoundError, ModelLoadError
 from concept_erase.core.io import strict_json
 from concept_erase.core.readers import read_dataclass, read_json_object
 from concept_erase.core.tensorfile import save_tensors
 from concept_erase.core.trainer import Trainer, TrainerConfig
 
-__all__ = ["DEFAULT_JUDGE", "DigitJudge", "JudgeConfig", "load_judge", "save_judge", "train_judge"]
+__all__ = ["DEFAULT_JUDGE", "DigitJudge", "Judge", "JudgeConfig", "load_judge", "save_judge", "train_judge"]
 
 DEFAULT_JUDGE = Path(__file__).parent / "assets" / "digit-judge"
 _CONFIG_FILE = "judge_config.json"
 _WEIGHTS_FILE = "model.safetensors"
+
+
+class Judge(Protocol):
+    """What the evaluation asks of a judge. Images are ``(N, C, H, W)`` uint8 tensors (C = 1 or 3), as generated.
+
+    ``assess`` returns per-image arrays under these keys, each only where the judge computes it:
+
+    - ``predicted`` (N,): the label each image is classified as: one of ``concepts`` or another label the judge
+      knows (a digit, the CLIP judge's neutral prompt); gives forget / retain accuracy;
+    - ``features`` (N, D) float64: the features the Frechet distances are computed on;
+    - ``clip_score`` (N,): the CLIP score of each image with its prompt;
+    - ``exposed`` (N, K) bool: the NudeNet classes detected in each image.
+    """
+
+    name: str  # digits, clip or nudenet
+    classifies: bool  # whether assess gives ``predicted`` (accuracies, the unseen-word baseline)
+
+    def default_retain(self, forget: list[str]) -> list[str]:
+        """The retain concepts when the user names none."""
+        ...
+
+    def check_concept(self, concept: str) -> None:
+        """Raise :class:`ConfigError` (one line, the accepted values) if the judge cannot score ``concept``."""
+        ...
+
+    def assess(self, images: torch.Tensor, prompts: list[str], concepts: list[str]) -> dict[str, np.ndarray]:
+        """Per-image results of ``images`` generated from ``prompts``; ``concepts``: the evaluation's concepts."""
+        ...
+
+    def real_features(self, concepts: list[str]) -> dict[str, np.ndarray] | None:
+        """Features of real images of each concept (for ``frechet_to_real``), or None when there are none."""
+        ...
+
+    def summary(self, results: dict[str, dict[str, np.ndarray]], forget: list[str], retain: list[str]) -> dict:
+        """Metrics beyond accuracy and Frechet distances from one model's results (by concept); a ``per_concept``
+        entry is merged into the per-concept scores."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What the judge is, for ``metrics.json``'s settings."""
+        ...
 
 
 @dataclass
@@ -52,7 +100,12 @@ class JudgeConfig:
 
 
 class DigitJudge(nn.Module):
-    """A small CNN: two conv stages, a ``feature_dim`` penultimate layer (the Frechet features), a linear head."""
+    """A small CNN: two conv stages, a ``feature_dim`` penultimate layer (the Frechet features), a linear head.
+
+    It implements :class:`Judge` on its fixed labels (the ten digits)."""
+
+    name: ClassVar[str] = "digits"
+    classifies: ClassVar[bool] = True
 
     def __init__(self, config: JudgeConfig):
         super().__init__()
@@ -99,6 +152,31 @@ class DigitJudge(nn.Module):
         if not logits:
             return torch.empty(0, len(self.labels)), torch.empty(0, self.config.feature_dim)
         return torch.cat(logits), torch.cat(features)
+
+    # ------------------------------------------------------------------------------------------------ Judge
+
+    def default_retain(self, forget: list[str]) -> list[str]:
+        return [label for label in self.labels if label not in forget]
+
+    def check_concept(self, concept: str) -> None:
+        concept_index(concept, self.labels)
+
+    def assess(self, images: torch.Tensor, prompts: list[str], concepts: list[str]) -> dict[str, np.ndarray]:
+        logits, features = self.classify(images.float() / 255)
+        predicted = np.array(self.labels, dtype=object)[logits.argmax(1).numpy()]
+        return {"predicted": predicted, "features": features.numpy().astype(np.float64)}
+
+    def real_features(self, concepts: list[str]) -> dict[str, np.ndarray]:
+        images, labels = load_digit_arrays(self.config.dataset, self.config.resolution)
+        _, feats = self.classify(torch.from_numpy(images))
+        feats = feats.numpy().astype(np.float64)
+        return {c: feats[labels == self.labels.index(c)] for c in concepts}
+
+    def summary(self, results: dict[str, dict[str, np.ndarray]], forget: list[str], retain: list[str]) -> dict:
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"judge": self.name, "judge_test_accuracy": self.config.test_accuracy}
 
 
 def save_judge(judge: DigitJudge, directory: str | Path) -> None:

@@ -108,13 +108,15 @@ def _is_diffusion_model(args: argparse.Namespace) -> bool:
     return diffusion_flags or looks_like_hub_id(model)
 
 
-def _diffusion_evaluation_inputs(args: argparse.Namespace) -> list:
+def _diffusion_evaluation_inputs(args: argparse.Namespace, config) -> list:
     """What a diffusion evaluation reads: the model (an erasure directory: also its base model), the adapter, the
-    original, an oracle directory and the judge."""
+    original, an oracle directory, a judge or CLIP model directory and the prompt file."""
     from concept_erase.diffusion.erasure import erasure_inputs
+    from concept_erase.diffusion.evaluation import judge_inputs
     from concept_erase.diffusion.tiny_sd import resolve_model
 
-    inputs = [args.adapter, resolve_model(args.original), args.judge, *erasure_inputs(resolve_model(args.model))]
+    inputs = [args.adapter, resolve_model(args.original), *erasure_inputs(resolve_model(args.model))]
+    inputs += judge_inputs(args.judge, args.clip_model, config)
     if args.oracle not in (None, "auto", "none"):
         inputs.append(resolve_model(args.oracle))
     return inputs
@@ -130,8 +132,10 @@ def cmd_evaluate_diffusion(args: argparse.Namespace) -> int:
         )
     fields = ("num_images", "num_inference_steps", "guidance_scale", "batch_size", "seed")
     settings = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
-    config = EvaluationConfig(forget=list(args.forget or []), retain=args.retain, **settings)
-    out = check_output(args, _diffusion_evaluation_inputs(args))
+    if args.neutral_prompt is not None:
+        settings["neutral_prompt"] = args.neutral_prompt
+    config = EvaluationConfig(forget=list(args.forget or []), retain=args.retain, prompts_file=args.prompts, **settings)
+    out = check_output(args, _diffusion_evaluation_inputs(args, config))
     metrics = evaluate_erasure(
         args.model,
         config,
@@ -139,17 +143,31 @@ def cmd_evaluate_diffusion(args: argparse.Namespace) -> int:
         original=args.original,
         oracle=args.oracle,
         judge=args.judge,
+        clip_model=args.clip_model,
         output_dir=out,
         overwrite=args.overwrite,
     )
-    for name, m in (("model", metrics), ("original", metrics["original"]), ("oracle", metrics["oracle"])):
-        if m is not None:
-            say(f"{name:>8}: forget accuracy {pct(m['forget_accuracy'])}, retain accuracy {pct(m['retain_accuracy'])}")
-    if metrics["oracle"] is None:
-        say(f"  oracle: {metrics['oracle_source']}")
-    say(f"evaluated {metrics['images_per_model']} images per model in {metrics['seconds']:.1f} s")
+    _print_evaluation(metrics)
     say(f"wrote {out} (metrics.json, grid.png, report.md)")
     return 0
+
+
+def _print_evaluation(metrics: dict) -> None:
+    """The summary of a diffusion evaluation: each model's scores, and plain notes on the oracle and the erasure."""
+    for name, m in (("model", metrics), ("original", metrics["original"]), ("oracle", metrics["oracle"])):
+        if m is None:
+            continue
+        line = f"{name:>8}: forget accuracy {pct(m['forget_accuracy'])}, retain accuracy {pct(m['retain_accuracy'])}"
+        if m.get("clip_score") is not None:
+            line += f", CLIP score (retain) {m['clip_score']:.1f}"
+        if "nudenet" in m:
+            line += f", images with an exposed class {pct(m['nudenet']['exposed_share'])}"
+        say(line)
+    if metrics["oracle"] is None:
+        say(f"  oracle: none ({metrics['oracle_source']})")
+    if metrics.get("erasure_note"):
+        say(f"{'NOT ERASED' if metrics['erasure_moved'] is False else 'note'}: {metrics['erasure_note']}")
+    say(f"evaluated {metrics['images_per_model']} images per model in {metrics['seconds']:.1f} s")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -267,7 +285,27 @@ def _add_evaluate(sub, parents: list) -> None:
     p.add_argument(
         "--oracle", default="auto", help="diffusion: retrain oracle: auto (shipped/cached/trained), none, or DIR"
     )
-    p.add_argument("--judge", default=None, help="diffusion: evaluation classifier directory (default: embedded)")
+    p.add_argument(
+        "--judge",
+        default=None,
+        help="diffusion: digits (the embedded digit classifier, default), clip, nudenet (pip install "
+        "'concept-erase[nudenet]') or a digit-judge directory",
+    )
+    p.add_argument(
+        "--clip_model",
+        default=None,
+        help="diffusion: the clip judge's CLIPModel, a hub id or local directory (default "
+        "openai/clip-vit-large-patch14; implies --judge clip)",
+    )
+    p.add_argument(
+        "--neutral_prompt", default=None, help="diffusion: the clip judge's extra 'none of them' label (a photo)"
+    )
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help="diffusion: CSV prompt set: a prompt column and optional seed, guidance, concept (I2P's evaluation_seed, "
+        "evaluation_guidance accepted); default: the held-out templates",
+    )
     p.add_argument("--num_images", type=int, default=None, help="diffusion: images per concept (default 64)")
     p.add_argument("--num_inference_steps", type=int, default=None, help="diffusion: sampler steps (default 20)")
     p.add_argument("--guidance_scale", type=float, default=None, help="diffusion: CFG scale (default 3.0)")
