@@ -43,6 +43,7 @@ __all__ = [
     "encode",
     "family_of",
     "model_family",
+    "model_index",
     "pipeline_class",
     "quiet_loading",
     "time_ids",
@@ -99,23 +100,31 @@ def describe_class(class_name: str) -> str:
     return str(family) if family is not None else class_name
 
 
-def model_family(model: str | Path, is_local: bool) -> Family:
-    """The family of a pipeline directory or hub id from its ``model_index.json`` (read from the directory, or
-    through ``DiffusionPipeline.load_config`` for a hub id: no weights are fetched), refused when unsupported."""
+def model_index(model: str | Path, is_local: bool) -> dict[str, Any]:
+    """A model's ``model_index.json``: read from a local pipeline directory, or through
+    ``DiffusionPipeline.load_config`` for a hub id (no weights are fetched)."""
     if is_local:
         index = Path(model) / "model_index.json"
+        if not index.is_file():
+            raise ModelLoadError(f"{model} is not a diffusers pipeline directory: it has no model_index.json")
         try:
             config = json.loads(index.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(f"{index} is not a readable JSON file: {exc}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"{index} is not valid JSON: {exc}") from None
     else:
         try:
             config = DiffusionPipeline.load_config(str(model))
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"could not read the model_index.json of hub id {model}: {first}") from None
-    class_name = config.get("_class_name") if isinstance(config, dict) else None
-    return check_family(class_name, where=f"model {model}")
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"the model_index.json of {model} is not a JSON object of pipeline components")
+    return config
+
+
+def model_family(model: str | Path, is_local: bool) -> Family:
+    """The family of a pipeline directory or hub id, from its :func:`model_index`; refused when unsupported."""
+    return check_family(model_index(model, is_local).get("_class_name"), where=f"model {model}")
 
 
 def family_of(pipe) -> Family:

@@ -24,7 +24,6 @@ reverse, is refused naming both.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from concept_erase.diffusion.families import (
     check_family,
     describe_class,
     model_family,
+    model_index,
     pipeline_class,
     quiet_loading,
     tokenizers,
@@ -81,15 +81,7 @@ _quiet_loading = quiet_loading  # its name here before it moved to families (oth
 
 def _check_pipeline_dir(path: Path) -> Family:
     """The family of pipeline directory ``path`` (refused when unsupported), once its components are all there."""
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise ModelLoadError(f"{path} is not a diffusers pipeline directory: it has no model_index.json")
-    try:
-        components = json.loads(index.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{index} is not valid JSON: {exc}") from None
-    if not isinstance(components, dict):
-        raise ModelLoadError(f"{index} is not a JSON object of pipeline components")
+    components = model_index(path, is_local=True)
     family = check_family(components.get("_class_name"), f"model {path}")
     listed = {name for name, value in components.items() if isinstance(value, list) and value and value[0] is not None}
     missing = [name for name in family.components if name not in listed or not (path / name).is_dir()]
