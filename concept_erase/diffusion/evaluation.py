@@ -531,12 +531,18 @@ def _unseen_word_baseline(sources: dict[str, Any], judge: Judge, concepts, forge
 GRID_TILE = 64  # larger images are shrunk to this many pixels a side in the grid
 
 
+def _shrink(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images ``(N, C, H, W)`` shrunk to at most :data:`GRID_TILE` pixels a side (area averaging)."""
+    if max(images.shape[-2:]) <= GRID_TILE:
+        return images
+    small = torch.nn.functional.interpolate(images.float(), size=(GRID_TILE, GRID_TILE), mode="area")
+    return small.round().to(torch.uint8)
+
+
 def _tile(image: torch.Tensor) -> np.ndarray:
     """One grid tile ``(H, W, 3)`` uint8 from a generated image ``(C, H, W)``, with a gray one-pixel frame."""
+    image = _shrink(image[None])[0]
     image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
-    if max(image.shape[-2:]) > GRID_TILE:
-        image = torch.nn.functional.interpolate(image[None].float(), size=(GRID_TILE, GRID_TILE), mode="area")[0]
-        image = image.round().to(torch.uint8)
     return np.pad(image.permute(1, 2, 0).numpy(), ((1, 1), (1, 1), (0, 0)), constant_values=128)
 
 
@@ -575,10 +581,12 @@ SAMPLES_FILE = "samples.safetensors"
 
 
 def save_samples(panels: dict[str, _Generations], path: Path) -> None:
-    """The generated images (uint8), keyed ``<model>/<concept>``: reports re-plot them without generating again."""
+    """The generated images (uint8, at most :data:`GRID_TILE` pixels a side, as the grids show them), keyed
+    ``<model>/<concept>``: reports re-plot them without generating again."""
 
     save_tensors(
-        {f"{name}/{c}": img.contiguous() for name, gen in panels.items() for c, img in gen.images.items()}, path
+        {f"{name}/{c}": _shrink(img).contiguous() for name, gen in panels.items() for c, img in gen.images.items()},
+        path,
     )
 
 

@@ -278,3 +278,17 @@ def test_evaluate_api_accepts_a_clip_judge_and_records_it(clip_dir, model_withou
     metrics = evaluate_erasure(model_without_oracle, config, judge="clip", clip_model=clip_dir, oracle="none")
     assert metrics["settings"]["neutral_prompt"] == "ink" and metrics["settings"]["judge"] == "clip"
     assert set(metrics["per_concept"]["one"]) >= {"accuracy", "clip_score", "frechet_to_original"}
+
+
+def test_grid_and_samples_of_large_rgb_images_are_shrunk_to_grid_tiles(tmp_path):
+    from concept_erase.diffusion.evaluation import GRID_TILE, _Generations, load_samples, plot_grid, save_samples
+
+    images = torch.randint(0, 256, (4, 3, 128, 128), dtype=torch.uint8)
+    panels = {"original": _Generations({"van gogh": images}), "erased": _Generations({"van gogh": images // 2})}
+    config = EvaluationConfig(forget=["van gogh"], templates=["{}"], num_images=4, grid_seeds=4)
+    assert plot_grid(panels, ["van gogh"], ["van gogh"], config, tmp_path / "grid.png").stat().st_size > 1000
+    save_samples(panels, tmp_path / "samples.safetensors")
+    saved = load_samples(tmp_path / "samples.safetensors")["erased"].images["van gogh"]
+    assert saved.shape == (4, 3, GRID_TILE, GRID_TILE) and saved.dtype == torch.uint8
+    expected = (images // 2).float().reshape(4, 3, GRID_TILE, 2, GRID_TILE, 2).mean((3, 5)).round()
+    assert torch.equal(saved, expected.to(torch.uint8))  # area averaging of each 2x2 block
