@@ -28,6 +28,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from concept_erase.core.errors import AdapterError, ConfigError, ModelLoadError
 from concept_erase.diffusion.attention import concept_positions, pipeline_concept_positions
 from concept_erase.diffusion.base import (
+    ConceptData,
     ConceptDataset,
     ErasureRequest,
     encode_prompts,
@@ -38,7 +39,7 @@ from concept_erase.diffusion.erasure import erase, load_erased, read_erasure
 from concept_erase.diffusion.families import PromptEmbeddings, family_of, training_target, unet_kwargs
 from concept_erase.diffusion.loading import apply_adapter, check_concept_tokens, load_pipeline, save_weights_adapter
 from concept_erase.diffusion.methods.esd import ESDConfig
-from concept_erase.diffusion.methods.salun import _denoising_loss
+from concept_erase.diffusion.methods.salun import SalUnConfig, _denoising_loss, _salun_loss
 from concept_erase.diffusion.tiny_sd import TinySDConfig, build_pipeline, build_tokenizer, save_pipeline
 
 # diffusers' EulerDiscreteScheduler (SDXL's own) builds its sigmas with np.array(tensor), which numpy 2 warns about
@@ -295,6 +296,36 @@ def test_salun_loss_regresses_onto_the_velocity_of_a_v_prediction_model(tmp_path
     velocity = DDPMScheduler.from_config(pipe.scheduler.config).get_velocity(latents, noise, steps)
     assert torch.allclose(loss, F.mse_loss(pred, velocity))
     assert not torch.allclose(loss, F.mse_loss(pred, noise))
+
+
+def test_salun_retain_term_regresses_onto_the_velocity_of_a_v_prediction_model(tmp_path):
+    """The retain term (the loss at alpha=1 minus the loss at alpha=0, same seed) is the MSE of the retain rows'
+    predictions to their velocity."""
+    pipe = build_v_prediction(tmp_path)
+    request = ErasureRequest(pipe, ["seven"], "tiny", ["two"], TEMPLATES)
+    text = encode_prompts(pipe, ["the number seven", "the number two", "a drawing of the digit two"])
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    retain = ConceptData(["r0", "r1"], torch.zeros(2, dtype=torch.long), latents[1:], text.states[1:])
+    batch = ConceptDataset(latents[:1], text.take(slice(0, 1)), template_ids=torch.zeros(1, dtype=torch.long))[:]
+
+    def loss(alpha):
+        torch.manual_seed(16)  # the retain row is noised at t = 958, where v and noise differ most
+        config = SalUnConfig(alpha=alpha, retain_concepts=["two"], show_progress=False)
+        return _salun_loss(request, config, retain, text.take(slice(1, 2)))(pipe.unet, batch)
+
+    with torch.no_grad():
+        retain_term = loss(1.0) - loss(0.0)
+        torch.manual_seed(16)
+        picks = torch.randint(0, 2, (1,))
+        torch.randint(0, 1, (1,))  # the misaligned prompt's draw
+        clean = torch.cat([latents[:1], retain.latents[picks]])
+        noise, steps = torch.randn_like(clean), torch.randint(0, 1000, (2,))
+        scheduler = noise_scheduler(pipe)
+        both = PromptEmbeddings.cat([text.take(slice(0, 1)), retain.text.take(picks)])
+        pred = unet_prediction(pipe.unet, pipe, scheduler.add_noise(clean, noise, steps), steps, both)
+    velocity = scheduler.get_velocity(clean, noise, steps)
+    assert torch.allclose(retain_term, F.mse_loss(pred[1:], velocity[1:]), atol=1e-6)
+    assert not torch.allclose(retain_term, F.mse_loss(pred[1:], noise[1:]), atol=1e-3)
 
 
 @pytest.mark.parametrize("method", list(SETTINGS))
