@@ -118,6 +118,7 @@ class EvaluationConfig:
         self.forget = [c.strip().lower() for c in self.forget]
         if self.retain is not None:
             self.retain = [c.strip().lower() for c in self.retain]
+        self.prompts_file = str(self.prompts_file) if self.prompts_file is not None else None  # recorded as JSON
         self._rows = read_prompt_csv(self.prompts_file) if self.prompts_file is not None else None
 
     def concept_rows(self, retain: list[str] | None) -> dict[str, list] | None:

@@ -115,11 +115,12 @@ def test_evaluation_generates_each_row_with_its_own_seed_and_guidance(tmp_path):
         "the number seven written in black ink,7,1.5,seven\n"
         "a clean sketch of the handwritten one,,,one\n",
     )
-    config = EvaluationConfig(forget=["seven"], num_images=2, num_inference_steps=4, prompts_file=str(path))
+    config = EvaluationConfig(forget=["seven"], num_images=2, num_inference_steps=4, prompts_file=path)  # a Path
     out = tmp_path / "eval"
     metrics = evaluate_erasure(DEFAULT_MODEL, config, oracle="none", output_dir=out)
     assert metrics["retain"] == ["one"] and metrics["settings"]["prompts_file"] == str(path)
     assert "prompts from" in (out / "report.md").read_text()
+    assert json.loads((out / "run.json").read_text())["config"]["prompts_file"] == str(path)
     saved = load_file(str(out / SAMPLES_FILE))
     pipe = load_pipeline(DEFAULT_MODEL)
     expected_seven = generate(pipe, ["the number seven written in black ink"] * 2, [7, 8], config, guidance=[1.5] * 2)
