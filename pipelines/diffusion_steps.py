@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from concept_erase.core.config import config_to_dict
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.io import config_paths
 from concept_erase.core.registry import get_method, register_step
 from concept_erase.diffusion.erasure import erase, erasure_inputs
 from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure, judge_inputs
+from concept_erase.diffusion.presets import resolve_settings
 from concept_erase.diffusion.report import summarize_evaluation, write_erasure_report
 from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, resolve_model
 
@@ -33,14 +33,17 @@ class EraseStepConfig:
     concepts: list[str] = field(default_factory=list)
     model: str = ""  # diffusers pipeline directory, hub id or shipped asset name; empty: the embedded tiny SD
     config: dict[str, Any] = field(default_factory=dict)  # the method's config keys (concept-erase list shows methods)
+    presets: bool = True  # apply the model's erasure_presets.json (or its family's defaults) under these keys
 
     def __post_init__(self) -> None:
         if not self.method:
             raise ConfigError("method is empty: name a diffusion method (fmn, salun, esd)")
         if not [c for c in self.concepts if str(c).strip()]:
             raise ConfigError("concepts is empty: name at least one concept to erase")
-        # validate the method and its config now, and record its defaults (they enter the step's config hash)
-        self.config = config_to_dict(get_method(self.method, tag="diffusion").make_config(self.config))
+        # validate the method, its config and the model's presets now; the user's keys stay as given, so that the
+        # presets fill only the others (erasure.json records each key's source)
+        entry = get_method(self.method, tag="diffusion")
+        resolve_settings(entry, resolve_model(self.model or DEFAULT_MODEL), self.config, self.presets)
 
 
 @register_step("erase", EraseStepConfig, outputs=("output_dir", "seconds", "artifact_bytes"))
@@ -48,7 +51,13 @@ def erase_step(context, config: EraseStepConfig) -> dict:
     """Erase concepts from a diffusion model (artifact + erasure.json in the step directory)."""
     context.check_inputs(resolve_model(config.model or DEFAULT_MODEL), *config_paths(config.config))
     record = erase(
-        config.model or None, config.method, config.concepts, dict(config.config), context.step_dir, atomic=False
+        config.model or None,
+        config.method,
+        config.concepts,
+        dict(config.config),
+        context.step_dir,
+        atomic=False,
+        presets=config.presets,
     )
     artifact = record["artifact"]
     return {"output_dir": str(context.step_dir), "seconds": record["seconds"], "artifact_bytes": artifact["bytes"]}

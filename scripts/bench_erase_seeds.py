@@ -39,10 +39,11 @@ def main() -> None:
         for step in steps:
             method = step["config"]["method"]
             for seed in args.seeds:
-                demo = {} if args.defaults else step["config"]["config"]
+                demo = {} if args.defaults else step["config"].get("config", {})  # the model's presets fill the rest
                 config = {**demo, **overrides, "seed": seed, "show_progress": False}
                 out = Path(tmp) / f"{method}-{seed}"
-                record = erase(step["config"]["model"], method, step["config"]["concepts"], config, output_dir=out)
+                model, concepts = step["config"]["model"], step["config"]["concepts"]
+                record = erase(model, method, concepts, config, output_dir=out, presets=not args.defaults)
                 metrics = evaluate_erasure(out, EvaluationConfig(), oracle="none")
                 row = {"method": method, "seed": seed, "config": record["config"]}
                 row["forget_accuracy"] = metrics["forget_accuracy"]

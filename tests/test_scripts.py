@@ -213,3 +213,22 @@ def test_bench_memory_toy_run_gives_each_option_its_saving(tmp_path):
         proc.returncode == 2
         and "--only: unknown configuration 'fmn 8-bit adam'; accepted values: fmn paper" in proc.stderr
     )
+
+
+@pytest.mark.slow  # two fresh interpreters (~8 s of imports each on a loaded 2-core CPU)
+def test_bench_presets_toy_run_writes_the_per_digit_table_and_resumes(tmp_path):
+    output = tmp_path / "presets.json"
+    args = ("--toy", "--digits", "one", "--methods", "esd", "fmn", "--output", str(output))
+    proc = run_script("bench_presets.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(output.read_text())["rows"]
+    assert [(r["digit"], r["method"]) for r in rows] == [("one", "fmn"), ("one", "esd")]
+    for row in rows:
+        met = row["forget_accuracy"] <= 0.10 and row["retain_accuracy"] >= row["original_retain_accuracy"] - 0.03
+        assert row["goal_met"] == met and row["config_sources"]["train"] == "model preset"
+        assert row["config_sources"]["max_train_steps"] == "user" and row["evaluation_images"] == 2
+    table = output.with_suffix(".md").read_text()
+    assert "| one | esd |" in table and "| digit | method | forget % | retain % |" in table
+    again = run_script("bench_presets.py", *args)  # every pair is done with these settings: nothing reruns
+    assert again.returncode == 0 and '"digit"' not in again.stdout
+    assert json.loads(output.read_text())["rows"] == rows

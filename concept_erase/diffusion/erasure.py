@@ -12,8 +12,9 @@ The data flow is ``load pipeline -> ErasureRequest -> method(request, config) ->
 - The artifact is the smallest thing that reproduces the erased model: a diffusers LoRA
   (``pytorch_lora_weights.safetensors``, ``pipe.load_lora_weights``), a weights file holding only the trained
   parameters (``erasure.safetensors``) when they are at most :data:`ADAPTER_MAX_FRACTION` of the UNet, or else a full
-  pipeline directory. ``erasure.json`` records the method, concepts, resolved config, base model, trained parameter
-  names, mask statistics, steps, losses, wall time, peak memory and the artifact's size.
+  pipeline directory. ``erasure.json`` records the method, concepts, resolved config and where each key came from
+  (the user, the model's presets, its family's or the method's defaults), base model, trained parameter names, mask
+  statistics, steps, losses, wall time, peak memory and the artifact's size.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from concept_erase.diffusion.loading import (
     save_lora_adapter,
     save_weights_adapter,
 )
+from concept_erase.diffusion.presets import resolve_settings
 from concept_erase.diffusion.tiny_sd import (
     ASSETS,
     DEFAULT_MODEL,
@@ -144,14 +146,17 @@ def erase(
     output_dir: str | Path | None = None,
     overwrite: bool = False,
     atomic: bool = True,
+    presets: bool = True,
 ) -> dict[str, Any]:
     """Erase ``concepts`` from ``model`` (a pipeline directory, hub id or shipped asset name; None: the embedded tiny
     model) with the registered diffusion ``method``; write the artifact and ``erasure.json`` to ``output_dir``
     (atomically; ``atomic=False`` writes into an existing directory its owner already made atomic). Returns the
-    erasure record. Everything is validated before any work starts."""
+    erasure record. ``config`` keys override the model's presets (``presets=False``: the method's defaults only; see
+    :mod:`concept_erase.diffusion.presets`). Everything is validated before any work starts."""
 
     entry = get_method(method, tag="diffusion")
-    config = _method_config(entry, config)
+    settings = resolve_settings(entry, resolve_model(model or DEFAULT_MODEL), config, presets)
+    config = settings.config
     inputs = [resolve_model(model or DEFAULT_MODEL), *config_paths(config_to_dict(config))]
     if output_dir is not None and atomic:
         check_output_dir(output_dir, overwrite, inputs)
@@ -176,6 +181,8 @@ def erase(
         "retain_concepts": retain,
         "templates": templates,
         "config": config_to_dict(config),
+        "config_sources": settings.sources,
+        "presets": settings.record(),
         "seed": config.seed,
         **_training_summary(outcome, pipe.unet, reference),
         "mask": outcome.mask,
@@ -193,17 +200,6 @@ def erase(
             record["artifact"] = _write_artifact(tmp, pipe, outcome, record, config.output_format)
             write_json(tmp / ERASURE_FILE, record)
     return record
-
-
-def _method_config(entry, config: ErasureConfig | dict | None) -> ErasureConfig:
-    """The method's config from a mapping (validated) or as given, which must be the method's own config class."""
-    if config is None or isinstance(config, dict):
-        config = entry.make_config(config or {})
-    if not isinstance(config, entry.config_cls):
-        raise ConfigError(
-            f"config for {entry.name!r} must be a {entry.config_cls.__name__}, got {type(config).__name__}"
-        )
-    return config
 
 
 def _training_summary(outcome: ErasureOutcome, unet, reference: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -278,7 +274,8 @@ def read_erasure(path: str | Path) -> dict[str, Any] | None:
             f"{what} {file} is corrupt: artifact.format must be one of {', '.join(_ARTIFACT_FORMATS)}, "
             f"got {artifact.get('format')!r}"
         )
-    for key, types in (("seconds", float), ("steps", int), ("peak_memory", dict), ("config", dict)):
+    optional = ("seconds", float), ("steps", int), ("peak_memory", dict), ("config", dict), ("config_sources", dict)
+    for key, types in optional:
         require(record, key, types, file, what, optional=True)
     return record
 

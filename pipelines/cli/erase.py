@@ -28,16 +28,18 @@ def _has_field(config_cls: type | None, name: str) -> bool:
     return config_cls is not None and name in {f.name for f in dataclasses.fields(config_cls)}
 
 
-def _method_config(entry, args: argparse.Namespace):
-    """The method's config from ``--config`` YAML and ``--set`` overrides; ``--seed`` sets its ``seed`` field."""
-    from concept_erase.core.config import load_config
+def _method_config(entry, args: argparse.Namespace) -> tuple[dict, object]:
+    """The user's method config keys from ``--config`` YAML and ``--set`` overrides (``--seed`` sets its ``seed``
+    field), and the config they build (validated now; the model's presets fill the other keys when it runs)."""
+    from concept_erase.core.config import merge_dicts, parse_overrides, read_yaml
 
     overrides = list(args.set or [])
     if args.seed is not None and _has_field(entry.config_cls, "seed"):
         overrides.append(f"seed={args.seed}")
     if entry.config_cls is None:
-        return entry.make_config(None, overrides)
-    return load_config(entry.config_cls, args.config, overrides)
+        return {}, entry.make_config(None, overrides)
+    keys = merge_dicts(read_yaml(args.config) if args.config else {}, parse_overrides(overrides))
+    return keys, entry.make_config(keys)
 
 
 def _diffusion_method(name: str):
@@ -65,13 +67,15 @@ def _erase_inputs(model: str | None, config_file: str | None, config) -> list:
 def cmd_erase(args: argparse.Namespace) -> int:
     from concept_erase.core.errors import ConfigError, InputNotFoundError
     from concept_erase.diffusion.erasure import erase
+    from concept_erase.diffusion.presets import resolve_settings
+    from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, resolve_model
 
     entry = _diffusion_method(args.method)
     if args.mixed_precision is not None:
         args.set = [*args.set, f"mixed_precision={args.mixed_precision}"]
     if args.quiet:
         args.set = [*args.set, "show_progress=false"]
-    config = _method_config(entry, args)
+    keys, config = _method_config(entry, args)
     concepts = [c.strip() for c in args.concept if c.strip()]
     if not concepts:
         raise ConfigError("--concept is empty: name the concept(s) to erase")
@@ -79,7 +83,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if model and (model.startswith((".", "/", "~")) or Path(model).exists()) and not Path(model).expanduser().is_dir():
         raise InputNotFoundError(f"model directory not found: {model}")
     out = check_output(args, _erase_inputs(model, args.config, config))
-    record = erase(model, entry.name, concepts, config, output_dir=out, overwrite=args.overwrite)
+    presets = not args.no_presets
+    settings = resolve_settings(entry, resolve_model(model or DEFAULT_MODEL), keys, presets)
+    say(settings.summary() + ("" if presets else " (--no_presets)"))
+    record = erase(model, entry.name, concepts, keys, output_dir=out, overwrite=args.overwrite, presets=presets)
     artifact = record["artifact"]
     say(f"erased {', '.join(record['concepts'])} from {record['base_model']} with {entry.name}")
     say(
@@ -256,6 +263,11 @@ def _add_erase(sub, parents: list) -> None:
     )
     p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="autocast precision")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no_presets",
+        action="store_true",
+        help="ignore the model's erasure_presets.json and its family's defaults: the method's own defaults only",
+    )
     add_config_options(p, config_help=METHOD_CONFIG_HELP)
     add_output_options(p)
     add_seed_option(p)
