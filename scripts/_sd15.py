@@ -5,7 +5,7 @@ The pipeline is a real ``StableDiffusionPipeline`` built from Stable Diffusion 1
 (runwayml/stable-diffusion-v1-5: ``unet/config.json``, ``vae/config.json``, ``scheduler/scheduler_config.json``) and a
 CLIP-L-shaped text encoder, with random weights: nothing is downloaded. The tokenizer is the toolkit's own small BPE
 vocabulary (any ASCII text is representable) with SD's 77-token context; the vocabulary is small, so the text
-encoder's embedding table is smaller than CLIP-L's (a few MB instead of 151 MB), which changes no UNet figure.
+encoder's embedding table is smaller than CLIP-L's (about 1 MB instead of 152 MB), which changes no UNet figure.
 """
 
 from __future__ import annotations
