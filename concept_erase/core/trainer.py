@@ -209,19 +209,24 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-# The two spellings of the switch: diffusers' ModelMixin and transformers' PreTrainedModel.
+# The switch's spellings: (enable, disable, whether on). diffusers' ModelMixin; transformers' PreTrainedModel from
+# 5.2x (which deprecates the older names) and before.
 _CHECKPOINTING_SWITCHES = (
-    ("enable_gradient_checkpointing", "disable_gradient_checkpointing", "_supports_gradient_checkpointing"),
-    ("gradient_checkpointing_enable", "gradient_checkpointing_disable", "supports_gradient_checkpointing"),
+    ("enable_gradient_checkpointing", "disable_gradient_checkpointing", "is_gradient_checkpointing"),
+    ("activation_checkpointing_enable", "activation_checkpointing_disable", "is_activation_checkpointing"),
+    ("gradient_checkpointing_enable", "gradient_checkpointing_disable", "is_gradient_checkpointing"),
 )
 
 
-def check_gradient_checkpointing(module: torch.nn.Module) -> tuple[Callable[[], None], Callable[[], None]]:
-    """``(enable, disable)`` of ``module``'s gradient checkpointing (a diffusers or transformers model); a module that
-    has none raises :class:`ConfigError` naming its class."""
-    for enable, disable, supported in _CHECKPOINTING_SWITCHES:
-        if callable(getattr(module, enable, None)) and getattr(module, supported, True):
-            return getattr(module, enable), getattr(module, disable)
+def check_gradient_checkpointing(module: torch.nn.Module) -> tuple[str, str, str]:
+    """The names of ``module``'s gradient-checkpointing ``(enable, disable, is_on)`` (a diffusers or transformers
+    model); a module that has none raises :class:`ConfigError` naming its class."""
+    supported = getattr(module, "_supports_gradient_checkpointing", True) and getattr(
+        module, "supports_gradient_checkpointing", True
+    )
+    for names in _CHECKPOINTING_SWITCHES:
+        if supported and callable(getattr(module, names[0], None)):
+            return names
     raise ConfigError(
         f"gradient_checkpointing: {type(module).__name__} does not support gradient checkpointing (no "
         "enable_gradient_checkpointing() as diffusers models have); set gradient_checkpointing false"
@@ -231,16 +236,18 @@ def check_gradient_checkpointing(module: torch.nn.Module) -> tuple[Callable[[], 
 @contextlib.contextmanager
 def _checkpointing(module: torch.nn.Module, wanted: bool) -> Iterator[None]:
     """Gradient checkpointing on inside the block when ``wanted``; afterwards the module is as it was found."""
-    was_on = bool(getattr(module, "is_gradient_checkpointing", False))
-    if not wanted or was_on:
+    if not wanted:
         yield
         return
-    enable, disable = check_gradient_checkpointing(module)
-    enable()
+    enable, disable, is_on = check_gradient_checkpointing(module)
+    if getattr(module, is_on, False):
+        yield
+        return
+    getattr(module, enable)()
     try:
         yield
     finally:
-        disable()
+        getattr(module, disable)()
 
 
 class Trainer:

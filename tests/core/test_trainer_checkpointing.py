@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -98,3 +99,29 @@ def test_a_module_without_checkpointing_is_refused_before_training():
 def test_gradient_checkpointing_must_be_a_bool(value):
     with pytest.raises(ConfigError, match="gradient_checkpointing: invalid value .*accepted values: true, false"):
         TrainerConfig(gradient_checkpointing=value)
+
+
+def test_a_transformers_model_uses_its_own_switch_and_is_left_as_found():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    config = CLIPTextConfig(
+        vocab_size=20, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2
+    )
+    encoder = CLIPTextModel(config).train()
+    ids = torch.randint(0, 20, (4, 6))
+    seen: list[bool] = []
+
+    def is_on(model) -> bool:  # transformers 5.2x renamed it (and warns on the old name)
+        new = hasattr(type(model), "is_activation_checkpointing")
+        return model.is_activation_checkpointing if new else model.is_gradient_checkpointing
+
+    def loss(model, batch):
+        seen.append(is_on(model))
+        return model(batch[0]).last_hidden_state.pow(2).mean()
+
+    settings = TrainerConfig(max_train_steps=1, gradient_checkpointing=True, show_progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the current spelling is used, not a deprecated one
+        Trainer(encoder, settings, DataLoader(TensorDataset(ids), batch_size=4), loss).train()
+    assert seen == [True] and not is_on(encoder)
