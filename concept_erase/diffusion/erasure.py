@@ -41,6 +41,7 @@ from concept_erase.core.io import (
 )
 from concept_erase.core.readers import read_json_object, require
 from concept_erase.core.registry import get_method
+from concept_erase.core.tensorfile import tensor_digests
 from concept_erase.diffusion.base import (
     GENERIC_RETAIN,
     GENERIC_TEMPLATES,
@@ -168,8 +169,7 @@ def erase(
     concepts = _check_concepts(concepts, pipe)
     templates, retain = _defaults_for(model, concepts, config)
     request = ErasureRequest(pipe, concepts, _recorded_model(model), retain, templates, device)
-    # the UNet before erasure, on the host (a second copy on the accelerator would double its memory)
-    reference = {n: p.detach().to("cpu", copy=True) for n, p in pipe.unet.named_parameters()}
+    reference = tensor_digests(pipe.unet)  # what changed, found without a second copy of the UNet
     with RunRecorder("erase", config, seed=config.seed, method=entry.name, concepts=concepts) as recorder:
         start = time.perf_counter()
         outcome = entry.target(request, config)
@@ -202,12 +202,11 @@ def erase(
     return record
 
 
-def _training_summary(outcome: ErasureOutcome, unet, reference: dict[str, torch.Tensor]) -> dict[str, Any]:
+def _training_summary(outcome: ErasureOutcome, unet, reference: dict[str, str]) -> dict[str, Any]:
     result = outcome.train_result
     trained = set(result.trained_parameters)
-    changed = [
-        n for n, p in unet.named_parameters() if n in reference and not torch.equal(p.detach().cpu(), reference[n])
-    ]
+    after = tensor_digests(unet)
+    changed = [n for n in after if n in reference and after[n] != reference[n]]
     losses = list(result.losses)
     return {
         "trained_parameters": list(result.trained_parameters),
