@@ -121,6 +121,13 @@ def markdown(models: dict[str, dict], rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write(output: Path, result: dict[str, Any]) -> None:
+    """``output`` (JSON) and the markdown table beside it, rewritten after every row (a long run keeps its rows)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json(output, result)
+    output.with_suffix(".md").write_text(markdown(result["models"], result["rows"]))
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     num_images = args.num_images or (2 if args.toy else 64)
     extra = {"num_inference_steps": 1, "grid_seeds": 2} if args.toy else {}
@@ -128,6 +135,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     paths = toy_models(work / "models", args.models) if args.toy else {name: name for name in args.models}
     demo = demo_settings()
     models, rows = {}, []
+    result = {"concept": CONCEPT, "num_images": num_images, "toy": args.toy, "complete": False}
+    result.update(models=models, rows=rows, versions=package_versions())
     for name, path in paths.items():
         original = evaluate_erasure(path, evaluation, oracle="none")  # the original alone: its own accuracy
         models[name] = describe(resolve_model(path), original)
@@ -137,7 +146,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 settings.update(TOY_SETTINGS, **TOY_METHOD_SETTINGS.get(method, {}))
             rows.append(bench_method(name, Path(path), method, settings, evaluation, work))
             print({k: v for k, v in rows[-1].items() if k not in ("config", "config_sources")}, flush=True)
-    return {"concept": CONCEPT, "num_images": num_images, "toy": args.toy, "models": models, "rows": rows}
+            write(Path(args.output), result)
+    result["complete"] = True
+    return result
 
 
 def main() -> None:
@@ -153,13 +164,8 @@ def main() -> None:
     if args.num_images is not None and args.num_images < 1:
         parser.error(f"--num_images must be >= 1, got {args.num_images}")
     with tempfile.TemporaryDirectory() as tmp:
-        result = run(args, Path(tmp))
-    result["versions"] = package_versions()
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_json(output, result)
-    output.with_suffix(".md").write_text(markdown(result["models"], result["rows"]))
-    print(f"wrote {output} and {output.with_suffix('.md')}")
+        write(Path(args.output), run(args, Path(tmp)))
+    print(f"wrote {args.output} and {Path(args.output).with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def test_bench_families_toy_run_scores_every_method_on_every_variant(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(output.read_text())
     models = result["models"]
-    assert list(models) == ["tiny-sd", "tiny-sd-v", "tiny-sdxl"]
+    assert result["complete"] and list(models) == ["tiny-sd", "tiny-sd-v", "tiny-sdxl"]
     assert [(m["pipeline"], m["prediction_type"]) for m in models.values()] == [
         ("StableDiffusionPipeline", "epsilon"),
         ("StableDiffusionPipeline", "v_prediction"),
