@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import diffusers
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -42,7 +42,14 @@ from concept_erase.core.errors import ConfigError, EmptyDataError, excerpt
 from concept_erase.core.io import strict_json
 from concept_erase.core.readers import read_dataclass, read_json_object, require
 from concept_erase.core.trainer import Trainer, TrainerConfig
-from concept_erase.diffusion.loading import pipeline_class
+from concept_erase.diffusion.families import (
+    PromptEmbeddings,
+    encode,
+    pipeline_class,
+    training_target,
+    unconditional,
+    unet_kwargs,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -367,75 +374,42 @@ def _random_prompts(labels: torch.Tensor, config: TinySDConfig) -> list[str]:
     return prompts
 
 
-class _PromptEncoder:
-    """The frozen text encoder(s) as a function of prompt strings, conditioning as the family's pipeline does:
-    ``(states, None)`` for SD (the last hidden states), ``(states, pooled)`` for SDXL (both encoders' penultimate
-    hidden states concatenated, and the second encoder's projected ``text_embeds``). The empty prompt is cached."""
-
-    def __init__(self, config: TinySDConfig, text: dict[str, Any]):
-        self.config = config
-        pairs = [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")]
-        self.pairs = [(text[t], text[e]) for t, e in pairs if t in text]
-        self.uncond = tuple(None if x is None else x[0] for x in self([""]))
-
-    def _ids(self, tokenizer, prompts: list[str]) -> torch.Tensor:
-        return tokenizer(
-            prompts, padding="max_length", max_length=self.config.max_length, truncation=True, return_tensors="pt"
-        ).input_ids
-
-    @torch.no_grad()
-    def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.config.family == "sd":
-            tokenizer, encoder = self.pairs[0]
-            return encoder(self._ids(tokenizer, prompts))[0], None
-        outputs = [
-            encoder(self._ids(tokenizer, prompts), output_hidden_states=True) for tokenizer, encoder in self.pairs
-        ]
-        return torch.cat([out.hidden_states[-2] for out in outputs], dim=-1), outputs[-1].text_embeds
+def _drop(text: PromptEmbeddings, uncond: PromptEmbeddings, drop: torch.Tensor) -> PromptEmbeddings:
+    """``text`` with the rows ``drop`` replaced by the unconditional (empty prompt's) conditioning, for CFG."""
+    states = torch.where(drop[:, None, None], uncond.states, text.states)
+    pooled = None if text.pooled is None else torch.where(drop[:, None], uncond.pooled, text.pooled)
+    return PromptEmbeddings(states, pooled)
 
 
-def _conditioning(encode: _PromptEncoder, prompts: list[str], drop: torch.Tensor, config: TinySDConfig):
-    """The UNet's text conditioning for ``prompts`` (``drop``: replaced by the empty prompt's, for CFG):
-    ``(encoder_hidden_states, added_cond_kwargs)``, the latter None for SD. SDXL's time ids are the training
-    images' own: original size = target size = ``resolution``, crop (0, 0)."""
+def _train_unet(config: TinySDConfig, pipe, noise_scheduler, data: dict[str, torch.Tensor], show_progress: bool):
+    """Train ``pipe.unet`` in place, conditioned exactly as ``pipe`` conditions it at inference (its own prompt
+    encoding; SDXL: pooled embeddings and time ids), towards the scheduler's own target; return the final loss."""
 
-    states, pooled = encode(prompts)
-    states = torch.where(drop[:, None, None], encode.uncond[0].expand_as(states), states)
-    if pooled is None:
-        return states, None
-    pooled = torch.where(drop[:, None], encode.uncond[1].expand_as(pooled), pooled)
-    size = float(config.resolution)
-    time_ids = torch.tensor([[size, size, 0.0, 0.0, size, size]]).expand(len(prompts), -1)
-    return states, {"text_embeds": pooled, "time_ids": time_ids}
-
-
-def _train_unet(config: TinySDConfig, data: dict[str, torch.Tensor], show_progress: bool):
-
-    unet, noise_scheduler = _unet(config), _noise_scheduler(config)
-    encode = data["encoder"]
+    uncond = unconditional(pipe)
     loader = DataLoader(
         TensorDataset(data["mean"], data["std"], data["labels"]), batch_size=config.batch_size, shuffle=True
     )
 
     def loss(model, batch) -> torch.Tensor:
         mean, std, labels = batch
-        latents = (mean + std * torch.randn_like(mean)) * data["scaling_factor"]
-        prompts = _random_prompts(labels, config)
-        states, added = _conditioning(encode, prompts, torch.rand(labels.shape) < config.uncond_probability, config)
+        latents = (mean + std * torch.randn_like(mean)) * pipe.vae.config.scaling_factor
+        text = encode(pipe, _random_prompts(labels, config))
+        text = _drop(text, uncond, torch.rand(labels.shape) < config.uncond_probability)
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, config.num_train_timesteps, labels.shape)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        # the scheduler's own target, as diffusers' train_text_to_image.py
-        if noise_scheduler.config.prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
-        prediction = model(noisy, timesteps, states, added_cond_kwargs=added).sample
-        return torch.nn.functional.mse_loss(prediction, target)
+        prediction = model(noisy, timesteps, text.states, **unet_kwargs(pipe, text.pooled, len(labels))).sample
+        return torch.nn.functional.mse_loss(prediction, training_target(noise_scheduler, latents, noise, timesteps))
 
     settings = _trainer_config(config, config.unet_steps, config.learning_rate, config.lr_warmup_steps, show_progress)
-    result = Trainer(unet, settings, loader, compute_loss=loss).train()
-    return unet.eval().requires_grad_(False), noise_scheduler, result.final_loss
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # random prompts may exceed max_length: truncated on purpose, unreported
+    try:
+        result = Trainer(pipe.unet, settings, loader, compute_loss=loss).train()
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    pipe.unet.eval().requires_grad_(False)
+    return result.final_loss
 
 
 def train_tiny_sd(config: TinySDConfig | None = None, show_progress: bool = True, work_dir: str | Path | None = None):
@@ -449,10 +423,10 @@ def train_tiny_sd(config: TinySDConfig | None = None, show_progress: bool = True
     images, labels = _training_data(config)
     text = _text_components(config, work_dir)
     vae, mean, std = _train_vae(config, images, show_progress)
-    data = {"mean": mean, "std": std, "labels": labels, "encoder": _PromptEncoder(config, text)}
-    data["scaling_factor"] = vae.config.scaling_factor
-    unet, noise_scheduler, final_loss = _train_unet(config, data, show_progress)
-    pipe = _assemble(config, text, vae, unet, noise_scheduler)
+    noise_scheduler = _noise_scheduler(config)
+    pipe = _assemble(config, text, vae, _unet(config), noise_scheduler)
+    data = {"mean": mean, "std": std, "labels": labels}
+    final_loss = _train_unet(config, pipe, noise_scheduler, data, show_progress)
     pipe.tiny_sd_recipe = {
         "recipe": config.to_dict(),
         "training_images": len(labels),
@@ -460,14 +434,6 @@ def train_tiny_sd(config: TinySDConfig | None = None, show_progress: bool = True
         "seconds": round(time.perf_counter() - start, 1),
     }
     return pipe
-
-
-def _pipeline_class(family: str):
-    """The family's diffusers pipeline class (the first import goes through ``pipeline_class``, which hides
-    transformers' notices about torchvision)."""
-
-    sd = pipeline_class()
-    return diffusers.StableDiffusionXLPipeline if family == "sdxl" else sd
 
 
 def _assemble(config: TinySDConfig, text: dict[str, Any], vae, unet, noise_scheduler):
@@ -479,7 +445,7 @@ def _assemble(config: TinySDConfig, text: dict[str, Any], vae, unet, noise_sched
         extra = {"force_zeros_for_empty_prompt": False, "add_watermarker": False}
     else:
         extra = {"safety_checker": None, "requires_safety_checker": False}
-    pipe = _pipeline_class(config.family)(
+    pipe = pipeline_class(config.family)(
         vae=vae, unet=unet, scheduler=scheduler, feature_extractor=None, **text, **extra
     )
     pipe.set_progress_bar_config(disable=True)

@@ -23,8 +23,6 @@ from concept_erase.diffusion.tiny_sd import (
     RECIPE_FILE,
     TRAIN_TEMPLATES,
     TinySDConfig,
-    _conditioning,
-    _PromptEncoder,
     build_pipeline,
     build_tokenizer,
     read_recipe,
@@ -167,21 +165,6 @@ def test_sdxl_variant_has_sdxl_architecture(tmp_path):
     for name in ("tokenizer", "tokenizer_2"):
         assert (tmp_path / "xl" / name / "vocab.json").is_file()
     assert StableDiffusionXLPipeline.from_pretrained(tmp_path / "xl").tokenizer_2.pad_token == "!"
-
-
-def test_sdxl_training_conditions_as_the_pipeline_does():
-    config = TinySDConfig(family="sdxl")
-    pipe = build_pipeline(config)
-    text = {name: getattr(pipe, name) for name in ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")}
-    prompts = ["a handwritten digit seven", "the number two"]
-    drop = torch.tensor([False, True])
-    states, added = _conditioning(_PromptEncoder(config, text), prompts, drop, config)
-    expected = pipe.encode_prompt(prompts, do_classifier_free_guidance=True, negative_prompt=["", ""])
-    embeds, negative, pooled, negative_pooled = expected
-    torch.testing.assert_close(states, torch.stack([embeds[0], negative[1]]))  # a dropped prompt is the empty one
-    torch.testing.assert_close(added["text_embeds"], torch.stack([pooled[0], negative_pooled[1]]))
-    time_ids = pipe._get_add_time_ids((8, 8), (0, 0), (8, 8), torch.float32, pipe.text_encoder_2.config.projection_dim)
-    torch.testing.assert_close(added["time_ids"], time_ids.expand(2, -1))
 
 
 def test_v_prediction_trains_a_different_unet_from_the_same_seed():
