@@ -26,6 +26,7 @@ from concept_erase.core.io import package_versions, write_json
 from concept_erase.core.readers import read_json_object
 from concept_erase.diffusion.erasure import erase
 from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure
+from concept_erase.diffusion.presets import PRESETS_FILE
 from concept_erase.diffusion.tiny_sd import (
     DEFAULT_MODEL,
     TinySDConfig,
@@ -38,7 +39,6 @@ from pipelines.cli import CONFIGS_DIR
 MODELS = ("tiny-sd", "tiny-sd-v", "tiny-sdxl")
 METHODS = ("fmn", "salun", "esd")
 CONCEPT = "seven"
-PRESETS_FILE = "erasure_presets.json"
 # --toy: random-weight models of each variant (build_pipeline), one training step, one image per concept
 TOY_MODELS = {"tiny-sd": {}, "tiny-sd-v": {"prediction_type": "v_prediction"}, "tiny-sdxl": {"family": "sdxl"}}
 TOY_SETTINGS = {"max_train_steps": 1, "num_images": 1, "generation_steps": 1, "retain_concepts": ["one"]}
