@@ -12,9 +12,11 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from concept_erase.core.digits import CONCEPTS, fixed_split, load_digit_arrays
 from concept_erase.core.errors import ConfigError
+from concept_erase.diffusion.erasure import erase, load_erased
 from concept_erase.diffusion.judge import load_judge
 from concept_erase.diffusion.loading import concept_token_ids
 from concept_erase.diffusion.oracle import find_oracle, get_oracle
+from concept_erase.diffusion.presets import PRESETS_FILE, read_presets
 from concept_erase.diffusion.tiny_sd import (
     ASSETS,
     DEFAULT_MODEL,
@@ -191,3 +193,26 @@ def test_recipe_without_the_new_keys_reads_with_defaults(tmp_path):
 def test_recipe_rejects_unknown_prediction_type_and_family(key, value, accepted):
     with pytest.raises(ConfigError, match=f"^{key}: invalid value '{value}'; accepted values: {accepted}$"):
         TinySDConfig(**{key: value})
+
+
+@pytest.mark.parametrize(
+    ("name", "variant", "pipeline_class"), [("tiny-sd-v", *VARIANTS[0]), ("tiny-sdxl", *VARIANTS[1])]
+)
+def test_shipped_variants_are_their_recipes_and_load_with_diffusers(name, variant, pipeline_class):
+    path = ASSETS / name
+    assert read_recipe(path) == TinySDConfig(**variant)  # the default recipe with one option changed
+    assert sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) <= 6 * 2**20  # "a few MB"
+    loaded = pipeline_class.from_pretrained(path)
+    assert type(loaded) is pipeline_class
+    assert loaded.scheduler.config.prediction_type == read_recipe(path).prediction_type
+    assert set(read_presets(path / PRESETS_FILE)) == {"fmn", "salun", "esd"}
+
+
+def test_shipped_sdxl_model_is_erased_and_the_adapter_loads_back_into_sdxl(tmp_path):
+    settings = {"max_train_steps": 2, "num_images": 1, "generation_steps": 2, "show_progress": False}
+    record = erase("tiny-sdxl", "esd", ["seven"], settings, output_dir=tmp_path / "esd")
+    assert record["base_model"] == "tiny-sdxl" and record["config"]["train"] == "xattn"  # its presets applied
+    pipe = load_erased(tmp_path / "esd")
+    assert type(pipe) is StableDiffusionXLPipeline
+    out = pipe(["a handwritten digit seven"], num_inference_steps=2, output_type="pt").images
+    assert out.shape == (1, 1, 8, 8) and torch.isfinite(out).all()
