@@ -140,7 +140,8 @@ def unet_family(unet_config: dict[str, Any]) -> str | None:
     (1024, OpenCLIP ViT-H) or None (a model the family table does not know, such as the embedded tiny SD)."""
     if unet_config.get("addition_embed_type") == "text_time":
         return "sdxl"
-    return {768: "sd1", 1024: "sd2"}.get(unet_config.get("cross_attention_dim"))
+    width = unet_config.get("cross_attention_dim")  # a list (one width per block) in some UNets: no family row
+    return {768: "sd1", 1024: "sd2"}.get(width) if isinstance(width, int) else None
 
 
 def preset_family(model: str | Path) -> str | None:

@@ -8,7 +8,7 @@ import pytest
 from diffusers import UNet2DConditionModel
 
 from concept_erase.core.config import config_to_dict
-from concept_erase.core.errors import ConfigError
+from concept_erase.core.errors import ConfigError, ModelLoadError
 from concept_erase.core.registry import get_method
 from concept_erase.diffusion.erasure import erase, read_erasure
 from concept_erase.diffusion.presets import (
@@ -18,6 +18,7 @@ from concept_erase.diffusion.presets import (
     SOURCES,
     read_presets,
     resolve_settings,
+    unet_family,
 )
 from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL
 from pipelines.cli import main
@@ -118,6 +119,16 @@ def test_the_tiny_sd_is_no_family_and_fmn_has_no_sd1_defaults(tmp_path):
     sd1 = _unet_dir(tmp_path / "sd1", cross_attention_dim=768)
     settings = resolve_settings(_entry("fmn"), sd1)
     assert settings.applied == "none" and settings.family == "sd1"  # FMN's own defaults are its paper's
+
+
+def test_a_unet_config_that_fits_no_row_is_no_family(tmp_path):
+    assert unet_family({"cross_attention_dim": [768, 768, 768, 768]}) is None
+    assert unet_family({"cross_attention_dim": 768, "addition_embed_type": "text_time"}) == "sdxl"
+    model = tmp_path / "m"
+    (model / "unet").mkdir(parents=True)
+    (model / "unet" / "config.json").write_text("[1]")
+    with pytest.raises(ModelLoadError, match="UNet config .* is corrupt: expected a JSON object"):
+        resolve_settings(_entry("esd"), model)
 
 
 def test_every_family_default_is_a_valid_setting_that_differs_from_the_method_default():
