@@ -318,17 +318,22 @@ def _concepts(config: EvaluationConfig, judge: Judge, tokenizer) -> tuple[list[s
 
 
 def _generate_all(source, concepts: list[str], config: EvaluationConfig, desc: str) -> _Generations:
-    """One flat, fully batched generation of every concept's images; ``source`` is a pipeline or a model path."""
-    plans = {concept: config.prompts(concept) for concept in concepts}
+    """One flat, fully batched generation of every concept's images; ``source`` is a pipeline or a model path.
+
+    A reference model's images are generated (and cached) in sorted concept order: every image has its own seeded
+    generator, so the order changes nothing but the cache key, and erasures of different concepts of one model share
+    one cache entry for its images."""
+    cached = isinstance(source, (str, Path))
+    order = sorted(concepts) if cached else list(concepts)
+    plans = {concept: config.prompts(concept) for concept in order}
     plan = ImagePlan(*(sum((list(getattr(p, key)) for p in plans.values()), []) for key in ImagePlan._fields))
-    if isinstance(source, (str, Path)):
+    if cached:
         images = cached_generate(source, plan, config, desc)
     else:
         images = generate(source, plan.prompts, plan.seeds, config, desc, plan.guidance)
     n = config.num_images
-    return _Generations(
-        {c: images[i * n : (i + 1) * n] for i, c in enumerate(concepts)}, {c: p.prompts for c, p in plans.items()}
-    )
+    by_concept = {c: images[i * n : (i + 1) * n] for i, c in enumerate(order)}
+    return _Generations({c: by_concept[c] for c in concepts}, {c: plans[c].prompts for c in concepts})
 
 
 def _unseen_baseline(gen: _Generations, forget: list[str]) -> dict[str, float]:

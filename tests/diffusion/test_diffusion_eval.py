@@ -253,3 +253,19 @@ def test_pipeline_step_scores_shipped_assets_by_name(tmp_path, capsys):
     assert metrics["forget_accuracy"] < metrics["original"]["forget_accuracy"]
     assert metrics["oracle"] is None and "oracle=none" in metrics["oracle_source"]
     assert (tmp_path / "out" / "steps" / "ev" / "grid.png").is_file()
+
+
+def test_reference_images_are_cached_once_whatever_the_concept_order(tmp_path, monkeypatch):
+    """Scoring erasures of different concepts of one model reuses the original's images: the cache does not depend on
+    which concept is forgotten (listed first), and the images are the same in either order."""
+    from concept_erase.diffusion.evaluation import _generate_all
+
+    monkeypatch.setenv("CONCEPT_ERASE_CACHE", str(tmp_path / "cache"))
+    config = EvaluationConfig(num_images=1, num_inference_steps=2)
+    first = _generate_all(DEFAULT_MODEL, ["seven", "two", "one"], config, "original")
+    files = sorted(p.name for p in (tmp_path / "cache").rglob("*.safetensors"))
+    second = _generate_all(DEFAULT_MODEL, ["two", "one", "seven"], config, "original")
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*.safetensors")) == files and len(files) == 1
+    assert list(second.images) == ["two", "one", "seven"]
+    for concept in ("seven", "two", "one"):
+        assert torch.equal(first.images[concept], second.images[concept])
