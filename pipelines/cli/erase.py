@@ -67,6 +67,7 @@ def _erase_inputs(model: str | None, config_file: str | None, config) -> list:
 def cmd_erase(args: argparse.Namespace) -> int:
     from concept_erase.core.errors import ConfigError, InputNotFoundError
     from concept_erase.diffusion.erasure import erase
+    from concept_erase.diffusion.loading import check_model
     from concept_erase.diffusion.presets import resolve_settings
     from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, resolve_model
 
@@ -84,6 +85,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         raise InputNotFoundError(f"model directory not found: {model}")
     out = check_output(args, _erase_inputs(model, args.config, config))
     presets = not args.no_presets
+    check_model(resolve_model(model or DEFAULT_MODEL))  # an unsupported model is refused before anything is printed
     settings = resolve_settings(entry, resolve_model(model or DEFAULT_MODEL), keys, presets)
     say(settings.summary() + ("" if presets else " (--no_presets)"))
     record = erase(model, entry.name, concepts, keys, output_dir=out, overwrite=args.overwrite, presets=presets)

@@ -353,6 +353,19 @@ def test_an_unsupported_pipeline_class_is_refused_before_any_weights_are_loaded(
     assert not (tmp_path / "out").exists()
 
 
+def test_the_cli_refuses_an_unsupported_pipeline_in_one_line_before_printing_anything(tmp_path, capsys):
+    from pipelines.cli import main
+
+    (tmp_path / "model").mkdir()
+    index = {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}
+    (tmp_path / "model" / "model_index.json").write_text(json.dumps(index))
+    code = main(["erase", "--method", "esd", "--concept", "van gogh", "--model", str(tmp_path / "model"),
+                 "--output", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and not (tmp_path / "out").exists()
+    assert captured.err.strip().count("\n") == 0 and f"is a FluxPipeline; {ONLY}" in captured.err
+
+
 def test_a_model_index_without_a_class_is_refused(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}))
