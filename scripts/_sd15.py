@@ -1,5 +1,6 @@
-"""What the SD 1.5 benchmarks share (``bench_gpu.py``, ``bench_memory.py``): the SD 1.5-shaped pipeline with random
-weights, and running each measurement in a fresh interpreter so that its peak memory is its own.
+"""What the SD 1.5 benchmarks share (``bench_gpu.py``, ``bench_memory.py``; ``bench_saliency.py`` its UNet config):
+the SD 1.5-shaped pipeline with random weights, and running each measurement in a fresh interpreter so that its peak
+memory is its own.
 
 The pipeline is a real ``StableDiffusionPipeline`` built from Stable Diffusion 1.5's component configs
 (runwayml/stable-diffusion-v1-5: ``unet/config.json``, ``vae/config.json``, ``scheduler/scheduler_config.json``) and a
@@ -25,7 +26,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from concept_erase.diffusion.loading import pipeline_class
 from concept_erase.diffusion.tiny_sd import build_tokenizer, save_pipeline
 
-SD15_UNET = {
+SD15_UNET = {  # the Stable Diffusion 1.5 UNet's config (runwayml/stable-diffusion-v1-5, unet/config.json)
     "sample_size": 64,
     "in_channels": 4,
     "out_channels": 4,

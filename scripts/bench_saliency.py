@@ -28,21 +28,11 @@ import time
 from pathlib import Path
 
 import torch
+from _sd15 import SD15_UNET
 
 from concept_erase.core.io import package_versions, write_json
 from concept_erase.core.saliency import SaliencyMask, compute_saliency
 
-SD15_UNET = {  # the Stable Diffusion 1.5 UNet's config (runwayml/stable-diffusion-v1-5, unet/config.json)
-    "sample_size": 64,
-    "in_channels": 4,
-    "out_channels": 4,
-    "block_out_channels": (320, 640, 1280, 1280),
-    "layers_per_block": 2,
-    "cross_attention_dim": 768,
-    "attention_head_dim": 8,
-    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-}
 TINY_UNET = {
     "sample_size": 8,
     "in_channels": 4,
