@@ -11,11 +11,14 @@ encoder's embedding table is smaller than CLIP-L's (about 1 MB instead of 152 MB
 
 from __future__ import annotations
 
+import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from concept_erase.core.io import write_json
 from concept_erase.diffusion.loading import pipeline_class
 from concept_erase.diffusion.tiny_sd import build_tokenizer, save_pipeline
 
@@ -142,3 +146,23 @@ def run_isolated(script: str | Path, spec: dict[str, Any], timeout_s: float) -> 
 def finish_worker(result: dict[str, Any]) -> None:
     """A worker's last act: its result as one JSON line on stdout."""
     print(json.dumps(result), flush=True)
+
+
+def run_worker_or_benchmark(
+    args: argparse.Namespace,
+    workers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]],
+    benchmark: Callable[[argparse.Namespace], dict[str, Any]],
+) -> None:
+    """A benchmark script's main once its arguments are checked: with ``--worker SPEC_JSON``, the worker the spec's
+    ``kind`` names (its result printed by ``finish_worker``); otherwise ``benchmark(args)``, written to ``--output``."""
+    if args.worker:
+        spec = json.loads(args.worker)
+        finish_worker(workers[spec["kind"]](spec))
+        return
+    write_json(args.output, benchmark(args))
+    print(f"wrote {args.output}")
+
+
+def command_line() -> str:
+    """The command that started this script, as one shell line (the interpreter's name, then ``sys.argv``)."""
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])

@@ -29,20 +29,17 @@ import argparse
 import dataclasses
 import gc
 import importlib.util
-import json
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _sd15 import finish_worker, run_isolated, save_sd15_pipeline
+from _sd15 import command_line, run_isolated, run_worker_or_benchmark, save_sd15_pipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from concept_erase.core.errors import UnknownNameError
-from concept_erase.core.io import package_versions, peak_memory_bytes, write_json
+from concept_erase.core.io import package_versions, peak_memory_bytes
 from concept_erase.core.registry import get_method
 from concept_erase.diffusion.base import GENERIC_TEMPLATES, ErasureRequest, concept_data
 from concept_erase.diffusion.erasure import erase
@@ -283,12 +280,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     check_choices(parser, args)
-    if args.worker:
-        spec = json.loads(args.worker)
-        finish_worker(WORKERS[spec["kind"]](spec))
-        return
-    write_json(args.output, benchmark(args))
-    print(f"wrote {args.output}")
+    run_worker_or_benchmark(args, WORKERS, benchmark)
 
 
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -303,7 +295,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         runs = execute(plan(args), args, model_dir, deadline)
     return {
         "benchmark": "gpu",
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "toy": args.toy,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "cuda": torch.version.cuda,

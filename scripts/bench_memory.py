@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _sd15 import finish_worker, run_isolated, save_sd15_pipeline
+from _sd15 import command_line, run_isolated, run_worker_or_benchmark, save_sd15_pipeline
 
-from concept_erase.core.io import package_versions, peak_memory_bytes, write_json
+from concept_erase.core.io import package_versions, peak_memory_bytes
 from concept_erase.core.registry import get_method
 from concept_erase.diffusion.erasure import erase
 from concept_erase.diffusion.loading import load_pipeline
@@ -191,12 +188,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     check_only(parser, args.only)
-    if args.worker:
-        spec = json.loads(args.worker)
-        finish_worker(WORKERS[spec["kind"]](spec))
-        return
-    write_json(args.output, benchmark(args))
-    print(f"wrote {args.output}")
+    run_worker_or_benchmark(args, WORKERS, benchmark)
 
 
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -210,7 +202,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         runs = execute(args, model_dir)
     return {
         "benchmark": "memory_sd15",
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "toy": args.toy,
         "model": {"concept": CONCEPT, "latents": "8x8 (64 px)", "erase_settings": COMMON, **build},
         "runs": runs,
