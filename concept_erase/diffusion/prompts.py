@@ -103,13 +103,20 @@ def _columns(path: Path, header: list[str] | None) -> dict[str, str]:
     return found
 
 
-def _seed(text: str, where: str) -> int | None:
+def _number(text: str) -> float | None:
+    """A cell as a float: ``None`` when it is empty, NaN when it is not a number (the caller refuses it)."""
     if not text:
         return None
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        value = math.nan
+        return math.nan
+
+
+def _seed(text: str, where: str) -> int | None:
+    value = _number(text)
+    if value is None:
+        return None
     if not value.is_integer():
         raise ConfigError(f"{where}: seed {excerpt(text)} is not an integer")
     if int(value) not in SEED:
@@ -118,12 +125,9 @@ def _seed(text: str, where: str) -> int | None:
 
 
 def _guidance(text: str, where: str) -> float | None:
-    if not text:
+    value = _number(text)
+    if value is None:
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
     if not math.isfinite(value) or value < 0:
         raise ConfigError(f"{where}: guidance {excerpt(text)} is not a finite number >= 0")
     return value
