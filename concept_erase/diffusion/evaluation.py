@@ -60,7 +60,7 @@ from concept_erase.core.tensorfile import save_tensors
 from concept_erase.diffusion.clip_judge import DEFAULT_CLIP_MODEL, load_clip_judge
 from concept_erase.diffusion.erasure import read_erasure, resolve_erasure
 from concept_erase.diffusion.judge import Judge, load_judge
-from concept_erase.diffusion.loading import apply_adapter, concept_token_ids, load_pipeline
+from concept_erase.diffusion.loading import apply_adapter, check_concept_tokens, load_pipeline
 from concept_erase.diffusion.nudenet_judge import DEFAULT_THRESHOLD, load_nudenet_judge
 from concept_erase.diffusion.oracle import resolve_oracle
 from concept_erase.diffusion.prompts import ImagePlan, image_plan, read_prompt_csv, rows_by_concept, template_rows
@@ -296,9 +296,9 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _concepts(config: EvaluationConfig, judge: Judge, tokenizer) -> tuple[list[str], list[str]]:
-    """``(forget, retain)``, every concept checked against the judge, the prompt file and (for templates) the
-    model's tokenizer before anything is generated."""
+def _concepts(config: EvaluationConfig, judge: Judge, pipe) -> tuple[list[str], list[str]]:
+    """``(forget, retain)``, every concept checked against the judge, the prompt file and (for templates) every
+    tokenizer of ``pipe`` (SDXL has two) before anything is generated."""
     forget = list(dict.fromkeys(config.forget))
     rows = config.concept_rows(config.retain)
     if rows is not None:  # a prompt file: its concepts are the default retain set
@@ -308,10 +308,10 @@ def _concepts(config: EvaluationConfig, judge: Judge, tokenizer) -> tuple[list[s
         retain = [c for c in dict.fromkeys(retain) if c not in forget]
     for concept in forget + retain:
         if rows is None:
-            concept_token_ids(tokenizer, concept)
+            check_concept_tokens(pipe, concept)
         judge.check_concept(concept)
     for word in config.unseen_words if forget and judge.classifies else []:
-        concept_token_ids(tokenizer, word)
+        check_concept_tokens(pipe, word)
     if not forget and not retain:
         raise ConfigError("nothing to evaluate: give at least one concept to forget or retain")
     return forget, retain
@@ -427,7 +427,7 @@ def evaluate_erasure(
     with RunRecorder("evaluate-erasure", config, seed=config.seed, model=str(model), adapter=str(adapter)) as record:
         judge_model = make_judge(judge, clip_model, config)
         pipe = load_pipeline(model)
-        forget, retain = _concepts(config, judge_model, pipe.tokenizer)
+        forget, retain = _concepts(config, judge_model, pipe)
         adapter_info = apply_adapter(pipe, adapter) if adapter is not None else None
         original = original if original is not None else model
         oracle_path, oracle_note = resolve_oracle(original, forget, oracle)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -36,6 +37,7 @@ from concept_erase.diffusion.base import (
     unet_prediction,
 )
 from concept_erase.diffusion.erasure import erase, load_erased, read_erasure
+from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure
 from concept_erase.diffusion.families import PromptEmbeddings, family_of, training_target, unet_kwargs
 from concept_erase.diffusion.loading import apply_adapter, check_concept_tokens, load_pipeline, save_weights_adapter
 from concept_erase.diffusion.methods.esd import ESDConfig
@@ -209,6 +211,21 @@ def test_sdxl_concept_positions_are_found_in_both_tokenizers(sdxl):
     assert sdxl.tokenizer_2.pad_token == "!" and sdxl.tokenizer.pad_token != "!"
     assert torch.equal(united, first | second) and united.sum(1).tolist() == [2, 2]
     assert check_concept_tokens(sdxl, "seven").keys() == {"tokenizer", "tokenizer_2"}
+
+
+def test_evaluate_checks_concepts_against_sdxls_second_tokenizer_too(sdxl_dir, tmp_path):
+    """A concept that fits the first tokenizer's context but not tokenizer_2's is refused naming tokenizer_2,
+    before any image is generated (with no output directory written)."""
+    model = tmp_path / "model"
+    shutil.copytree(sdxl_dir, model)
+    config_file = model / "tokenizer_2" / "tokenizer_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "model_max_length": 4}))
+    concept = "seven seven seven"  # three tokens: the first tokenizer holds 14, tokenizer_2 now 2
+    with pytest.raises(ConfigError, match=r"is 3 tokens long; the tokenizer_2's context holds 2"):
+        evaluate_erasure(
+            model, EvaluationConfig(forget=[concept], num_images=1), oracle=None, output_dir=tmp_path / "e"
+        )
+    assert not (tmp_path / "e").exists()
 
 
 @pytest.mark.parametrize("method", list(SETTINGS))
