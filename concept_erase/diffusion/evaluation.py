@@ -75,6 +75,7 @@ __all__ = [
     "frechet_distance",
     "generate",
     "judge_inputs",
+    "judge_kind",
     "make_judge",
     "model_fingerprint",
 ]
@@ -374,13 +375,19 @@ def judge_inputs(judge, clip_model, config: EvaluationConfig) -> list[Path]:
     return [Path(p) for p in (judge, clip_model, config.prompts_file) if p is not None and Path(p).exists()]
 
 
+def judge_kind(judge: str | Path | None = None, clip_model: str | Path | None = None) -> str:
+    """What ``judge`` names as a string: one of :data:`JUDGES` or a digit-judge directory; None is ``clip`` when a
+    ``clip_model`` is given, else ``digits``."""
+    return str(judge) if judge is not None else ("clip" if clip_model is not None else "digits")
+
+
 def make_judge(
     judge: str | Path | None = None, clip_model: str | Path | None = None, config: EvaluationConfig | None = None
 ) -> Judge:
     """The judge ``judge`` names: ``digits`` (None: the embedded digit judge), ``clip`` (``clip_model``, a hub id or
     directory; default :data:`DEFAULT_CLIP_MODEL`), ``nudenet``, or a digit-judge directory."""
     config = config or EvaluationConfig()
-    kind = str(judge) if judge is not None else ("clip" if clip_model is not None else "digits")
+    kind = judge_kind(judge, clip_model)
     if clip_model is not None and kind != "clip":
         raise ConfigError(f"clip_model is for the clip judge, not for judge {kind} (choose judge clip)")
     if kind == "clip":

@@ -133,12 +133,15 @@ def _diffusion_evaluation_inputs(args: argparse.Namespace, config) -> list:
 
 def cmd_evaluate_diffusion(args: argparse.Namespace) -> int:
     from concept_erase.core.errors import ConfigError
-    from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure
+    from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure, judge_kind
 
     if args.forget_classes is not None:
         raise ConfigError(
             "--forget_classes is for classifiers; name the erased concepts of a diffusion model with --forget"
         )
+    kind = judge_kind(args.judge, args.clip_model)
+    if args.neutral_prompt is not None and kind != "clip":
+        raise ConfigError(f"--neutral_prompt is for the clip judge, not for judge {kind} (choose --judge clip)")
     fields = ("num_images", "num_inference_steps", "guidance_scale", "batch_size", "seed")
     settings = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
     if args.neutral_prompt is not None:

@@ -111,11 +111,12 @@ def test_cli_evaluate_with_the_clip_judge_end_to_end_on_a_model_without_oracle(
     out = tmp_path / "eval"
     code, stdout, err = _run(
         capsys, "evaluate", "--model", model_without_oracle, "--judge", "clip", "--clip_model", clip_dir,
-        "--forget", "seven", "--retain", "one", "two", *QUICK, "--output", out,
+        "--forget", "seven", "--retain", "one", "two", "--neutral_prompt", "ink", *QUICK, "--output", out,
     )  # fmt: skip
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["judge"] == "clip" and metrics["settings"]["clip_model"] == str(clip_dir)
+    assert metrics["settings"]["neutral_prompt"] == "ink"  # --neutral_prompt is accepted with the clip judge
     assert metrics["oracle"] is None and "training recipe is unknown" in metrics["oracle_source"]
     for model in (metrics, metrics["original"]):
         assert 0 <= model["forget_accuracy"] <= 1 and 0 <= model["retain_accuracy"] <= 1
@@ -166,6 +167,8 @@ def test_a_clip_id_that_cannot_be_loaded_offline_is_one_line_and_nothing_is_writ
         (lambda p: ["--judge", "clip", "--clip_model", p / "missing"], "does not exist"),
         (lambda p: ["--judge", "digits", "--clip_model", p], "clip_model is for the clip judge"),
         (lambda p: ["--judge", "banana"], "neither one of digits, clip, nudenet nor a digit-judge directory"),
+        (lambda p: ["--neutral_prompt", "ink"], "--neutral_prompt is for the clip judge, not for judge digits"),
+        (lambda p: ["--judge", "nudenet", "--neutral_prompt", "ink"], "not for judge nudenet (choose --judge clip)"),
     ],
 )
 def test_cli_bad_judge_is_refused_before_any_work(tmp_path, capsys, extra, fragment):
