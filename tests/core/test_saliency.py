@@ -406,20 +406,8 @@ def test_applier_with_the_shared_trainer(tmp_path):
     assert set(saved) == set(applier.state_dict())
 
 
-def test_tiny_unet_saliency_and_frozen_training():
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        cross_attention_dim=8,
-        attention_head_dim=2,
-        norm_num_groups=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    )
+def test_tiny_unet_saliency_and_frozen_training(tiny_unet):
+    unet = tiny_unet
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 5, 8, generator=g)) for _ in range(2)]
 

@@ -7,27 +7,10 @@ import warnings
 
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
 from torch.utils.data import DataLoader, TensorDataset
 
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.trainer import Trainer, TrainerConfig
-
-
-def tiny_unet() -> UNet2DConditionModel:
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        cross_attention_dim=8,
-        attention_head_dim=2,
-        norm_num_groups=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    )
 
 
 def denoising_data() -> DataLoader:
@@ -65,8 +48,8 @@ def train_once(unet, checkpointing: bool) -> tuple[float, dict[str, torch.Tensor
     return result.losses[0], grads, seen
 
 
-def test_checkpointing_gives_the_same_loss_and_gradients_and_is_switched_off_after():
-    plain, checkpointed = tiny_unet(), tiny_unet()
+def test_checkpointing_gives_the_same_loss_and_gradients_and_is_switched_off_after(tiny_unet):
+    plain, checkpointed = tiny_unet, copy.deepcopy(tiny_unet)
     loss_plain, grads_plain, seen_plain = train_once(plain, checkpointing=False)
     loss_ckpt, grads_ckpt, seen_ckpt = train_once(checkpointed, checkpointing=True)
     assert seen_plain == [False] and seen_ckpt == [True]  # it really was on while the loss ran
@@ -77,8 +60,8 @@ def test_checkpointing_gives_the_same_loss_and_gradients_and_is_switched_off_aft
         torch.testing.assert_close(grads_ckpt[name], grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_checkpointing_already_on_is_left_on():
-    unet = tiny_unet()
+def test_checkpointing_already_on_is_left_on(tiny_unet):
+    unet = tiny_unet
     unet.enable_gradient_checkpointing()
     for wanted in (True, False):
         _, _, seen = train_once(unet, checkpointing=wanted)
