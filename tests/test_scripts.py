@@ -12,13 +12,18 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_script(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``scripts/NAME ARGS`` in a fresh interpreter on one thread (OMP_NUM_THREADS=1), its output captured."""
+    cmd = [sys.executable, str(ROOT / "scripts" / name), *args]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+
+
 @pytest.mark.slow
 def test_bench_saliency_small_run(tmp_path):
     output = tmp_path / "saliency.json"
-    script = ROOT / "scripts" / "bench_saliency.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--small", "--output", str(output)], capture_output=True, text=True, timeout=180
-    )
+    proc = run_script("bench_saliency.py", "--small", "--output", str(output), timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(output.read_text())
     for key in (
@@ -55,9 +60,7 @@ def test_bench_classifiers_checks_the_goals_per_seed_and_on_the_mean(tmp_path):
     (done / "summary.json").write_text("{}")
     (done / "report.md").write_text("# grid\n")
     output = tmp_path / "out.json"
-    script = ROOT / "scripts" / "bench_classifiers.py"
-    cmd = [sys.executable, str(script), "--from_dir", str(done), "--output", str(output)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = run_script("bench_classifiers.py", "--from_dir", str(done), "--output", str(output), timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     goals = {(g["goal"], g["method"], g["seed"]): g["passed"] for g in json.loads(output.read_text())["goals"]}
     assert goals[("UA >= 99", "salun", "0")] and not goals[("UA >= 99", "boundary_shrink", "0")]
@@ -70,9 +73,7 @@ def test_bench_classifiers_checks_the_goals_per_seed_and_on_the_mean(tmp_path):
 @pytest.mark.slow
 def test_bench_sisa_quick_run_writes_tables_plots_and_goal_checks(tmp_path):
     output = tmp_path / "sisa.json"
-    script = ROOT / "scripts" / "bench_sisa.py"
-    cmd = [sys.executable, str(script), "--quick", "--datasets", "digits:mlp", "--output", str(output)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = run_script("bench_sisa.py", "--quick", "--datasets", "digits:mlp", "--output", str(output))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(output.read_text())
     digits = result["datasets"]["digits"]
@@ -116,10 +117,7 @@ def test_bench_startup_writes_medians_ratios_and_the_help_goal(tmp_path):
 
 def test_bench_families_toy_run_scores_every_method_on_every_variant(tmp_path):
     output = tmp_path / "families.json"
-    script = ROOT / "scripts" / "bench_families.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--toy", "--output", str(output)], capture_output=True, text=True, timeout=600
-    )
+    proc = run_script("bench_families.py", "--toy", "--output", str(output), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(output.read_text())
     models = result["models"]
@@ -139,13 +137,6 @@ def test_bench_families_toy_run_scores_every_method_on_every_variant(tmp_path):
         assert row["config"]["max_train_steps"] == 1
     table = output.with_suffix(".md").read_text().splitlines()
     assert table[2].startswith("| model | method | forget % | retain %") and len(table) == 4 + 9
-
-
-def run_script(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "scripts" / name), *args]
-    return subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
 
 
 @pytest.mark.slow  # each run is a fresh interpreter (~8 s of imports on a loaded 2-core CPU)
