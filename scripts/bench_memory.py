@@ -151,10 +151,6 @@ def held_copies(build: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """What the driver and the methods keep beside the UNet, sized from its parameter counts (estimates)."""
     unet, numel = build["unet_bytes"], build["unet_numel"]
     return {
-        "erase() host copy of every UNet parameter (to list the changed ones)": {
-            "bytes": unet,
-            "avoidable": "yes: a per-tensor digest (or comparing only the trained tensors) needs no copy",
-        },
         "esd frozen teacher (a deep copy of the UNet)": {
             "bytes": unet,
             "avoidable": f"for xattn, all but the trained attn2 tensors ({build['attn2_bytes']} bytes) could be "

@@ -195,10 +195,7 @@ def test_bench_memory_toy_run_gives_each_option_its_saving(tmp_path):
     assert saving["against"] == "fmn paper (train=unet)" and saving["saved_bytes"] == paper - lora
     unet_bytes = result["model"]["unet_bytes"]
     assert unet_bytes == 4 * result["model"]["parameters"]["unet"]
-    assert (
-        result["held_copies"]["erase() host copy of every UNet parameter (to list the changed ones)"]["bytes"]
-        == unet_bytes
-    )
+    assert result["held_copies"]["esd frozen teacher (a deep copy of the UNet)"]["bytes"] == unet_bytes
     proc = run_script("bench_memory.py", "--only", "fmn 8-bit adam", "--output", str(tmp_path / "bad.json"))
     assert (
         proc.returncode == 2
