@@ -85,8 +85,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
         raise InputNotFoundError(f"model directory not found: {model}")
     out = check_output(args, _erase_inputs(model, args.config, config))
     presets = not args.no_presets
-    check_model(resolve_model(model or DEFAULT_MODEL))  # an unsupported model is refused before anything is printed
     settings = resolve_settings(entry, resolve_model(model or DEFAULT_MODEL), keys, presets)
+    check_model(resolve_model(model or DEFAULT_MODEL))  # an unsupported model is refused before anything is printed
     say(settings.summary() + ("" if presets else " (--no_presets)"))
     record = erase(model, entry.name, concepts, keys, output_dir=out, overwrite=args.overwrite, presets=presets)
     artifact = record["artifact"]

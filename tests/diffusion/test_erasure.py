@@ -28,6 +28,7 @@ FAST = {"num_images": 2, "generation_steps": 2, "max_train_steps": 2, "train_bat
 class _ProbeConfig(ErasureConfig):
     trainable: str = r"attn2\.to_k"
     loss_scale: float = 1.0
+    poison: bool = False  # a valid setting that makes the loss itself NaN
 
 
 def _probe(request, config: _ProbeConfig) -> ErasureOutcome:
@@ -39,7 +40,8 @@ def _probe(request, config: _ProbeConfig) -> ErasureOutcome:
         noise = torch.randn_like(latents)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],))
         pred = model(scheduler.add_noise(latents, noise, t), t, states).sample
-        return torch.nn.functional.mse_loss(pred, noise) * config.loss_scale
+        value = torch.nn.functional.mse_loss(pred, noise) * config.loss_scale
+        return value * float("nan") if config.poison else value
 
     trainer = make_trainer(
         request, config, TensorDataset(data.latents, data.embeddings), loss, config.trainable, method="probe"
@@ -111,8 +113,7 @@ def test_fp16_on_cpu_is_refused():
 
 
 def test_nan_loss_stops_training_and_writes_nothing(tmp_path):
-    config = _config()
-    config.loss_scale = float("nan")  # after validation, which refuses a NaN setting: the loss itself goes NaN
+    config = _config(poison=True)  # a NaN setting is refused by validation: here the loss itself goes NaN
     with pytest.raises(TrainingError, match="loss became nan at step 1"):
         erase("tiny-sd", "probe", ["seven"], config, output_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
