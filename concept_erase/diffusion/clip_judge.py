@@ -24,7 +24,8 @@ from transformers import CLIPModel, CLIPProcessor
 
 from concept_erase.core.errors import ConfigError, ModelLoadError
 from concept_erase.core.readers import first_line
-from concept_erase.diffusion.loading import _quiet_loading, concept_token_ids, looks_like_hub_id
+from concept_erase.diffusion.families import quiet_loading
+from concept_erase.diffusion.loading import concept_token_ids, looks_like_hub_id
 
 __all__ = ["DEFAULT_CLIP_MODEL", "ClipJudge", "clip_score", "load_clip_judge"]
 
@@ -126,7 +127,7 @@ class ClipJudge:
 
 
 def _from_pretrained(source: str, local_only: bool):
-    with _quiet_loading():
+    with quiet_loading():
         model = CLIPModel.from_pretrained(source, use_safetensors=True, local_files_only=local_only)
         processor = CLIPProcessor.from_pretrained(source, local_files_only=local_only)
     return model, processor

@@ -73,7 +73,6 @@ _LOAD_OPTIONS: dict[str, dict[str, Any]] = {
     "sd": {"safety_checker": None, "requires_safety_checker": False},
     "sdxl": {"add_watermarker": False},
 }
-_quiet_loading = quiet_loading  # its name here before it moved to families (other modules import it)
 
 
 # ---------------------------------------------------------------------------------------------------- pipelines
