@@ -26,7 +26,7 @@ from typing import Any
 
 from diffusers import UNet2DConditionModel
 
-from concept_erase.core.config import config_to_dict, from_dict
+from concept_erase.core.config import from_dict
 from concept_erase.core.errors import ConceptEraseError, ConfigError, ModelLoadError, excerpt
 from concept_erase.core.readers import read_json_object, require
 from concept_erase.core.registry import get_method, list_methods
@@ -159,16 +159,14 @@ def preset_family(model: str | Path) -> str | None:
     return unet_family(read_json_object(file, "UNet config", ModelLoadError))
 
 
-def _user_keys(entry, config: Any) -> dict[str, Any]:
-    """The user's config keys as a mapping (a config instance counts as entirely the user's), validated."""
-    if config is None or isinstance(config, dict):
-        entry.make_config(config or {})  # the user's own mistakes are named before the presets are merged
-        return dict(config or {})
-    if not isinstance(config, entry.config_cls):
-        raise ConfigError(
-            f"config for {entry.name!r} must be a {entry.config_cls.__name__}, got {type(config).__name__}"
-        )
-    return config_to_dict(config)
+def _user_keys(entry, config: dict[str, Any] | None) -> dict[str, Any]:
+    """The user's config keys as a mapping, validated (their own mistakes are named before presets are merged)."""
+    entry.make_config(config or {})
+    return dict(config or {})
+
+
+def _init_fields(config: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(config) if f.init]
 
 
 def resolve_settings(entry, model: str | Path, config: Any = None, presets: bool = True) -> Settings:
@@ -176,6 +174,12 @@ def resolve_settings(entry, model: str | Path, config: Any = None, presets: bool
     method's config instance, taken whole) over the model's :data:`PRESETS_FILE`, else its family's
     :data:`FAMILY_DEFAULTS`, over the config class's defaults. ``presets=False``: the user's keys and the class's
     defaults only."""
+    if config is not None and not isinstance(config, dict):
+        if not isinstance(config, entry.config_cls):
+            raise ConfigError(
+                f"config for {entry.name!r} must be a {entry.config_cls.__name__}, got {type(config).__name__}"
+            )
+        return Settings(config, dict.fromkeys(_init_fields(config), "user"), entry.name, "none")  # taken whole
     user = _user_keys(entry, config)
     preset: dict[str, Any] = {}
     family_values: dict[str, Any] = {}
@@ -189,9 +193,8 @@ def resolve_settings(entry, model: str | Path, config: Any = None, presets: bool
     resolved = entry.make_config({**family_values, **preset, **user})
     layers = (("user", user), ("model preset", preset), ("family default", family_values))
     sources = {
-        f.name: next((name for name, values in layers if f.name in values), "method default")
-        for f in dataclasses.fields(resolved)
-        if f.init
+        key: next((name for name, values in layers if key in values), "method default")
+        for key in _init_fields(resolved)
     }
-    applied = "model preset" if preset else "family default" if family_values else "none"
+    applied = next((name for name in ("model preset", "family default") if name in sources.values()), "none")
     return Settings(resolved, sources, entry.name, applied, path, family)

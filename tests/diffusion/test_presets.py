@@ -92,6 +92,7 @@ def test_a_config_instance_is_taken_whole():
     settings = resolve_settings(_entry("esd"), DEFAULT_MODEL, config)
     assert settings.config.max_train_steps == 7 and settings.config.train == "noxattn"  # the preset's xattn ignored
     assert set(settings.sources.values()) == {"user"}
+    assert settings.config is config and settings.applied == "none"  # not rebuilt, and no preset is said to apply
     with pytest.raises(ConfigError, match="must be a FMNConfig, got ESDConfig"):
         resolve_settings(_entry("fmn"), DEFAULT_MODEL, config)
 
