@@ -57,6 +57,7 @@ class ClipJudge:
         self.model, self.processor, self.source = model.eval(), processor, source
         self.label_template, self.neutral_prompt = label_template, neutral_prompt
         self.batch_size = 64
+        self._label_features: dict[tuple[str, ...], torch.Tensor] = {}  # the class texts' embeddings, by texts
 
     def default_retain(self, forget: list[str]) -> list[str]:
         return []  # CLIP knows no fixed label set: retain concepts are named (or come from the prompt file)
@@ -92,11 +93,10 @@ class ClipJudge:
     def assess(self, images: torch.Tensor, prompts: list[str], concepts: list[str]) -> dict[str, np.ndarray]:
         image = self.image_features(images)
         labels = [*concepts, self.neutral_prompt]
-        texts = [*(self.label_template.format(c) for c in concepts), self.neutral_prompt]
-        sims = (
-            torch.nn.functional.normalize(image, dim=-1)
-            @ torch.nn.functional.normalize(self.text_features(texts), dim=-1).T
-        )
+        texts = (*(self.label_template.format(c) for c in concepts), self.neutral_prompt)
+        if texts not in self._label_features:  # the same classes for every concept and model of an evaluation
+            self._label_features[texts] = torch.nn.functional.normalize(self.text_features(list(texts)), dim=-1)
+        sims = torch.nn.functional.normalize(image, dim=-1) @ self._label_features[texts].T
         return {
             "predicted": np.array(labels, dtype=object)[sims.argmax(1).numpy()],
             "features": image.numpy().astype(np.float64),
