@@ -59,7 +59,7 @@ from concept_erase.diffusion.loading import (
     save_lora_adapter,
     save_weights_adapter,
 )
-from concept_erase.diffusion.presets import resolve_settings
+from concept_erase.diffusion.presets import Settings, resolve_settings
 from concept_erase.diffusion.tiny_sd import (
     ASSETS,
     DEFAULT_MODEL,
@@ -143,7 +143,7 @@ def erase(
     model: str | Path | None,
     method: str,
     concepts: list[str] | str,
-    config: ErasureConfig | dict | None = None,
+    config: ErasureConfig | dict | Settings | None = None,
     output_dir: str | Path | None = None,
     overwrite: bool = False,
     atomic: bool = True,
@@ -153,10 +153,15 @@ def erase(
     model) with the registered diffusion ``method``; write the artifact and ``erasure.json`` to ``output_dir``
     (atomically; ``atomic=False`` writes into an existing directory its owner already made atomic). Returns the
     erasure record. ``config`` keys override the model's presets (``presets=False``: the method's defaults only; see
-    :mod:`concept_erase.diffusion.presets`). Everything is validated before any work starts."""
+    :mod:`concept_erase.diffusion.presets`; a :class:`~concept_erase.diffusion.presets.Settings` that
+    ``resolve_settings`` already made for this method and model is used as it is). Everything is validated before
+    any work starts."""
 
     entry = get_method(method, tag="diffusion")
-    settings = resolve_settings(entry, resolve_model(model or DEFAULT_MODEL), config, presets)
+    if isinstance(config, Settings) and config.method == entry.name:
+        settings = config
+    else:
+        settings = resolve_settings(entry, resolve_model(model or DEFAULT_MODEL), config, presets)
     config = settings.config
     inputs = [resolve_model(model or DEFAULT_MODEL), *config_paths(config_to_dict(config))]
     if output_dir is not None and atomic:

@@ -88,7 +88,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     settings = resolve_settings(entry, resolve_model(model or DEFAULT_MODEL), keys, presets)
     check_model(resolve_model(model or DEFAULT_MODEL))  # an unsupported model is refused before anything is printed
     say(settings.summary() + ("" if presets else " (--no_presets)"))
-    record = erase(model, entry.name, concepts, keys, output_dir=out, overwrite=args.overwrite, presets=presets)
+    record = erase(model, entry.name, concepts, settings, output_dir=out, overwrite=args.overwrite)
     artifact = record["artifact"]
     say(f"erased {', '.join(record['concepts'])} from {record['base_model']} with {entry.name}")
     say(
