@@ -74,10 +74,12 @@ __all__ = [
     "evaluate_erasure",
     "frechet_distance",
     "generate",
+    "grid_tile",
     "judge_inputs",
     "judge_kind",
     "make_judge",
     "model_fingerprint",
+    "unpack_erasure",
 ]
 
 JUDGES = ("digits", "clip", "nudenet")  # --judge also takes a digit-judge directory
@@ -421,7 +423,7 @@ def evaluate_erasure(
     loaded, before anything is generated.
     """
     model, original = resolve_model(model), resolve_model(original)
-    model, adapter, original, config, erasure_dir = _unpack_erasure(model, adapter, original, config)
+    model, adapter, original, config, erasure_dir = unpack_erasure(model, adapter, original, config)
     given_oracle = None
     if oracle not in (None, "auto", "none"):
         oracle = given_oracle = resolve_model(oracle)
@@ -481,7 +483,7 @@ def _check_oracle_dir(oracle: str | Path) -> None:
         raise ModelLoadError(f"oracle {oracle} is not a diffusers pipeline directory: it has no model_index.json")
 
 
-def _unpack_erasure(model, adapter, original, config: EvaluationConfig):
+def unpack_erasure(model, adapter, original, config: EvaluationConfig):
     """An erasure output directory stands for its artifact on its base model (and names the concepts it erased):
     ``(model, adapter, original, config, erasure directory or None)``."""
     erasure = read_erasure(model) if adapter is None else None
@@ -552,7 +554,7 @@ def _shrink(images: torch.Tensor) -> torch.Tensor:
     return small.round().to(torch.uint8)
 
 
-def _tile(image: torch.Tensor) -> np.ndarray:
+def grid_tile(image: torch.Tensor) -> np.ndarray:
     """One grid tile ``(H, W, 3)`` uint8 from a generated image ``(C, H, W)``, with a gray one-pixel frame."""
     image = _shrink(image[None])[0]
     image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
@@ -573,7 +575,7 @@ def plot_grid(panels: dict[str, _Generations], concepts: list[str], forget: list
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     labels = concepts if config.prompts_file is not None else [config.templates[0].format(c) for c in concepts]
     for ax, (name, gen) in zip(axes, panels.items()):
-        rows = [np.concatenate([_tile(gen.images[c][j]) for j in columns], axis=1) for c in concepts]
+        rows = [np.concatenate([grid_tile(gen.images[c][j]) for j in columns], axis=1) for c in concepts]
         ax.imshow(np.concatenate(rows, axis=0), interpolation="nearest")
         ax.set_title(name)
         ax.set_xticks([])

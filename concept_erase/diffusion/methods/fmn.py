@@ -22,7 +22,6 @@ The steering loss needs no denoising target; textual inversion's loss uses the s
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from concept_erase.diffusion.base import (
     unet_prediction,
 )
 from concept_erase.diffusion.families import PromptEmbeddings, training_target
+from concept_erase.diffusion.inversion import frozen
 from concept_erase.diffusion.loading import concept_token_ids
 
 __all__ = ["FMNConfig", "concept_attention", "erase"]
@@ -299,17 +299,6 @@ def _train_inversion(request: ErasureRequest, config: FMNConfig, encoder, datase
         method="fmn textual inversion",
         module=encoder,
     )
-    with _frozen(unet):
+    with frozen(unet):
         result = trainer.train()
     return result.losses
-
-
-@contextlib.contextmanager
-def _frozen(module: torch.nn.Module):
-    saved = {n: p.requires_grad for n, p in module.named_parameters()}
-    module.requires_grad_(False)
-    try:
-        yield module
-    finally:
-        for n, p in module.named_parameters():
-            p.requires_grad_(saved[n])
