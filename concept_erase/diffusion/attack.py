@@ -32,6 +32,8 @@ and, for ``ti``, the learned embeddings' norms) with ``embeddings.safetensors`` 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +42,20 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from concept_erase.core.errors import ConfigError, excerpt
-from concept_erase.core.io import RunRecorder, atomic_output_dir, check_output_dir, peak_memory_bytes, write_json
+from concept_erase.core.io import (
+    RunRecorder,
+    atomic_file,
+    atomic_output_dir,
+    cache_dir,
+    check_output_dir,
+    peak_memory_bytes,
+    strict_json,
+    write_json,
+)
 from concept_erase.core.tensorfile import save_tensors
 from concept_erase.diffusion.erasure import read_erasure
 from concept_erase.diffusion.evaluation import (
@@ -51,14 +64,25 @@ from concept_erase.diffusion.evaluation import (
     grid_tile,
     judge_inputs,
     make_judge,
+    model_fingerprint,
     unpack_erasure,
 )
-from concept_erase.diffusion.inversion import Inversion, invert_concept, search_prompt
+from concept_erase.diffusion.evaluation import _check_oracle_dir as check_oracle_dir
+from concept_erase.diffusion.inversion import Inversion, check_prefix_fits, invert_concept, search_prompt
 from concept_erase.diffusion.loading import apply_adapter, check_concept_tokens, check_model, load_pipeline
 from concept_erase.diffusion.oracle import resolve_oracle
 from concept_erase.diffusion.tiny_sd import EVAL_TEMPLATES, TRAIN_TEMPLATES, read_recipe, resolve_model
 
-__all__ = ["ATTACKS", "BUDGETS", "AttackConfig", "attack_erasure", "attack_success", "render_attack_report"]
+__all__ = [
+    "ATTACKS",
+    "BUDGETS",
+    "AttackConfig",
+    "attack_cache_key",
+    "attack_erasure",
+    "attack_success",
+    "family_attacks",
+    "render_attack_report",
+]
 
 ATTACKS = ("ti", "prompt")
 # The attack budgets: the papers' settings (SD 1.4 at 512 px) and the embedded tiny models' (a model whose training
@@ -76,6 +100,7 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 GENERIC_ATTACK_TEMPLATES = ("a photo of {}", "a painting of {}", "an image of {}", "a picture of {}")
 REFERENCE_SEED_OFFSET = 10_000  # the attacker's images use seeds that the scored generations never use
+ATTACK_CACHE_VERSION = 1  # bump when an attack's results change for the same key (invalidates cache_dir()/attacks)
 
 
 @dataclass
@@ -206,80 +231,97 @@ def attack_erasure(
     output_dir: str | Path | None = None,
     overwrite: bool = False,
     atomic: bool = True,
+    cache: bool = True,
 ) -> dict[str, Any]:
     """Attack ``model`` (an erasure directory, a pipeline, or a pipeline plus ``adapter``), the original and the
     retrain oracle with ``config``'s attack; return (and with ``output_dir`` write) the figures. ``concept``: the
-    erased concept (default: the one ``erasure.json`` records). Everything is checked before any work."""
+    erased concept (default: the one ``erasure.json`` records).
+
+    Everything is checked before any image is generated or any oracle trained: the concept (known, writable by the
+    model's tokenizers, scorable by the judge), the budget, the attack against the model's family, the oracle
+    directory and the output. ``cache``: the original's and the oracle's results (the same for every erasure of one
+    model) are reused from ``cache_dir()/attacks`` when this exact attack ran on them before, and stored there
+    otherwise (see :func:`attack_cache_key`); the erased model is always attacked."""
     model, original = resolve_model(model), resolve_model(original)
     erasure = read_erasure(model) if adapter is None and Path(model).is_dir() else None
     concept = _concept_of(model, concept, erasure)
     evaluation = EvaluationConfig(forget=[concept])
     model, adapter, original, _, erasure_dir = unpack_erasure(model, adapter, original, evaluation)
     original = original if original is not None else model
+    given_oracle = None
     if oracle not in (None, "auto", "none"):
-        oracle = resolve_model(oracle)
-    inputs = [model, adapter, original, erasure_dir, *judge_inputs(judge, clip_model, evaluation)]
+        oracle = given_oracle = resolve_model(oracle)
+        check_oracle_dir(oracle)
+    inputs = [model, adapter, original, erasure_dir, given_oracle, *judge_inputs(judge, clip_model, evaluation)]
     if output_dir is not None and atomic:
         check_output_dir(output_dir, overwrite, inputs)
     family = check_model(original)
-    if config.attack == "prompt" and family.name == "sdxl":
+    if config.attack not in family_attacks(family.name):
         raise ConfigError(
-            "attack prompt is not implemented for SDXL (its two text encoders have separate token tables that one "
-            "typed prefix must satisfy at once); attack an SDXL model with --attack ti"
+            f"attack {config.attack} is not implemented for the {family.name} family (its two text encoders have "
+            "separate token tables that one typed prefix must satisfy at once); attack this model with ti "
+            "(--attack ti)"
         )
     tiny = Path(str(original)).is_dir() and read_recipe(original) is not None
     budget = config.budget("tiny" if tiny else "paper")
     templates = list(config.templates or (EVAL_TEMPLATES if tiny else GENERIC_ATTACK_TEMPLATES))
+    reference_templates = list(TRAIN_TEMPLATES if tiny else GENERIC_ATTACK_TEMPLATES)
     start = time.perf_counter()
     with RunRecorder("attack", config, seed=config.seed, model=str(model), concept=concept) as record:
+        original_pipe = load_pipeline(original)
+        check_concept_tokens(original_pipe, concept)  # before the judge: its message names the tokenizer
+        if config.attack == "prompt":  # the prefix must fit in front of every template: refused now, not mid-run
+            check_prefix_fits(original_pipe.tokenizer, [t.format(concept) for t in templates], budget["num_tokens"])
         judge_model = make_judge(judge, clip_model, evaluation)
         judge_model.check_concept(concept)
         labels = [concept, *judge_model.default_retain([concept])]
-        original_pipe = load_pipeline(original)
-        check_concept_tokens(original_pipe, concept)
-        oracle_path, oracle_note = resolve_oracle(original, [concept], oracle)
+        oracle_path, oracle_note = resolve_oracle(original, [concept], oracle)  # may train the oracle: checks first
         inputs.append(oracle_path)
-        reference_templates = list(TRAIN_TEMPLATES if tiny else GENERIC_ATTACK_TEMPLATES)
+        key_parts = {
+            "attack": config.attack,
+            "concept": concept,
+            "budget": budget,
+            "templates": templates,
+            "reference": {"model": model_fingerprint(original), "templates": reference_templates},
+            "judge": _judge_key(judge_model, judge, clip_model, labels),
+            "generation": {
+                "seed": config.seed,
+                "num_inference_steps": config.num_inference_steps,
+                "guidance_scale": config.guidance_scale,
+            },
+        }
         latents = _reference_latents(original_pipe, concept, reference_templates, config, budget["num_images"])
         models: dict[str, Any] = {}
         panels: dict[str, dict[str, torch.Tensor]] = {}
         found: dict[str, Inversion] = {}
+        cached: dict[str, bool | None] = {}
         for name in ("original", "erased", "oracle"):
             if name == "oracle" and oracle_path is None:
-                models[name] = None
+                models[name], cached[name] = None, None
                 continue
             if name == "erased" and adapter is None and Path(str(model)) == Path(str(original)):
                 models[name], panels[name], found[name] = models["original"], panels["original"], found["original"]
+                cached[name] = cached["original"]
                 continue  # the model under test is the original: attacked once
+            cache_file = None
+            if cache and name != "erased":  # the reference models' attacks are the same for every erasure
+                cache_file = attack_cache_key(original if name == "original" else oracle_path, key_parts)
+                hit = _load_cached_attack(cache_file)
+                if hit is not None:
+                    models[name], panels[name], found[name] = hit
+                    cached[name] = True
+                    continue
             pipe = original_pipe if name == "original" else load_pipeline(oracle_path if name == "oracle" else model)
             if name == "erased" and adapter is not None:
                 apply_adapter(pipe, adapter)
-            begin = time.perf_counter()
-            found[name] = _run_attack(pipe, latents, concept, templates, config, budget)
-            attack_seconds = time.perf_counter() - begin
-            attacked, asr = _score(found[name].pipe, found[name].prompts, judge_model, concept, labels, config, name)
-            plain_images, plain = _score(
-                pipe,
-                [t.format(concept) for t in templates],
-                judge_model,
-                concept,
-                labels,
-                config,
-                f"{name} (no attack)",
+            models[name], panels[name], found[name] = _attack_one(
+                name, pipe, latents, concept, templates, labels, judge_model, config, budget
             )
-            panels[name] = {"attacked": attacked, "unattacked": plain_images}
-            models[name] = {
-                "asr": asr,
-                "unattacked": plain,
-                "attack_seconds": round(attack_seconds, 3),
-                "loss_first": found[name].losses[0],
-                "loss_last": found[name].losses[-1],
-                "losses": found[name].losses,
-                "prompts": found[name].prompts,
-                "tokens": found[name].tokens,
-                "details": found[name].details,
-            }
+            cached[name] = False if name != "erased" else None
+            if cache_file is not None:
+                _store_cached_attack(cache_file, models[name], panels[name], found[name])
         metrics = _summary(config, concept, budget, templates, models, oracle_note, erasure, erasure_dir)
+        metrics["cached"] = cached
         metrics["judge"] = judge_model.name
         metrics["settings"] = {
             "model": str(model),
@@ -302,6 +344,84 @@ def attack_erasure(
             _write(tmp, metrics, panels, found, config)
             record.write(tmp)
     return metrics
+
+
+def family_attacks(family: str) -> tuple[str, ...]:
+    """The attacks a model family supports (``prompt`` needs one token table: not SDXL's two)."""
+    return ("ti",) if family == "sdxl" else ATTACKS
+
+
+def _attack_one(name, pipe, latents, concept, templates, labels, judge_model, config, budget):
+    """Attack one model and score it under the attack and without it: ``(metrics entry, grid panels, found)``."""
+    begin = time.perf_counter()
+    found = _run_attack(pipe, latents, concept, templates, config, budget)
+    attack_seconds = time.perf_counter() - begin
+    attacked, asr = _score(found.pipe, found.prompts, judge_model, concept, labels, config, name)
+    plain_prompts = [t.format(concept) for t in templates]
+    plain_images, plain = _score(pipe, plain_prompts, judge_model, concept, labels, config, f"{name} (no attack)")
+    entry = {
+        "asr": asr,
+        "unattacked": plain,
+        "attack_seconds": round(attack_seconds, 3),
+        "loss_first": found.losses[0],
+        "loss_last": found.losses[-1],
+        "losses": found.losses,
+        "prompts": found.prompts,
+        "tokens": found.tokens,
+        "details": found.details,
+    }
+    # as JSON stores it: a cached entry and a computed one are then the same values of the same types
+    entry = json.loads(strict_json(entry, f"the {name} model's attack"))
+    return entry, {"attacked": attacked, "unattacked": plain_images}, found
+
+
+# ---------------------------------------------------------------------------------------------------- the cache
+
+
+def _judge_key(judge_model, judge, clip_model, labels: list[str]) -> dict[str, Any]:
+    """What the judge's verdicts depend on: its description, the content of a judge or CLIP directory, the labels."""
+    local = {
+        name: model_fingerprint(path)
+        for name, path in (("judge_dir", judge), ("clip_dir", clip_model))
+        if path is not None and Path(str(path)).is_dir()
+    }
+    return {**judge_model.describe(), **local, "labels": labels}
+
+
+def attack_cache_key(attacked: str | Path, parts: dict[str, Any]) -> Path:
+    """The cache entry (``cache_dir()/attacks/KEY``, a ``.json`` and a ``.safetensors``) of one attack on the
+    reference model ``attacked``: keyed by the model's content, the attack and its resolved budget, the concept, the
+    templates, the attacker's images (the original's content, its templates and the seed), the judge and the
+    sampling settings (``parts``), and the device kind (generation differs between CPU and GPU)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    settings = {"version": ATTACK_CACHE_VERSION, "attacked": model_fingerprint(attacked), "device": device, **parts}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_dir() / "attacks" / key
+
+
+def _load_cached_attack(base: Path):
+    entry_file, tensor_file = base.with_suffix(".json"), base.with_suffix(".safetensors")
+    if not (entry_file.is_file() and tensor_file.is_file()):
+        return None
+    try:
+        entry = json.loads(entry_file.read_text())
+        tensors = load_file(str(tensor_file))
+    except (OSError, ValueError, SafetensorError):  # a damaged entry is recomputed (and replaced)
+        return None
+    panels = {kind: tensors[kind] for kind in ("attacked", "unattacked")}
+    embeddings = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("embedding/")}
+    found = Inversion(None, entry["prompts"], entry["losses"], embeddings, entry["tokens"], entry["details"])
+    return entry, panels, found
+
+
+def _store_cached_attack(base: Path, entry: dict, panels: dict[str, torch.Tensor], found: Inversion) -> None:
+    base.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {kind: images.contiguous() for kind, images in panels.items()}
+    tensors.update({f"embedding/{name}": row.detach().contiguous() for name, row in found.embeddings.items()})
+    with atomic_file(base.with_suffix(".safetensors")) as tmp:
+        save_tensors(tensors, str(tmp))
+    with atomic_file(base.with_suffix(".json")) as tmp:  # last: an entry whose JSON exists is complete
+        write_json(tmp, entry)
 
 
 def _summary(config, concept, budget, templates, models, oracle_note, erasure, erasure_dir) -> dict[str, Any]:

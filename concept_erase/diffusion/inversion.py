@@ -44,6 +44,7 @@ from concept_erase.diffusion.loading import concept_token_ids
 __all__ = [
     "PLACEHOLDER",
     "Inversion",
+    "check_prefix_fits",
     "denoising_loss",
     "frozen",
     "invert_concept",
@@ -237,6 +238,20 @@ def _prefixed_ids(tokenizer, prompts: list[str], prefix: torch.Tensor) -> torch.
     return joined
 
 
+def check_prefix_fits(tokenizer, prompts: list[str], num_tokens: int) -> None:
+    """Raise :class:`ConfigError` unless a ``num_tokens``-token prefix fits in front of each of ``prompts`` in the
+    tokenizer's context (checked before an attack starts; :func:`search_prompt` would otherwise fail mid-run)."""
+    if num_tokens < 1:
+        raise ConfigError(f"the prompt attack needs num_tokens >= 1 (prefix tokens), got {num_tokens}")
+    limit = tokenizer.model_max_length - 2
+    if num_tokens > limit:
+        raise ConfigError(
+            f"num_tokens {num_tokens} does not fit in the tokenizer's {tokenizer.model_max_length}-token context "
+            f"(at most {limit}, fewer with the prompt)"
+        )
+    _prefixed_ids(tokenizer, prompts, torch.full((num_tokens,), tokenizer.bos_token_id or 0))
+
+
 def search_prompt(
     pipe,
     latents: torch.Tensor,
@@ -257,8 +272,7 @@ def search_prompt(
             "typed prefix must satisfy at once); attack an SDXL model with ti"
         )
     _check_budget(steps, batch_size, latents)
-    if num_tokens < 1:
-        raise ConfigError(f"the prompt attack needs num_tokens >= 1 (prefix tokens), got {num_tokens}")
+    check_prefix_fits(pipe.tokenizer, prompts, num_tokens)
     tokenizer, encoder, unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
     table = encoder.get_input_embeddings().weight.detach().float()
     candidates = prompt_candidates(tokenizer)
