@@ -2,10 +2,12 @@
 
 - ``erase``: run a registered diffusion method (``fmn``, ``salun``, ``esd``) -> ``output_dir`` (an erasure directory);
 - ``evaluate_erasure``: the harness on a pipeline or an erasure directory -> ``erasure_metrics_path``;
-- ``erasure_report``: compare several evaluated erasures -> ``report_path`` (report.md, comparison.png, grid.png).
+- ``attack_erasure``: attack an erasure (and the original and the oracle) -> ``attack_metrics_path`` and the ASRs;
+- ``erasure_report``: compare several evaluated (and attacked) erasures -> ``report_path`` (report.md,
+  comparison.png, grid.png).
 
-The logic lives in :mod:`concept_erase.diffusion.erasure`, :mod:`concept_erase.diffusion.evaluation` and
-:mod:`concept_erase.diffusion.report`; a step only connects it to files.
+The logic lives in :mod:`concept_erase.diffusion.erasure`, :mod:`concept_erase.diffusion.evaluation`,
+:mod:`concept_erase.diffusion.attack` and :mod:`concept_erase.diffusion.report`; a step only connects it to files.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from typing import Any
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.io import config_paths
 from concept_erase.core.registry import get_method, register_step
+from concept_erase.diffusion.attack import AttackConfig, attack_erasure
 from concept_erase.diffusion.erasure import erase, erasure_inputs
 from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure, judge_inputs
 from concept_erase.diffusion.presets import resolve_settings
-from concept_erase.diffusion.report import summarize_evaluation, write_erasure_report
+from concept_erase.diffusion.report import attach_attacks, summarize_attack, summarize_evaluation, write_erasure_report
 from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, resolve_model
 
-__all__ = ["EraseStepConfig", "EvaluateErasureStepConfig", "ErasureReportStepConfig"]
+__all__ = ["EraseStepConfig", "EvaluateErasureStepConfig", "AttackErasureStepConfig", "ErasureReportStepConfig"]
 
 
 @dataclass
@@ -111,19 +114,80 @@ def evaluate_erasure_step(context, config: EvaluateErasureStepConfig) -> dict:
 
 
 @dataclass
+class AttackErasureStepConfig:
+    """Attack an erasure (an erasure directory, or a pipeline plus an adapter), the original and the retrain oracle
+    with one attack and budget; the attack success rates are the step's outputs."""
+
+    model: str = ""  # erasure directory or pipeline directory (with adapter); empty: the embedded tiny SD
+    concept: str | None = None  # the erased concept to attack (default: the one erasure.json records)
+    adapter: str | None = None
+    original: str | None = None  # the model before erasure (default: an erasure's base model, or model)
+    oracle: str | None = "auto"  # auto | none | a pipeline directory
+    judge: str | None = None  # digits (default), clip, nudenet or a digit-judge directory
+    clip_model: str | None = None  # the clip judge's CLIPModel: hub id or directory
+    attack: AttackConfig = field(default_factory=AttackConfig)  # attack: ti | prompt, and its budget
+
+
+@register_step(
+    "attack_erasure",
+    AttackErasureStepConfig,
+    outputs=("attack_metrics_path", "asr", "asr_original", "asr_oracle", "seconds"),
+)
+def attack_erasure_step(context, config: AttackErasureStepConfig) -> dict:
+    """Attack success rate on the erased model, the original and the oracle; attack.json, grid.png, loss.png,
+    report.md, found.json (and embeddings.safetensors for ti)."""
+    oracle = resolve_model(config.oracle) if config.oracle not in (None, "auto", "none") else None
+    model = resolve_model(config.model or DEFAULT_MODEL)
+    local = judge_inputs(config.judge, config.clip_model, EvaluationConfig())
+    context.check_inputs(*erasure_inputs(model), config.adapter, resolve_model(config.original), oracle, *local)
+    metrics = attack_erasure(
+        config.model or str(DEFAULT_MODEL),
+        config.attack,
+        concept=config.concept,
+        adapter=config.adapter,
+        original=config.original,
+        oracle=config.oracle,
+        judge=config.judge,
+        clip_model=config.clip_model,
+        output_dir=context.step_dir,
+        atomic=False,  # the step directory is already written atomically by the runner
+    )
+    asr = metrics["asr"]
+    return {
+        "attack_metrics_path": str(context.step_dir / "attack.json"),
+        "asr": asr["erased"],
+        "asr_original": asr["original"],
+        "asr_oracle": asr["oracle"],
+        "seconds": metrics["seconds"],
+    }
+
+
+@dataclass
 class ErasureReportStepConfig:
-    """Compare evaluated erasures: a table against the original and the oracle, a plot and one image grid."""
+    """Compare evaluated erasures: a table against the original and the oracle, a plot and one image grid; with
+    attack steps, each erasure's attack success rate under every attack beside the original's and the oracle's."""
 
     title: str = ""
     evaluations: list[str] = field(default_factory=list)  # evaluate_erasure step ids; empty: every earlier one
+    # attack_erasure step ids, matched to the evaluations by the erasure they attacked; empty: every earlier one
+    # that attacked an evaluated erasure
+    attacks: list[str] = field(default_factory=list)
 
 
 @register_step(
     "erasure_report", ErasureReportStepConfig, outputs=("report_path", "report_json", "plot_path", "grid_path")
 )
 def erasure_report_step(context, config: ErasureReportStepConfig) -> dict:
-    """Tabulate forget / retain accuracy, distance, time, memory and artifact size per erasure; plot; grid."""
+    """Tabulate forget / retain accuracy, distance, time, memory, artifact size and attack success rates per
+    erasure; plot; grid."""
 
     ids = context.outputs_with("erasure_metrics_path", config.evaluations, what="evaluate_erasure")
     rows = [summarize_evaluation(s.removeprefix("eval_"), context.outputs[s]["erasure_metrics_path"]) for s in ids]
+    if config.attacks:
+        attack_ids = context.outputs_with("attack_metrics_path", config.attacks, what="attack_erasure")
+    else:
+        attack_ids = [s for s, out in context.outputs.items() if "attack_metrics_path" in out]
+    attacks = [summarize_attack(s, context.outputs[s]["attack_metrics_path"]) for s in attack_ids]
+    for skipped in attach_attacks(rows, attacks, strict=bool(config.attacks)):
+        context.log(f"report: attack step {skipped['step']!r} attacked no evaluated erasure; left out")
     return write_erasure_report(rows, context.step_dir, config.title)

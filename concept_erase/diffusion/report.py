@@ -8,6 +8,14 @@ accuracy (with the original's and the oracle's), Frechet distance, erasure wall 
 training time, peak memory and artifact size, and whether each goal is met. The report directory holds
 ``report.md``, ``report.json``, ``comparison.png`` (accuracies and cost per method) and ``grid.png`` (the same prompts
 and seeds through the original, every erased model and the oracle).
+
+Attacks (``attack.json`` of :func:`~concept_erase.diffusion.attack.attack_erasure`) join the rows of the erasure
+they attacked (:func:`summarize_attack`, :func:`attach_attacks`): each row gains its attack success rate under every
+attack (``asr_ti``, ``asr_prompt``, ...), the table a column per attack beside the original's and the oracle's ASR
+under the same attack and budget, and ``comparison.png`` a panel of them.
+
+    attacks = [summarize_attack("attack_fmn_ti", "out/attack-fmn-ti/attack.json"), ...]
+    attach_attacks(rows, attacks)
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from concept_erase.core.readers import read_json_object, require
 from concept_erase.diffusion.erasure import read_erasure
 from concept_erase.diffusion.evaluation import EvaluationConfig, load_samples, plot_grid
 
-__all__ = ["GOALS", "summarize_evaluation", "write_erasure_report"]
+__all__ = ["GOALS", "attach_attacks", "summarize_attack", "summarize_evaluation", "write_erasure_report"]
 
 # The demo's goals: forget accuracy within 10 points of the oracle's, retain accuracy within 3 points of the
 # original's, and erasure time as a share of the oracle's training time (per method).
@@ -98,6 +106,137 @@ def summarize_evaluation(name: str, metrics_path: str | Path) -> dict[str, Any]:
     return row
 
 
+def summarize_attack(step: str, attack_path: str | Path) -> dict[str, Any]:
+    """What a report needs from an attack's attack.json: the attack, its budget, the ASRs and what it attacked."""
+
+    path = Path(attack_path)
+    if not path.is_file():
+        raise ConfigError(f"attack metrics not found: {path}")
+    what = "attack metrics"
+    metrics = read_json_object(path, what)
+    kind = require(metrics, "attack", str, path, what)
+    concept = require(metrics, "concept", str, path, what)
+    asr = require(metrics, "asr", dict, path, what)
+    for key in ("original", "erased", "oracle"):
+        value = asr.get(key)
+        if key not in asr or isinstance(value, bool) or not isinstance(value, (int, float, type(None))):
+            raise ConfigError(f"{what} {path} is corrupt: asr.{key} must be a number or null")
+    if asr["erased"] is None or asr["original"] is None:
+        raise ConfigError(f"{what} {path} is corrupt: asr.original and asr.erased must be numbers")
+    budget = require(metrics, "budget", dict, path, what)
+    settings = require(metrics, "settings", dict, path, what)
+    unattacked = require(metrics, "unattacked", dict, path, what, optional=True) or {}
+    return {
+        "step": step,
+        "attack": kind,
+        "concept": concept,
+        "path": str(path),
+        "asr": asr["erased"],
+        "asr_original": asr["original"],
+        "asr_oracle": asr["oracle"],
+        "unattacked": unattacked.get("erased"),
+        "budget": budget,
+        "attack_seconds": metrics.get("attack_seconds"),
+        "erasure": settings.get("erasure"),
+        "model": settings.get("model"),
+        "adapter": settings.get("adapter"),
+    }
+
+
+def _same_path(a: str | Path | None, b: str | Path | None) -> bool:
+    return a is not None and b is not None and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _attacked(row: dict[str, Any], attack: dict[str, Any]) -> bool:
+    """Whether ``attack`` attacked the model ``row`` evaluated: the same erasure directory or, for a pipeline (with
+    an adapter) given directly, the same pipeline and adapter."""
+    settings = row["settings"]
+    if attack["erasure"] is not None or settings.get("erasure"):
+        return _same_path(attack["erasure"], settings.get("erasure"))
+    if not _same_path(attack["model"], settings.get("model")):
+        return False
+    adapter = (settings.get("adapter") or {}).get("path")
+    if attack["adapter"] is None or adapter is None:
+        return attack["adapter"] is None and adapter is None
+    return _same_path(attack["adapter"], adapter) or _same_path(attack["adapter"], Path(adapter).parent)
+
+
+def attach_attacks(rows: list[dict[str, Any]], attacks: list[dict[str, Any]], strict: bool = True) -> list[dict]:
+    """Add each attack (from :func:`summarize_attack`) to the row of the erasure it attacked: ``row["attacks"][kind]``
+    and ``row["asr_<kind>"]`` (with ``asr_<kind>_original``, ``asr_<kind>_oracle``). An attack of no row's erasure
+    raises :class:`ConfigError` when ``strict``, else it is returned (left out); so is nothing else."""
+
+    left_out = []
+    for attack in attacks:
+        matches = [row for row in rows if _attacked(row, attack)]
+        if not matches:
+            if strict:
+                evaluated = ", ".join(r["settings"].get("erasure") or r["settings"].get("model") or "?" for r in rows)
+                raise ConfigError(
+                    f"attack step {attack['step']!r} attacked {attack['erasure'] or attack['model']}, which no "
+                    f"evaluation in the report scored (evaluated: {evaluated}); list the evaluation of that erasure"
+                )
+            left_out.append(attack)
+            continue
+        for row in matches:
+            if attack["concept"] not in row["forget"]:
+                raise ConfigError(
+                    f"attack step {attack['step']!r} attacked concept {attack['concept']!r}, but evaluation "
+                    f"{row['name']!r} erased {', '.join(row['forget'])}: attack the erased concept"
+                )
+            kind = attack["attack"]
+            held = row.setdefault("attacks", {})
+            if kind in held:
+                raise ConfigError(
+                    f"attack steps {held[kind]['step']!r} and {attack['step']!r} both attack {row['name']!r} with "
+                    f"{kind}: a report has one column per attack; name one of them in the report's attacks"
+                )
+            held[kind] = attack
+            row[f"asr_{kind}"] = attack["asr"]
+            row[f"asr_{kind}_original"] = attack["asr_original"]
+            row[f"asr_{kind}_oracle"] = attack["asr_oracle"]
+    return left_out
+
+
+def _attack_kinds(rows: list[dict[str, Any]]) -> list[str]:
+    """The attacks in the rows, in the order they first appear."""
+    return list(dict.fromkeys(kind for row in rows for kind in row.get("attacks", {})))
+
+
+def _reference_asr(rows: list[dict[str, Any]], kind: str, model: str) -> list[float | None]:
+    """The original's (or the oracle's) ASR under ``kind`` over the rows' attacks (one per attack step)."""
+    return [row["attacks"][kind][f"asr_{model}"] for row in rows if kind in row.get("attacks", {})]
+
+
+def _pct_range(values: list[float | None]) -> str:
+    """One share, or the range when the attacks (of different budgets) disagree."""
+    known = sorted({v for v in values if v is not None})
+    if not known:
+        return "n/a"
+    return _pct(known[0]) if len(known) == 1 else f"{_pct(known[0])}-{_pct(known[-1])}"
+
+
+def _budget_text(budget: dict[str, Any]) -> str:
+    rate = budget.get("learning_rate")
+    parts = [f"{budget.get('steps')} steps", f"learning rate {rate:g}" if isinstance(rate, (int, float)) else ""]
+    if budget.get("num_tokens") is not None:
+        parts.append(f"{budget['num_tokens']} prefix tokens")
+    parts.append(f"{budget.get('num_images')} attacker images")
+    parts.append(f"{budget.get('eval_images')} scored generations")
+    text = ", ".join(p for p in parts if p)
+    return f"{text}; unset keys: the {budget['defaults']} defaults" if budget.get("defaults") else text
+
+
+def _budgets(rows: list[dict[str, Any]], kind: str) -> str:
+    """``kind``'s budget: one text when every attack of that kind had the same, else one per row."""
+    texts = {
+        row["name"]: _budget_text(row["attacks"][kind]["budget"]) for row in rows if kind in row.get("attacks", {})
+    }
+    if len(set(texts.values())) == 1:
+        return f"{kind}: {next(iter(texts.values()))}"
+    return f"{kind}: " + "; ".join(f"{name} {text}" for name, text in texts.items())
+
+
 def _goals(row: dict[str, Any]) -> dict[str, bool | None]:
     oracle = row["oracle"]
     forget_ok = (
@@ -127,22 +266,27 @@ def _fd(value: float | None) -> str:
 def _markdown(rows: list[dict[str, Any]], title: str) -> str:
     first = rows[0]
     oracle = first["oracle"]
+    kinds = _attack_kinds(rows)
+    attack_head = "".join(f" ASR {kind} |" for kind in kinds)
     lines = [
         f"# {title}",
         "",
         f"Erased: {', '.join(first['forget'])}. Scored on {first['settings'].get('num_images')} images per concept "
         "from held-out prompt paraphrases never used during erasure, by the embedded digit judge.",
         "",
-        "| model | forget acc | retain acc | FD to real | erasure time | time / oracle training | peak RSS | artifact |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | forget acc | retain acc | FD to real | erasure time | time / oracle training | peak RSS | artifact |"
+        + attack_head,
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(kinds),
         f"| original | {_pct(first['original']['forget_accuracy'])} | {_pct(first['original']['retain_accuracy'])} | "
-        f"{_fd(first['original']['frechet_to_real'])} | | | | |",
+        f"{_fd(first['original']['frechet_to_real'])} | | | | |"
+        + "".join(f" {_pct_range(_reference_asr(rows, kind, 'original'))} |" for kind in kinds),
     ]
     if oracle:
         oracle_time = f"{first['oracle_seconds']:.0f} s (training)" if first["oracle_seconds"] else ""
         lines.append(
             f"| retrain oracle | {_pct(oracle['forget_accuracy'])} | {_pct(oracle['retain_accuracy'])} | "
             f"{_fd(oracle['frechet_to_real'])} | {oracle_time} | 100% | | |"
+            + "".join(f" {_pct_range(_reference_asr(rows, kind, 'oracle'))} |" for kind in kinds)
         )
     for row in rows:
         size = (
@@ -152,10 +296,22 @@ def _markdown(rows: list[dict[str, Any]], title: str) -> str:
         )
         seconds = f"{row['seconds']:.1f} s" if row.get("seconds") is not None else ""
         memory = f"{row['peak_memory_mb']:.0f} MiB" if row.get("peak_memory_mb") else ""
+        attacked = row.get("attacks", {})
         lines.append(
             f"| {row['name']} | {_pct(row['forget_accuracy'])} | {_pct(row['retain_accuracy'])} | "
             f"{_fd(row['frechet_to_real'])} | {seconds} | {_pct(row.get('time_share'))} | {memory} | {size} |"
+            + "".join(f" {_pct(attacked[kind]['asr']) if kind in attacked else ''} |" for kind in kinds)
         )
+    if kinds:
+        concept = next(a["concept"] for row in rows for a in row.get("attacks", {}).values())
+        lines += [
+            "",
+            f"ASR (attack success rate): the share of an attack's generations that the judge labels {concept!r}. "
+            "Each attack runs with the same budget, attacker images and seeds on the erased model, the original "
+            "(the ceiling) and the retrain oracle (the floor: what a perfect unlearner reaches). Attack budgets:",
+            "",
+            *[f"- {_budgets(rows, kind)}" for kind in kinds],
+        ]
     lines += [
         "",
         "Goals: forget accuracy within 10 points of the oracle's; retain accuracy within 3 points of the original's; "
@@ -174,8 +330,9 @@ def _markdown(rows: list[dict[str, Any]], title: str) -> str:
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     names = [r["name"] for r in rows]
     x = np.arange(len(rows))
-    fig = Figure(figsize=(10, 3.8))
-    left, right = fig.subplots(1, 2)
+    kinds = _attack_kinds(rows)
+    fig = Figure(figsize=(15 if kinds else 10, 3.8))
+    left, right, *attacked = fig.subplots(1, 3 if kinds else 2)
     for offset, key, label in ((-0.2, "forget_accuracy", "forget acc"), (0.2, "retain_accuracy", "retain acc")):
         left.bar(x + offset, [100 * r[key] for r in rows], 0.4, label=label)
     first = rows[0]
@@ -194,9 +351,31 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
             right.hlines(100 * goal, i - 0.3, i + 0.3, colors="red", lw=2)
     right.set_xticks(x, names)
     right.set_ylabel("erasure time / oracle training time (%)\nred: goal")
+    if kinds:
+        _plot_attacks(attacked[0], rows, kinds)
     fig.suptitle(f"erasing {', '.join(first['forget'])}: methods vs the original and the retrain oracle")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _plot_attacks(ax, rows: list[dict[str, Any]], kinds: list[str]) -> None:
+    """Grouped bars: each erased model's ASR under each attack; the original's (dashed) and the oracle's (dotted)
+    ASR under the same attack as reference lines in the attack's colour."""
+    x = np.arange(len(rows))
+    width = 0.8 / len(kinds)
+    for k, kind in enumerate(kinds):
+        color = f"C{4 + k}"  # not the accuracy panel's colours
+        values = [100 * r["attacks"][kind]["asr"] if kind in r.get("attacks", {}) else np.nan for r in rows]
+        ax.bar(x - 0.4 + width * (k + 0.5), values, width, color=color, label=f"erased, {kind}")
+        for model, style in (("original", "--"), ("oracle", ":")):
+            known = [v for v in _reference_asr(rows, kind, model) if v is not None]
+            if known:  # attacks of different budgets: their mean
+                ax.axhline(100 * float(np.mean(known)), color=color, ls=style, lw=1.2, label=f"{model}, {kind}")
+    ax.set_xticks(x, [r["name"] for r in rows])
+    ax.set_ylabel("attack success rate (%)\n(share judged as the erased concept)")
+    ax.set_ylim(-3, 105)
+    ax.legend(fontsize=7, loc="center right")
+    ax.set_title("under attack (same budget on every model)", fontsize=9)
 
 
 def _grid(rows: list[dict[str, Any]], path: Path) -> bool:
