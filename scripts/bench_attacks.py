@@ -156,6 +156,7 @@ def _row(entry: Entry, seed: int, metrics: dict, erasure: dict) -> dict:
         "budget": metrics["budget"],
         "oracle_source": metrics["oracle_source"],
         "judge": metrics["judge"],
+        "cached": metrics.get("cached"),  # the original's and the oracle's attacks reused from the attack cache
         "seconds": metrics["seconds"],
     }
 
