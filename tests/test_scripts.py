@@ -220,3 +220,50 @@ def test_bench_presets_toy_run_writes_the_per_digit_table_and_resumes(tmp_path):
     again = run_script("bench_presets.py", *args)  # every pair is done with these settings: nothing reruns
     assert again.returncode == 0 and '"digit"' not in again.stdout
     assert json.loads(output.read_text())["rows"] == rows
+
+
+@pytest.mark.slow  # three fresh interpreters (~8 s of imports each on a loaded 2-core CPU)
+def test_bench_attacks_toy_run_scores_every_attack_per_seed_and_resumes(tmp_path):
+    output = tmp_path / "attacks.json"
+    args = ("--toy", "--methods", "fmn", "--seeds", "0", "1", "--output", str(output))
+    proc = run_script("bench_attacks.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(output.read_text())
+    rows, erasures = result["rows"], {(e["method"], e["seed"]): e for e in result["erasures"]}
+    assert [(r["method"], r["seed"], r["attack"]) for r in rows] == [
+        ("fmn", 0, "ti"),
+        ("fmn", 0, "prompt"),
+        ("fmn", 1, "ti"),
+        ("fmn", 1, "prompt"),
+    ]
+    for row in rows:
+        erasure = erasures[("fmn", row["seed"])]
+        assert erasure["config"]["seed"] == row["seed"] and 0 <= erasure["retain_accuracy"] <= 1
+        assert row["erasure_seconds"] == erasure["erasure_seconds"] and row["budget"]["steps"] == 2
+        assert row["asr_gap_to_oracle"] == pytest.approx(row["asr"]["erased"] - row["asr"]["oracle"])
+        assert row["within_10_points_of_oracle"] == (row["asr_gap_to_oracle"] <= 0.10)
+        ratio = row["attack_seconds"] / row["erasure_seconds"]
+        assert row["cost_relative_to_erasure"] == pytest.approx(ratio, abs=1e-3)
+    assert all("seven" in p for r in rows if r["attack"] == "prompt" for p in r["prompts"])
+    assert rows[2]["cached"]["original"] is True  # seed 1's erasure: the same attack on the same original, reused
+    summary = {(s["method"], s["attack"]): s for s in result["summary"]}
+    ti = [r for r in rows if r["attack"] == "ti"]
+    assert summary[("fmn", "ti")]["erased_asr_mean"] == pytest.approx(sum(r["asr"]["erased"] for r in ti) / 2)
+    assert summary[("fmn", "ti")]["within_10_points_of_oracle"] == {
+        str(r["seed"]): r["within_10_points_of_oracle"] for r in ti
+    }
+    assert "| fmn | prompt | 0 1 |" in proc.stdout
+    # a labelled configuration joins the file; the rows already there with these settings are not redone
+    more = ("--toy", "--methods", "fmn", "short=esd:max_train_steps=1", "--seeds", "0", "--attacks", "prompt")
+    again = run_script("bench_attacks.py", *more, "--no-retain", "--output", str(output))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert '"method": "fmn"' not in again.stdout and '"method": "short"' in again.stdout
+    result = json.loads(output.read_text())
+    assert result["rows"][:4] == rows and [(r["method"], r["registered_method"]) for r in result["rows"][4:]] == [
+        ("short", "esd")
+    ]
+    short = next(e for e in result["erasures"] if e["method"] == "short")
+    assert short["config"]["max_train_steps"] == 1 and "retain_accuracy" not in short
+    bad = run_script("bench_attacks.py", "--methods", "x=esd:no_such_key=1", "--output", str(tmp_path / "bad.json"))
+    assert bad.returncode == 2 and "--methods 'x=esd:no_such_key=1': unknown key 'no_such_key'" in bad.stderr
+    assert not (tmp_path / "bad.json").exists()
