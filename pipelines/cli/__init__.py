@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 
 from concept_erase import __version__
-from pipelines.cli import classify, distruction, erase, run, sisa, vbu
+from pipelines.cli import attack, classify, distruction, erase, run, sisa, vbu
 from pipelines.cli._common import CONFIGS_DIR, PROG, Parser, debug_parent, run_command
 
 __all__ = ["CONFIGS_DIR", "PROG", "build_parser", "main"]
@@ -39,6 +39,7 @@ __all__ = ["CONFIGS_DIR", "PROG", "build_parser", "main"]
 _REGISTER = (
     classify.add_parsers,
     erase.add_parsers,
+    attack.add_parsers,
     run.add_parsers,
     sisa.add_parsers,
     vbu.add_parsers,
