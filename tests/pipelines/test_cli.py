@@ -60,7 +60,10 @@ def test_version_through_the_console_script_and_python_m():
         assert result.returncode == 0 and result.stdout.strip() == f"concept-erase {__version__}"
 
 
-COMMANDS = ["unlearn", "bench", "erase", "evaluate", "oracle", "attack", "run", "demo", "sisa", "vbu", "distruction", "list"]
+COMMANDS = [
+    *("unlearn", "bench", "erase", "evaluate", "oracle", "attack"),
+    *("run", "demo", "sisa", "vbu", "distruction", "list"),
+]
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
