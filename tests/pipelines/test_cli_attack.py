@@ -12,6 +12,7 @@ import pytest
 
 from concept_erase.diffusion.attack import ATTACKS
 from concept_erase.diffusion.erasure import erase
+from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL
 from pipelines.cli import main
 from pipelines.cli.attack import ATTACK_NAMES
 
@@ -94,3 +95,13 @@ def test_cli_attack_bad_input_is_one_line_without_output(erased, tmp_path, capsy
         assert "--attack ti" in err
     assert not out.exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+@pytest.mark.parametrize("where", ["inside the erasure", "inside its base model"])
+def test_cli_attack_output_overlapping_an_input_is_refused(erased, capsys, where):
+    out = (erased if where == "inside the erasure" else DEFAULT_MODEL) / "attack"
+    argv = ["attack", "--model", str(erased), "--attack", "ti", *BUDGET, "--output", str(out), "--overwrite"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lies inside the input" in err, err
+    assert not out.exists()
