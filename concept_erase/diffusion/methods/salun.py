@@ -25,23 +25,39 @@ Both regressions onto a denoising target (the saliency loss and the retain term)
 SD 2.x 768, or the clean latents), and every UNet call goes through
 :func:`~concept_erase.diffusion.base.unet_prediction`, so SD 1.x/2.x and SDXL models are erased the same way. The
 forgetting term needs no target: it pulls one prediction onto another of the same model.
+
+**Adversarial erasure** (``adversarial``: ``ti``, ``prompt`` or ``both``; off by default), in the manner of
+AdvUnlearn (Zhang et al., "Defensive Unlearning with Adversarial Training for Robust Concept Erasure in Diffusion
+Models", NeurIPS 2024): training runs in rounds of ``adversarial_every`` steps, and before each round the attacks of
+:mod:`~concept_erase.diffusion.inversion` run against the UNet being trained, on the forget images and the training
+templates: ``ti`` inverts a new token for the concept (Pham et al.), ``prompt`` searches real prefix tokens
+(UnlearnDiffAtk). Every conditioning found so far joins a second forgetting term (weight ``adversarial_weight``):
+the UNet's prediction under it is pulled to its prediction for the misaligned prompt of the same template, as the
+plain prompt's is. The retain term is unchanged. Each round starts a fresh trainer (seed ``seed + round``) and
+each attack its own (seed ``seed + 1000 * (round + 1)``): every random draw follows from ``seed``.
+
+    erase("tiny-sd", "salun", ["seven"], {"adversarial": "both", "adversarial_every": 25}, output_dir="out")
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils import logging as diffusers_logging
 from torch.utils.data import DataLoader
+from transformers.utils import logging as transformers_logging
 
-from concept_erase.core.config import NON_NEGATIVE, check_numbers
-from concept_erase.core.errors import ConfigError
+from concept_erase.core.config import COUNT, NON_NEGATIVE, check_numbers
+from concept_erase.core.errors import ConfigError, excerpt
 from concept_erase.core.registry import register_method
 from concept_erase.core.saliency import SaliencyMask, compute_saliency
+from concept_erase.core.trainer import TrainResult
 from concept_erase.diffusion.base import (
     ConceptDataset,
     ErasureConfig,
@@ -56,6 +72,12 @@ from concept_erase.diffusion.base import (
     unet_prediction,
 )
 from concept_erase.diffusion.families import PromptEmbeddings, training_target
+from concept_erase.diffusion.inversion import invert_concept, search_prompt
+
+ADVERSARIAL = ("none", "ti", "prompt", "both")
+# The attacks' budgets inside the loop when not set: those of attack_erasure's tiny defaults (ti: 100 steps at
+# 5e-2; prompt: 40 steps at 1e-2 with weight decay 0.1), the attacks the erasure must resist.
+ADVERSARIAL_DEFAULTS = {"ti": {"steps": 100, "learning_rate": 5e-2}, "prompt": {"steps": 40, "learning_rate": 1e-2}}
 
 __all__ = ["SalUnConfig", "salun"]
 
@@ -73,12 +95,42 @@ class SalUnConfig(ErasureConfig):
     random_mask: bool = False  # ablation: the same number of weights per tensor at random positions
     mask_path: str | None = None  # a saved SaliencyMask to use instead of computing one
     save_mask_path: str | None = None  # write the mask trained through here (bit-packed safetensors) for reuse
+    # adversarial erasure (AdvUnlearn-style): attacks against the UNet being trained, every adversarial_every steps
+    adversarial: Literal["none", "ti", "prompt", "both"] = "none"
+    adversarial_every: int = 25  # training steps per round (an attack before each round)
+    adversarial_steps: int | None = None  # each attack's optimisation steps; None: ti 100, prompt 40
+    adversarial_learning_rate: float | None = None  # None: ti 5e-2, prompt 1e-2
+    adversarial_tokens: int = 3  # prompt: adversarial prefix tokens
+    adversarial_weight: float = 1.0  # weight of the forgetting term on the attacks' conditionings
+    adversarial_batch_size: int = 4  # each attack's batch of forget images
 
-    NUMBER_RANGES: ClassVar[dict] = {"alpha": NON_NEGATIVE}
+    NUMBER_RANGES: ClassVar[dict] = {
+        "alpha": NON_NEGATIVE,
+        "adversarial_every": COUNT,
+        "adversarial_steps": COUNT,
+        "adversarial_tokens": COUNT,
+        "adversarial_weight": NON_NEGATIVE,
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_numbers(self)
+        if self.adversarial not in ADVERSARIAL:
+            raise ConfigError(
+                f"adversarial: invalid value {excerpt(self.adversarial)}; accepted values: {', '.join(ADVERSARIAL)}"
+            )
+
+    def check_family(self, family: str) -> None:
+        """The prompt attack types one prefix for SD 1.x/2.x's single text encoder, not SDXL's two."""
+        if family == "sdxl" and self.adversarial in ("prompt", "both"):
+            raise ConfigError(
+                f"salun: adversarial {self.adversarial} is not implemented for SDXL (the prompt attack needs one "
+                "text encoder); use adversarial: ti"
+            )
+
+    def attacks(self) -> list[str]:
+        """The attacks run in the loop: none, one, or both (ti first)."""
+        return {"none": [], "ti": ["ti"], "prompt": ["prompt"], "both": ["ti", "prompt"]}[self.adversarial]
 
 
 def _denoising_loss(pipe, scheduler, generator: torch.Generator | None = None):
@@ -126,27 +178,48 @@ def _misaligned_states(request: ErasureRequest, config: SalUnConfig) -> tuple[Pr
     return encode_prompts(request.pipe, prompts), template_ids
 
 
-def _salun_loss(request: ErasureRequest, config: SalUnConfig, retain, misaligned: PromptEmbeddings):
-    """Forget (re-labelling) loss + alpha * retain denoising loss, one UNet pass with gradients for both."""
+def _salun_loss(
+    request: ErasureRequest,
+    config: SalUnConfig,
+    retain,
+    misaligned: PromptEmbeddings,
+    adversarial: PromptEmbeddings | None = None,
+):
+    """Forget (re-labelling) loss + alpha * retain denoising loss, one UNet pass with gradients for both.
+
+    ``adversarial``: the attacks' conditionings, row ``(found * C + concept) * T + template`` (C concepts, T
+    templates); with it, each forget row is also drawn under one of its concept's and template's found
+    conditionings, picked at random, and pulled to a misaligned prediction (weight ``adversarial_weight``)."""
     pipe, scheduler = request.pipe, noise_scheduler(request.pipe)
     steps_total, retain_count = scheduler.config.num_train_timesteps, len(request.retain_concepts)
+    concepts, templates = len(request.concepts), len(request.templates)
 
     def loss(unet, batch):
         latents, template_ids = batch["latents"], batch["template_ids"]
         n, device = len(latents), unet.device
+        forget_text = batch_embeddings(batch)
+        copies = 1
+        if adversarial is not None:  # the same images again under the conditionings the attacks found
+            found = len(adversarial.states) // (concepts * templates)
+            rows = (torch.randint(0, found, (n,)) * concepts + batch["concept_ids"]) * templates + template_ids
+            forget_text = PromptEmbeddings.cat([forget_text, adversarial.take(rows)])
+            latents, template_ids, copies = torch.cat([latents, latents]), torch.cat([template_ids, template_ids]), 2
+        m = len(latents)
         picks = torch.randint(0, len(retain.latents), (n,))
-        other = misaligned.take(template_ids * retain_count + torch.randint(0, retain_count, (n,))).to(device)
+        other = misaligned.take(template_ids * retain_count + torch.randint(0, retain_count, (m,))).to(device)
         clean = torch.cat([latents, retain.latents[picks]]).to(device)
         noise = torch.randn_like(clean)
-        steps = torch.randint(0, steps_total, (2 * n,), device=device)
+        steps = torch.randint(0, steps_total, (m + n,), device=device)
         noisy = scheduler.add_noise(clean, noise, steps)
         with torch.no_grad():
-            target = unet_prediction(unet, pipe, noisy[:n], steps[:n], other).float()
-        text = PromptEmbeddings.cat([batch_embeddings(batch), retain.text.take(picks)]).to(device)
+            target = unet_prediction(unet, pipe, noisy[:m], steps[:m], other).float()
+        text = PromptEmbeddings.cat([forget_text, retain.text.take(picks)]).to(device)
         pred = unet_prediction(unet, pipe, noisy, steps, text).float()
-        forget_loss = F.mse_loss(pred[:n], target)
-        retain_target = training_target(scheduler, clean[n:], noise[n:], steps[n:])
-        return forget_loss + config.alpha * F.mse_loss(pred[n:], retain_target.float())
+        forget_loss = F.mse_loss(pred[:n], target[:n])
+        if copies == 2:
+            forget_loss = forget_loss + config.adversarial_weight * F.mse_loss(pred[n:m], target[n:])
+        retain_target = training_target(scheduler, clean[m:], noise[m:], steps[m:])
+        return forget_loss + config.alpha * F.mse_loss(pred[m:], retain_target.float())
 
     return loss
 
@@ -166,26 +239,114 @@ def salun(request: ErasureRequest, config: SalUnConfig) -> ErasureOutcome:
     if config.save_mask_path is not None:
         mask.save(config.save_mask_path)
     misaligned, template_ids = _misaligned_states(request, config)
-    dataset = ConceptDataset(forget.latents, forget.text, template_ids=template_ids)
+    dataset = ConceptDataset(forget.latents, forget.text, template_ids=template_ids, concept_ids=forget.concept_ids)
     steps = config.max_train_steps or config.num_train_epochs * math.ceil(len(dataset) / config.train_batch_size)
     salient = [name for name, keep in mask.masks.items() if keep.any()]
     applier = mask.applier(request.unet)
-    trainer = make_trainer(
-        request,
-        replace_config(config, max_train_steps=steps),
-        dataset,
-        _salun_loss(request, config, retain, misaligned),
-        trainable=[f"^{re.escape(name)}$" for name in salient],
-        after_step=applier,
-        method="salun",
-    )
-    result = _train_with_hooks(trainer, applier, request.unet, salient)
     details = {
         "salient_tensors": len(salient),
         "forget_images": len(forget.prompts),
         "retain_images": len(retain.prompts),
     }
+
+    def train(round_steps: int, seed: int, adversarial: PromptEmbeddings | None):
+        trainer = make_trainer(
+            request,
+            replace_config(config, max_train_steps=round_steps, seed=seed),
+            dataset,
+            _salun_loss(request, config, retain, misaligned, adversarial),
+            trainable=[f"^{re.escape(name)}$" for name in salient],
+            after_step=applier,
+            method="salun",
+        )
+        return _train_with_hooks(trainer, applier, request.unet, salient)
+
+    if not config.attacks():
+        result = train(steps, config.seed, None)
+    else:
+        result, details["adversarial"] = _adversarial_training(request, config, forget, steps, train)
     return ErasureOutcome(result, mask=mask.summary() | {"metadata": mask.metadata}, details=details)
+
+
+def _adversarial_training(request: ErasureRequest, config: SalUnConfig, forget, steps: int, train):
+    """Rounds of ``adversarial_every`` steps, each after attacking the UNet as it is; return the merged result and
+    a record of what the attacks found."""
+    found: list[PromptEmbeddings] = []
+    results, record = [], []
+    for index, start in enumerate(range(0, steps, config.adversarial_every)):
+        seed = config.seed + 1000 * (index + 1)
+        for attack in config.attacks():
+            text, prompts, losses = _attack(request, config, forget, attack, seed)
+            found.append(text)
+            record.append({"step": start, "attack": attack, "prompts": prompts[:1], "loss": losses})
+        results.append(
+            train(min(config.adversarial_every, steps - start), config.seed + index, PromptEmbeddings.cat(found))
+        )
+    merged = TrainResult(
+        global_step=sum(r.global_step for r in results),
+        losses=[x for r in results for x in r.losses],
+        seconds=sum(r.seconds for r in results),
+        trained_parameters=results[0].trained_parameters,
+        samples_seen=sum(r.samples_seen for r in results),
+        extra={**results[0].extra, "rounds": len(results)},
+    )
+    return merged, {"rounds": len(results), "attacks": record}
+
+
+def _attack(request: ErasureRequest, config: SalUnConfig, forget, attack: str, seed: int):
+    """One attack on ``request.unet`` per concept, on its forget images and the training templates: the found
+    conditionings (row ``concept * T + template``), the first concept's prompts, and its first and last losses."""
+    budget = ADVERSARIAL_DEFAULTS[attack]
+    common = {
+        "steps": config.adversarial_steps or budget["steps"],
+        "learning_rate": config.adversarial_learning_rate or budget["learning_rate"],
+        "batch_size": config.adversarial_batch_size,
+        "seed": seed,
+        "show_progress": False,
+    }
+    texts, prompts, losses = [], [], []
+    for index, concept in enumerate(request.concepts):
+        latents = forget.latents[forget.concept_ids == index]
+        if attack == "ti":
+            inverted = invert_concept(request.pipe, latents, concept, request.templates, unet=request.unet, **common)
+            written = inverted.prompts
+        else:
+            plain = [template.format(concept) for template in request.templates]
+            inverted = search_prompt(
+                request.pipe, latents, _fitting(request.pipe, plain, config), config.adversarial_tokens, **common
+            )
+            written = [f"{inverted.details['prefix']} {prompt}" for prompt in plain]  # every template, prefixed
+        with _quiet_truncation():  # a prompt that left no room for the prefix loses its end, as an attacker's would
+            texts.append(encode_prompts(inverted.pipe, written))
+        prompts = prompts or written
+        losses = losses or [round(inverted.losses[0], 5), round(inverted.losses[-1], 5)]
+    return PromptEmbeddings.cat(texts), prompts, losses
+
+
+@contextlib.contextmanager
+def _quiet_truncation():
+    """Silence the pipeline's warning about a prompt truncated to the text encoder's context."""
+    saved = [(lib, lib.get_verbosity()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _ in saved:
+        lib.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for lib, verbosity in saved:
+            lib.set_verbosity(verbosity)
+
+
+def _fitting(pipe, prompts: list[str], config: SalUnConfig) -> list[str]:
+    """The prompts that leave room for the adversarial prefix in the tokenizer's context (the search runs on
+    those; the prefix it finds is then written in front of every template)."""
+    tokenizer, room = pipe.tokenizer, pipe.tokenizer.model_max_length - config.adversarial_tokens
+    fitting = [prompt for prompt in prompts if len(tokenizer(prompt).input_ids) <= room]
+    if not fitting:
+        raise ConfigError(
+            f"salun: no training prompt leaves room for {config.adversarial_tokens} adversarial prefix tokens in the "
+            f"tokenizer's {tokenizer.model_max_length}-token context; lower adversarial_tokens"
+        )
+    return fitting
 
 
 def _train_with_hooks(trainer, applier, unet: torch.nn.Module, salient: list[str]):
