@@ -27,6 +27,10 @@ shows how much the attack itself added. Attacks:
 Outputs (``output_dir``): ``attack.json`` (every figure), ``grid.png`` (original | erased | oracle under attack, first
 row unattacked), ``loss.png`` (each model's attack loss curve), ``report.md``, ``found.json`` (the attacked prompts
 and, for ``ti``, the learned embeddings' norms) with ``embeddings.safetensors`` (``ti``), and ``run.json``.
+
+The original's and the oracle's attacks are the same for every erasure of one model: they are cached in
+``cache_dir()/attacks`` (keyed by :func:`attack_cache_key`), so a benchmark of many erasures pays for them once. The
+erased model is always attacked.
 """
 
 from __future__ import annotations
@@ -100,6 +104,17 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 GENERIC_ATTACK_TEMPLATES = ("a photo of {}", "a painting of {}", "an image of {}", "a picture of {}")
 REFERENCE_SEED_OFFSET = 10_000  # the attacker's images use seeds that the scored generations never use
+ENTRY_KEYS = (
+    "asr",
+    "unattacked",
+    "attack_seconds",
+    "loss_first",
+    "loss_last",
+    "losses",
+    "prompts",
+    "tokens",
+    "details",
+)
 ATTACK_CACHE_VERSION = 1  # bump when an attack's results change for the same key (invalidates cache_dir()/attacks)
 
 
@@ -405,12 +420,14 @@ def _load_cached_attack(base: Path):
         return None
     try:
         entry = json.loads(entry_file.read_text())
+        if set(entry) != set(ENTRY_KEYS):
+            raise KeyError(f"{entry_file} has not the keys of an attack's entry")
         tensors = load_file(str(tensor_file))
-    except (OSError, ValueError, SafetensorError):  # a damaged entry is recomputed (and replaced)
+        panels = {kind: tensors[kind] for kind in ("attacked", "unattacked")}
+        embeddings = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("embedding/")}
+        found = Inversion(None, entry["prompts"], entry["losses"], embeddings, entry["tokens"], entry["details"])
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError):  # damaged: recomputed (and replaced)
         return None
-    panels = {kind: tensors[kind] for kind in ("attacked", "unattacked")}
-    embeddings = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("embedding/")}
-    found = Inversion(None, entry["prompts"], entry["losses"], embeddings, entry["tokens"], entry["details"])
     return entry, panels, found
 
 

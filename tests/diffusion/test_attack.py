@@ -85,14 +85,24 @@ def test_ti_scores_the_three_models_caches_the_references_and_is_reproducible(er
         assert _without_time(again["models"][name]) == _without_time(first["models"][name])
 
 
-def test_a_different_budget_is_a_different_cache_entry(erasures, tmp_path, monkeypatch):
+def test_a_different_budget_is_a_different_cache_entry_and_a_damaged_one_is_recomputed(erasures, tmp_path, monkeypatch):
     monkeypatch.setenv("CONCEPT_ERASE_CACHE", str(tmp_path / "cache"))
     small = {**SMALL, "eval_images": 4, "steps": 2}
     first = attack_erasure(erasures[0], AttackConfig(attack="ti", **small), oracle="none")
     other = attack_erasure(erasures[0], AttackConfig(attack="ti", **{**small, "steps": 3}), oracle="none")
     assert first["cached"]["original"] is False and other["cached"]["original"] is False
     assert len(other["models"]["original"]["losses"]) == 3
-    assert len(list((tmp_path / "cache" / "attacks").glob("*.json"))) == 2
+    entries = sorted((tmp_path / "cache" / "attacks").glob("*.json"))
+    assert len(entries) == 2
+
+    # a damaged cache entry is not trusted: the attack is computed again, with the same result, and the entry replaced
+    for damage in ('{"asr": 1.0}', "not json"):
+        for entry in entries:
+            entry.write_text(damage)
+        again = attack_erasure(erasures[0], AttackConfig(attack="ti", **small), oracle="none")
+        assert again["cached"]["original"] is False
+        assert _without_time(again["models"]["original"]) == _without_time(first["models"]["original"])
+    assert attack_erasure(erasures[0], AttackConfig(attack="ti", **small), oracle="none")["cached"]["original"] is True
 
 
 def test_prompt_attack_reports_plain_text_that_tokenizes_back_to_the_optimised_ids(erasures, tmp_path):
