@@ -225,3 +225,15 @@ def test_attack_step_refuses_to_write_into_an_input_it_reads(tmp_path):
     with pytest.raises(OutputOverlapsInputError, match="lies inside the input"):
         entry.target(context, config)
     assert not (judge / "steps").exists()
+
+
+def test_the_demo_attacks_every_erasure_with_every_attack_and_reports_them():
+    from pipelines.cli import CONFIGS_DIR
+
+    steps = load_pipeline(CONFIGS_DIR / "demo.yaml").config.steps
+    erasures = {s.name for s in steps if s.step == "erase"}
+    attacked = {(s.config["model"], s.config["attack"]["attack"]): s.name for s in steps if s.step == "attack_erasure"}
+    expected = {(f"${{steps.{e}.output_dir}}", kind) for e in erasures for kind in ("ti", "prompt")}
+    assert set(attacked) == expected
+    report = steps[-1]
+    assert report.step == "erasure_report" and sorted(report.config["attacks"]) == sorted(attacked.values())
