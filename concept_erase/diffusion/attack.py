@@ -292,19 +292,10 @@ def attack_erasure(
         labels = [concept, *judge_model.default_retain([concept])]
         oracle_path, oracle_note = resolve_oracle(original, [concept], oracle)  # may train the oracle: checks first
         inputs.append(oracle_path)
-        key_parts = {
-            "attack": config.attack,
-            "concept": concept,
-            "budget": budget,
-            "templates": templates,
-            "reference": {"model": model_fingerprint(original), "templates": reference_templates},
-            "judge": _judge_key(judge_model, judge, clip_model, labels),
-            "generation": {
-                "seed": config.seed,
-                "num_inference_steps": config.num_inference_steps,
-                "guidance_scale": config.guidance_scale,
-            },
-        }
+        key_parts = None  # what the reference models' cached attacks are keyed by
+        if cache:
+            judge_key = _judge_key(judge_model, judge, clip_model, labels)
+            key_parts = _cache_key_parts(config, concept, budget, templates, original, reference_templates, judge_key)
         latents = _reference_latents(original_pipe, concept, reference_templates, config, budget["num_images"])
         models: dict[str, Any] = {}
         panels: dict[str, dict[str, torch.Tensor]] = {}
@@ -391,6 +382,23 @@ def _attack_one(name, pipe, latents, concept, templates, labels, judge_model, co
 
 
 # ---------------------------------------------------------------------------------------------------- the cache
+
+
+def _cache_key_parts(config, concept, budget, templates, original, reference_templates, judge_key) -> dict[str, Any]:
+    """What a reference model's attack result depends on, besides the attacked model (see :func:`attack_cache_key`)."""
+    return {
+        "attack": config.attack,
+        "concept": concept,
+        "budget": budget,
+        "templates": templates,
+        "reference": {"model": model_fingerprint(original), "templates": reference_templates},
+        "judge": judge_key,
+        "generation": {
+            "seed": config.seed,
+            "num_inference_steps": config.num_inference_steps,
+            "guidance_scale": config.guidance_scale,
+        },
+    }
 
 
 def _judge_key(judge_model, judge, clip_model, labels: list[str]) -> dict[str, Any]:
