@@ -224,7 +224,7 @@ def _budget_text(budget: dict[str, Any]) -> str:
     parts.append(f"{budget.get('num_images')} attacker images")
     parts.append(f"{budget.get('eval_images')} scored generations")
     text = ", ".join(p for p in parts if p)
-    return f"{text}; unset keys: the {budget['defaults']} defaults" if budget.get("defaults") else text
+    return f"{text} (budget defaults: {budget['defaults']})" if budget.get("defaults") else text
 
 
 def _budgets(rows: list[dict[str, Any]], kind: str) -> str:
@@ -331,7 +331,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     names = [r["name"] for r in rows]
     x = np.arange(len(rows))
     kinds = _attack_kinds(rows)
-    fig = Figure(figsize=(15 if kinds else 10, 3.8))
+    fig = Figure(figsize=(16.5 if kinds else 10, 3.8))
     left, right, *attacked = fig.subplots(1, 3 if kinds else 2)
     for offset, key, label in ((-0.2, "forget_accuracy", "forget acc"), (0.2, "retain_accuracy", "retain acc")):
         left.bar(x + offset, [100 * r[key] for r in rows], 0.4, label=label)
@@ -359,22 +359,32 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _plot_attacks(ax, rows: list[dict[str, Any]], kinds: list[str]) -> None:
-    """Grouped bars: each erased model's ASR under each attack; the original's (dashed) and the oracle's (dotted)
-    ASR under the same attack as reference lines in the attack's colour."""
+    """Grouped bars: each erased model's ASR under each attack (value on top); the original's (dashed) and the
+    oracle's (dotted) ASR under the same attack as reference lines: grey when every attack gives the same, else one
+    per attack in its colour (attacks of different budgets on several rows: their mean)."""
     x = np.arange(len(rows))
     width = 0.8 / len(kinds)
+    colors = {kind: f"C{4 + k}" for k, kind in enumerate(kinds)}  # not the accuracy panel's colours
     for k, kind in enumerate(kinds):
-        color = f"C{4 + k}"  # not the accuracy panel's colours
         values = [100 * r["attacks"][kind]["asr"] if kind in r.get("attacks", {}) else np.nan for r in rows]
-        ax.bar(x - 0.4 + width * (k + 0.5), values, width, color=color, label=f"erased, {kind}")
-        for model, style in (("original", "--"), ("oracle", ":")):
+        bars = ax.bar(x - 0.4 + width * (k + 0.5), values, width, color=colors[kind], label=f"erased, {kind}")
+        ax.bar_label(bars, [f"{v:.0f}" if v == v else "" for v in values], fontsize=7, padding=1)
+    for model, style in (("original", "--"), ("oracle", ":")):
+        levels = {}
+        for kind in kinds:
             known = [v for v in _reference_asr(rows, kind, model) if v is not None]
-            if known:  # attacks of different budgets: their mean
-                ax.axhline(100 * float(np.mean(known)), color=color, ls=style, lw=1.2, label=f"{model}, {kind}")
+            if known:
+                levels[kind] = 100 * float(np.mean(known))
+        if len(set(levels.values())) == 1:
+            level = next(iter(levels.values()))
+            ax.axhline(level, color="gray", ls=style, lw=1.2, label=f"{model} ({', '.join(levels)}): {level:.0f}%")
+        else:
+            for kind, level in levels.items():
+                ax.axhline(level, color=colors[kind], ls=style, lw=1.2, label=f"{model} ({kind}): {level:.0f}%")
     ax.set_xticks(x, [r["name"] for r in rows])
     ax.set_ylabel("attack success rate (%)\n(share judged as the erased concept)")
-    ax.set_ylim(-3, 105)
-    ax.legend(fontsize=7, loc="center right")
+    ax.set_ylim(-3, 112)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("under attack (same budget on every model)", fontsize=9)
 
 

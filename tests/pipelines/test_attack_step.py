@@ -123,10 +123,10 @@ def test_report_has_an_asr_column_per_attack_beside_the_original_and_the_oracle(
     assert rows[0]["asr_ti"] == _outputs(manifest, "attack_esd_ti")["asr"]
     assert rows[0]["asr_prompt_oracle"] == _outputs(manifest, "attack_esd_prompt")["asr_oracle"]
     assert rows[0]["attacks"]["prompt"]["step"] == "attack_esd_prompt"
-    # comparison.png gains a third panel (15 instead of 10 inches wide)
+    # comparison.png gains a third panel (16.5 instead of 10 inches wide)
     with_attacks = Image.open(out / "steps" / "report" / "comparison.png").size
     plain = Image.open(out / "steps" / "report_plain" / "comparison.png").size
-    assert with_attacks[0] == pytest.approx(1.5 * plain[0], rel=0.02) and with_attacks[1] == plain[1]
+    assert with_attacks[0] == pytest.approx(1.65 * plain[0], rel=0.02) and with_attacks[1] == plain[1]
 
 
 def test_a_report_without_attacks_is_unchanged(run):
