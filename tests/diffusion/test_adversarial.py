@@ -1,4 +1,4 @@
-"""SalUn's adversarial erasure (``adversarial``: attacks against the UNet being trained, in the loop) on the tiny SD.
+"""Adversarial erasure (salun's and esd's ``adversarial``: attacks against the UNet being trained) on the tiny SD.
 
 Tiny budgets throughout (2 forget images, a few training and attack steps): what is checked is the loop's plumbing
 (validation, rounds, the attacks' record, the effect on the result, determinism), not how well it resists attacks;
@@ -13,6 +13,7 @@ import torch
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.registry import get_method
 from concept_erase.diffusion.erasure import erase, load_erased, read_erasure
+from concept_erase.diffusion.methods.esd import ESDConfig
 from concept_erase.diffusion.methods.salun import SalUnConfig
 from concept_erase.diffusion.tiny_sd import TRAIN_TEMPLATES
 
@@ -26,6 +27,7 @@ FAST = {
     "show_progress": False,
 }
 ADVERSARIAL = {**FAST, "adversarial": "both", "adversarial_every": 2, "adversarial_steps": 2}
+CONFIGS = {"salun": SalUnConfig, "esd": ESDConfig}
 
 
 @pytest.mark.parametrize(
@@ -40,20 +42,24 @@ ADVERSARIAL = {**FAST, "adversarial": "both", "adversarial_every": 2, "adversari
         ("adversarial_batch_size", 0, ["adversarial_batch_size", ">= 1"]),
     ],
 )
-def test_bad_adversarial_settings_are_refused_in_one_line(key, value, words):
+@pytest.mark.parametrize("method", CONFIGS)
+def test_bad_adversarial_settings_are_refused_in_one_line(method, key, value, words):
     with pytest.raises(ConfigError) as info:
-        SalUnConfig(**{key: value})
+        CONFIGS[method](**{key: value})
     message = str(info.value)
     assert "\n" not in message and all(w in message for w in words), message
     with pytest.raises(ConfigError):  # the same through the registry (YAML / --set route)
-        get_method("salun", tag="diffusion").make_config(None, [f"{key}={value}"])
+        get_method(method, tag="diffusion").make_config(None, [f"{key}={value}"])
 
 
-def test_the_prompt_attack_is_refused_on_sdxl_before_any_work():
+@pytest.mark.parametrize("method", CONFIGS)
+def test_the_prompt_attack_is_refused_on_sdxl_before_any_work(method):
+    config = CONFIGS[method]
     for value in ("prompt", "both"):
-        with pytest.raises(ConfigError, match="not implemented for SDXL.*adversarial: ti"):
-            SalUnConfig(adversarial=value).check_family("sdxl")
-    SalUnConfig(adversarial="ti").check_family("sdxl")  # ti works on both families
+        with pytest.raises(ConfigError, match=f"{method}: adversarial {value} is not implemented for SDXL.*: ti"):
+            config(adversarial=value).check_family("sdxl")
+    config(adversarial="ti").check_family("sdxl")  # ti works on both families
+    config(adversarial="both").check_family("sd")
     assert SalUnConfig().attacks() == [] and SalUnConfig(adversarial="both").attacks() == ["ti", "prompt"]
 
 
@@ -64,13 +70,13 @@ def test_a_prefix_longer_than_the_tokenizers_room_is_refused(tmp_path):
         erase("tiny-sd", "salun", ["seven"], config, output_dir=tmp_path / "out")
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """The same tiny erasure without and (twice) with the adversarial loop."""
-    root = tmp_path_factory.mktemp("adversarial")
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def runs(request, tmp_path_factory):
+    """The same tiny erasure (salun, then esd) without and (twice) with the adversarial loop."""
+    root = tmp_path_factory.mktemp(f"adversarial-{request.param}")
     out = {}
     for name, config in (("plain", FAST), ("adversarial", ADVERSARIAL), ("again", ADVERSARIAL)):
-        erase("tiny-sd", "salun", ["seven"], config, output_dir=root / name)
+        erase("tiny-sd", request.param, ["seven"], config, output_dir=root / name)
         out[name] = root / name
     return out
 
@@ -106,7 +112,7 @@ def test_adversarial_erasure_is_deterministic(runs):
     assert a["losses"] == b["losses"] and a["details"]["adversarial"] == b["details"]["adversarial"]
 
 
-def test_the_mask_still_holds_with_the_loop(runs, tmp_path):
+def test_the_mask_still_holds_with_the_loop(tmp_path):
     """Only salient weights move, across rounds too (each round's trainer restores the frozen entries)."""
     from concept_erase.core.saliency import SaliencyMask
     from concept_erase.diffusion.loading import load_pipeline

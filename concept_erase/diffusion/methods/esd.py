@@ -36,6 +36,12 @@ The unconditional prediction uses the pipeline's own unconditional conditioning
 (:func:`~concept_erase.diffusion.base.empty_prompt`: the empty prompt, or SDXL's zeros), and every UNet call goes
 through :func:`~concept_erase.diffusion.base.unet_prediction` (SDXL's pooled embeddings and time ids).
 
+**Adversarial erasure, opt-in** (``adversarial``: ``ti``, ``prompt`` or ``both``; off by default), in the manner of
+AdvUnlearn (Zhang et al., NeurIPS 2024, which builds on ESD): before every ``adversarial_every`` steps the attacks
+of :mod:`~concept_erase.diffusion.inversion` run against the UNet being trained, and the trained UNet conditioned on
+each conditioning found so far must also predict the negatively guided target of the concept's own prompt (weight
+``adversarial_weight``). The loop is :mod:`~concept_erase.diffusion.methods.advunlearn` (shared with salun).
+
 Defaults are the paper's (``train-esd.py``): negative guidance 1.0, learning rate 1e-5, 1000 iterations, batch 1.
 """
 
@@ -61,9 +67,18 @@ from concept_erase.diffusion.base import (
     frozen_copy,
     make_trainer,
     noise_scheduler,
+    replace_config,
     unet_prediction,
 )
 from concept_erase.diffusion.families import PromptEmbeddings
+from concept_erase.diffusion.methods.advunlearn import (
+    ADVERSARIAL_RANGES,
+    adversarial_rounds,
+    attacks_of,
+    check_adversarial,
+    check_adversarial_family,
+    pick_adversarial,
+)
 
 __all__ = ["ESDConfig", "TRAIN_PATTERNS", "esd"]
 
@@ -84,8 +99,16 @@ class ESDConfig(ErasureConfig):
     negative_guidance: float = 1.0  # eta: how far past the unconditional prediction the concept is pushed
     train: Literal["xattn", "noxattn"] = "noxattn"  # ESD-x or ESD-u
     preserve_weight: float = 0.0  # not in the paper (0 = the paper's ESD): keep retain prompts' predictions
+    # adversarial erasure (AdvUnlearn-style): attacks against the UNet being trained, every adversarial_every steps
+    adversarial: Literal["none", "ti", "prompt", "both"] = "none"
+    adversarial_every: int = 25  # training steps per round (an attack before each round)
+    adversarial_steps: int | None = None  # each attack's optimisation steps; None: ti 100, prompt 40
+    adversarial_learning_rate: float | None = None  # None: ti 5e-2, prompt 1e-2
+    adversarial_tokens: int = 3  # prompt: adversarial prefix tokens
+    adversarial_weight: float = 1.0  # weight of the ESD term on the attacks' conditionings
+    adversarial_batch_size: int = 4  # each attack's batch of forget images
 
-    NUMBER_RANGES: ClassVar[dict] = {"negative_guidance": FINITE}
+    NUMBER_RANGES: ClassVar[dict] = {"negative_guidance": FINITE, **ADVERSARIAL_RANGES}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -94,6 +117,10 @@ class ESDConfig(ErasureConfig):
             raise ConfigError(
                 f"train: invalid value {excerpt(self.train)}; accepted values: {', '.join(TRAIN_PATTERNS)}"
             )
+        check_adversarial(self)
+
+    def check_family(self, family: str) -> None:
+        check_adversarial_family(self, family, "esd")
 
 
 def _noised(scheduler, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,28 +129,46 @@ def _noised(scheduler, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return scheduler.add_noise(latents, torch.randn_like(latents), steps), steps
 
 
-def _esd_loss(request: ErasureRequest, config: ESDConfig, teacher: torch.nn.Module, retain):
+def _esd_loss(
+    request: ErasureRequest,
+    config: ESDConfig,
+    teacher: torch.nn.Module,
+    retain,
+    adversarial: PromptEmbeddings | None = None,
+):
     """MSE to the frozen model's negatively guided prediction ``e0 - eta * (ec - e0)``; with ``retain`` data also
     ``preserve_weight`` times the MSE to the frozen model's prediction for retain prompts. One UNet call each for the
-    trained and the frozen model per step."""
+    trained and the frozen model per step. ``adversarial``: the attacks' conditionings (see
+    :func:`~concept_erase.diffusion.methods.advunlearn.pick_adversarial`); with it each forget row is also drawn
+    under one of them, and the trained UNet must predict the same guided target (of the plain prompt) there too."""
     pipe, scheduler = request.pipe, noise_scheduler(request.pipe)
     empty = empty_prompt(pipe)
+    concepts, templates = len(request.concepts), len(request.templates)
 
     def loss(unet, batch):
         latents, text = batch["latents"].to(unet.device), batch_embeddings(batch, unet.device)
-        n = len(latents)
+        plain = n = len(latents)
+        student = text
+        if adversarial is not None:  # the same images again; the teacher sees the plain prompt, the student the found
+            found = pick_adversarial(adversarial, batch["concept_ids"], batch["template_ids"], concepts, templates)
+            student = PromptEmbeddings.cat([text, found.to(unet.device)])
+            latents, text, n = torch.cat([latents, latents]), PromptEmbeddings.cat([text, text]), 2 * plain
         if retain is not None:
-            picks = torch.randint(0, len(retain.latents), (n,))
+            picks = torch.randint(0, len(retain.latents), (plain,))
             latents = torch.cat([latents, retain.latents[picks].to(latents)])
-            text = PromptEmbeddings.cat([text, retain.text.take(picks).to(unet.device)])
+            kept_text = retain.text.take(picks).to(unet.device)
+            text, student = PromptEmbeddings.cat([text, kept_text]), PromptEmbeddings.cat([student, kept_text])
         noisy, steps = _noised(scheduler, latents)
         with torch.no_grad():
             both = PromptEmbeddings.cat([empty.expand(n).to(unet.device), text])
             frozen = unet_prediction(teacher, pipe, torch.cat([noisy[:n], noisy]), torch.cat([steps[:n], steps]), both)
             frozen = frozen.float()
         uncond, cond, kept = frozen[:n], frozen[n : 2 * n], frozen[2 * n :]
-        pred = unet_prediction(unet, pipe, noisy, steps, text).float()
-        value = F.mse_loss(pred[:n], uncond - config.negative_guidance * (cond - uncond))
+        pred = unet_prediction(unet, pipe, noisy, steps, student).float()
+        guided = uncond - config.negative_guidance * (cond - uncond)
+        value = F.mse_loss(pred[:plain], guided[:plain])
+        if n > plain:
+            value = value + config.adversarial_weight * F.mse_loss(pred[plain:n], guided[plain:])
         return value + config.preserve_weight * F.mse_loss(pred[n:], kept) if retain is not None else value
 
     return loss
@@ -142,20 +187,30 @@ def esd(request: ErasureRequest, config: ESDConfig) -> ErasureOutcome:
         offset = len(data.prompts)
         retain = concept_data(request, request.retain_concepts, config, seed_offset=offset, desc="retain images")
     teacher = frozen_copy(request.unet)
-    trainer = make_trainer(
-        request,
-        config,
-        ConceptDataset(data.latents, data.text),
-        _esd_loss(request, config, teacher, retain),
-        trainable=TRAIN_PATTERNS[config.train],
-        method="esd",
-    )
-    result = trainer.train()
-    del teacher
+    template_ids = torch.arange(len(data.prompts)) % config.num_images % len(request.templates)
+    dataset = ConceptDataset(data.latents, data.text, concept_ids=data.concept_ids, template_ids=template_ids)
+
+    def train(steps: int, seed: int, adversarial: PromptEmbeddings | None):
+        trainer = make_trainer(
+            request,
+            replace_config(config, max_train_steps=steps, seed=seed),
+            dataset,
+            _esd_loss(request, config, teacher, retain, adversarial),
+            trainable=TRAIN_PATTERNS[config.train],
+            method="esd",
+        )
+        return trainer.train()
+
     details = {
         "train": config.train,
         "variant": "ESD-x" if config.train == "xattn" else "ESD-u",
         "images": len(data.prompts),
         "retain_images": len(retain.prompts) if retain is not None else 0,
     }
+    if not attacks_of(config):
+        result = train(config.max_train_steps, config.seed, None)
+    else:
+        result, details["adversarial"] = adversarial_rounds(
+            request, config, data.latents, data.concept_ids, config.max_train_steps, train
+        )
     return ErasureOutcome(result, details=details)

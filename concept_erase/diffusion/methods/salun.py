@@ -33,15 +33,14 @@ Models", NeurIPS 2024): training runs in rounds of ``adversarial_every`` steps, 
 templates: ``ti`` inverts a new token for the concept (Pham et al.), ``prompt`` searches real prefix tokens
 (UnlearnDiffAtk). Every conditioning found so far joins a second forgetting term (weight ``adversarial_weight``):
 the UNet's prediction under it is pulled to its prediction for the misaligned prompt of the same template, as the
-plain prompt's is. The retain term is unchanged. Each round starts a fresh trainer (seed ``seed + round``) and
-each attack its own (seed ``seed + 1000 * (round + 1)``): every random draw follows from ``seed``.
+plain prompt's is. The retain term is unchanged. The loop, its seeding and the attacks' budgets are in
+:mod:`~concept_erase.diffusion.methods.advunlearn` (shared with esd).
 
     erase("tiny-sd", "salun", ["seven"], {"adversarial": "both", "adversarial_every": 25}, output_dir="out")
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 from dataclasses import dataclass
@@ -49,15 +48,12 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from diffusers.utils import logging as diffusers_logging
 from torch.utils.data import DataLoader
-from transformers.utils import logging as transformers_logging
 
-from concept_erase.core.config import COUNT, NON_NEGATIVE, check_numbers
-from concept_erase.core.errors import ConfigError, excerpt
+from concept_erase.core.config import NON_NEGATIVE, check_numbers
+from concept_erase.core.errors import ConfigError
 from concept_erase.core.registry import register_method
 from concept_erase.core.saliency import SaliencyMask, compute_saliency
-from concept_erase.core.trainer import TrainResult
 from concept_erase.diffusion.base import (
     ConceptDataset,
     ErasureConfig,
@@ -72,12 +68,14 @@ from concept_erase.diffusion.base import (
     unet_prediction,
 )
 from concept_erase.diffusion.families import PromptEmbeddings, training_target
-from concept_erase.diffusion.inversion import invert_concept, search_prompt
-
-ADVERSARIAL = ("none", "ti", "prompt", "both")
-# The attacks' budgets inside the loop when not set: those of attack_erasure's tiny defaults (ti: 100 steps at
-# 5e-2; prompt: 40 steps at 1e-2 with weight decay 0.1), the attacks the erasure must resist.
-ADVERSARIAL_DEFAULTS = {"ti": {"steps": 100, "learning_rate": 5e-2}, "prompt": {"steps": 40, "learning_rate": 1e-2}}
+from concept_erase.diffusion.methods.advunlearn import (
+    ADVERSARIAL_RANGES,
+    adversarial_rounds,
+    attacks_of,
+    check_adversarial,
+    check_adversarial_family,
+    pick_adversarial,
+)
 
 __all__ = ["SalUnConfig", "salun"]
 
@@ -104,33 +102,19 @@ class SalUnConfig(ErasureConfig):
     adversarial_weight: float = 1.0  # weight of the forgetting term on the attacks' conditionings
     adversarial_batch_size: int = 4  # each attack's batch of forget images
 
-    NUMBER_RANGES: ClassVar[dict] = {
-        "alpha": NON_NEGATIVE,
-        "adversarial_every": COUNT,
-        "adversarial_steps": COUNT,
-        "adversarial_tokens": COUNT,
-        "adversarial_weight": NON_NEGATIVE,
-    }
+    NUMBER_RANGES: ClassVar[dict] = {"alpha": NON_NEGATIVE, **ADVERSARIAL_RANGES}
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_numbers(self)
-        if self.adversarial not in ADVERSARIAL:
-            raise ConfigError(
-                f"adversarial: invalid value {excerpt(self.adversarial)}; accepted values: {', '.join(ADVERSARIAL)}"
-            )
+        check_adversarial(self)
 
     def check_family(self, family: str) -> None:
-        """The prompt attack types one prefix for SD 1.x/2.x's single text encoder, not SDXL's two."""
-        if family == "sdxl" and self.adversarial in ("prompt", "both"):
-            raise ConfigError(
-                f"salun: adversarial {self.adversarial} is not implemented for SDXL (the prompt attack needs one "
-                "text encoder); use adversarial: ti"
-            )
+        check_adversarial_family(self, family, "salun")
 
     def attacks(self) -> list[str]:
         """The attacks run in the loop: none, one, or both (ti first)."""
-        return {"none": [], "ti": ["ti"], "prompt": ["prompt"], "both": ["ti", "prompt"]}[self.adversarial]
+        return attacks_of(self)
 
 
 def _denoising_loss(pipe, scheduler, generator: torch.Generator | None = None):
@@ -200,9 +184,8 @@ def _salun_loss(
         forget_text = batch_embeddings(batch)
         copies = 1
         if adversarial is not None:  # the same images again under the conditionings the attacks found
-            found = len(adversarial.states) // (concepts * templates)
-            rows = (torch.randint(0, found, (n,)) * concepts + batch["concept_ids"]) * templates + template_ids
-            forget_text = PromptEmbeddings.cat([forget_text, adversarial.take(rows)])
+            found = pick_adversarial(adversarial, batch["concept_ids"], template_ids, concepts, templates)
+            forget_text = PromptEmbeddings.cat([forget_text, found])
             latents, template_ids, copies = torch.cat([latents, latents]), torch.cat([template_ids, template_ids]), 2
         m = len(latents)
         picks = torch.randint(0, len(retain.latents), (n,))
@@ -264,89 +247,10 @@ def salun(request: ErasureRequest, config: SalUnConfig) -> ErasureOutcome:
     if not config.attacks():
         result = train(steps, config.seed, None)
     else:
-        result, details["adversarial"] = _adversarial_training(request, config, forget, steps, train)
+        result, details["adversarial"] = adversarial_rounds(
+            request, config, forget.latents, forget.concept_ids, steps, train
+        )
     return ErasureOutcome(result, mask=mask.summary() | {"metadata": mask.metadata}, details=details)
-
-
-def _adversarial_training(request: ErasureRequest, config: SalUnConfig, forget, steps: int, train):
-    """Rounds of ``adversarial_every`` steps, each after attacking the UNet as it is; return the merged result and
-    a record of what the attacks found."""
-    found: list[PromptEmbeddings] = []
-    results, record = [], []
-    for index, start in enumerate(range(0, steps, config.adversarial_every)):
-        seed = config.seed + 1000 * (index + 1)
-        for attack in config.attacks():
-            text, prompts, losses = _attack(request, config, forget, attack, seed)
-            found.append(text)
-            record.append({"step": start, "attack": attack, "prompts": prompts[:1], "loss": losses})
-        results.append(
-            train(min(config.adversarial_every, steps - start), config.seed + index, PromptEmbeddings.cat(found))
-        )
-    merged = TrainResult(
-        global_step=sum(r.global_step for r in results),
-        losses=[x for r in results for x in r.losses],
-        seconds=sum(r.seconds for r in results),
-        trained_parameters=results[0].trained_parameters,
-        samples_seen=sum(r.samples_seen for r in results),
-        extra={**results[0].extra, "rounds": len(results)},
-    )
-    return merged, {"rounds": len(results), "attacks": record}
-
-
-def _attack(request: ErasureRequest, config: SalUnConfig, forget, attack: str, seed: int):
-    """One attack on ``request.unet`` per concept, on its forget images and the training templates: the found
-    conditionings (row ``concept * T + template``), the first concept's prompts, and its first and last losses."""
-    budget = ADVERSARIAL_DEFAULTS[attack]
-    common = {
-        "steps": config.adversarial_steps or budget["steps"],
-        "learning_rate": config.adversarial_learning_rate or budget["learning_rate"],
-        "batch_size": config.adversarial_batch_size,
-        "seed": seed,
-        "show_progress": False,
-    }
-    texts, prompts, losses = [], [], []
-    for index, concept in enumerate(request.concepts):
-        latents = forget.latents[forget.concept_ids == index]
-        if attack == "ti":
-            inverted = invert_concept(request.pipe, latents, concept, request.templates, unet=request.unet, **common)
-            written = inverted.prompts
-        else:
-            plain = [template.format(concept) for template in request.templates]
-            inverted = search_prompt(
-                request.pipe, latents, _fitting(request.pipe, plain, config), config.adversarial_tokens, **common
-            )
-            written = [f"{inverted.details['prefix']} {prompt}" for prompt in plain]  # every template, prefixed
-        with _quiet_truncation():  # a prompt that left no room for the prefix loses its end, as an attacker's would
-            texts.append(encode_prompts(inverted.pipe, written))
-        prompts = prompts or written
-        losses = losses or [round(inverted.losses[0], 5), round(inverted.losses[-1], 5)]
-    return PromptEmbeddings.cat(texts), prompts, losses
-
-
-@contextlib.contextmanager
-def _quiet_truncation():
-    """Silence the pipeline's warning about a prompt truncated to the text encoder's context."""
-    saved = [(lib, lib.get_verbosity()) for lib in (diffusers_logging, transformers_logging)]
-    for lib, _ in saved:
-        lib.set_verbosity_error()
-    try:
-        yield
-    finally:
-        for lib, verbosity in saved:
-            lib.set_verbosity(verbosity)
-
-
-def _fitting(pipe, prompts: list[str], config: SalUnConfig) -> list[str]:
-    """The prompts that leave room for the adversarial prefix in the tokenizer's context (the search runs on
-    those; the prefix it finds is then written in front of every template)."""
-    tokenizer, room = pipe.tokenizer, pipe.tokenizer.model_max_length - config.adversarial_tokens
-    fitting = [prompt for prompt in prompts if len(tokenizer(prompt).input_ids) <= room]
-    if not fitting:
-        raise ConfigError(
-            f"salun: no training prompt leaves room for {config.adversarial_tokens} adversarial prefix tokens in the "
-            f"tokenizer's {tokenizer.model_max_length}-token context; lower adversarial_tokens"
-        )
-    return fitting
 
 
 def _train_with_hooks(trainer, applier, unet: torch.nn.Module, salient: list[str]):
