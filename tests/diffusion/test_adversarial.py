@@ -72,10 +72,17 @@ def test_a_prefix_longer_than_the_tokenizers_room_is_refused(tmp_path):
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def runs(request, tmp_path_factory):
-    """The same tiny erasure (salun, then esd) without and (twice) with the adversarial loop."""
+    """The same tiny erasure (salun, then esd) without and (twice) with the adversarial loop, and with the loop but
+    its forgetting term weighted 0 (the same rounds, seeds and attacks)."""
     root = tmp_path_factory.mktemp(f"adversarial-{request.param}")
     out = {}
-    for name, config in (("plain", FAST), ("adversarial", ADVERSARIAL), ("again", ADVERSARIAL)):
+    weightless = {**ADVERSARIAL, "adversarial_weight": 0.0}
+    for name, config in (
+        ("plain", FAST),
+        ("adversarial", ADVERSARIAL),
+        ("again", ADVERSARIAL),
+        ("weightless", weightless),
+    ):
         erase("tiny-sd", request.param, ["seven"], config, output_dir=root / name)
         out[name] = root / name
     return out
@@ -103,6 +110,15 @@ def test_the_loop_changes_the_result(runs):
     plain, adversarial = _weights(runs["plain"]), _weights(runs["adversarial"])
     assert any(not torch.equal(plain[k], adversarial[k]) for k in plain)
     assert read_erasure(runs["plain"])["losses"] != read_erasure(runs["adversarial"])["losses"]
+
+
+def test_the_found_conditionings_enter_the_gradient(runs):
+    """Only adversarial_weight differs between the two runs: with it 0 the attacks still run but teach nothing."""
+    adversarial, weightless = _weights(runs["adversarial"]), _weights(runs["weightless"])
+    assert any(not torch.equal(adversarial[k], weightless[k]) for k in adversarial)
+    record = read_erasure(runs["weightless"])["details"]["adversarial"]
+    # the first round's attacks ran on the same (original) UNet with the same seeds: they found the same
+    assert record["attacks"][:2] == read_erasure(runs["adversarial"])["details"]["adversarial"]["attacks"][:2]
 
 
 def test_adversarial_erasure_is_deterministic(runs):
