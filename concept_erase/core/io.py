@@ -35,19 +35,20 @@ from concept_erase.core.errors import (
 
 __all__ = [
     "OutputNotWritableError",
-    "cache_dir",
+    "RunRecorder",
     "atomic_file",
     "atomic_output_dir",
+    "cache_dir",
     "check_disjoint",
     "check_output_dir",
     "check_writable",
     "config_paths",
     "default_mode",
     "normalize_modes",
-    "remove_stale_temporaries",
+    "output_target",
     "package_versions",
     "peak_memory_bytes",
-    "RunRecorder",
+    "remove_stale_temporaries",
     "strict_json",
     "write_json",
 ]
@@ -147,6 +148,14 @@ def check_disjoint(output: str | Path, inputs: Iterable[str | Path | None]) -> N
             f"output {output} {relation} the input {given}: writing it would destroy that input; "
             "choose an output path outside every input"
         )
+
+
+def output_target(
+    path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path | None] = (), atomic: bool = True
+):
+    """The directory context a command writes ``path`` through: :func:`atomic_output_dir` or, with
+    ``atomic=False``, ``path`` itself (a directory its owner, e.g. the pipeline runner, already made atomic)."""
+    return atomic_output_dir(path, overwrite, inputs) if atomic else contextlib.nullcontext(Path(path))
 
 
 @contextlib.contextmanager

@@ -35,7 +35,6 @@ erased model is always attacked.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -53,9 +52,9 @@ from concept_erase.core.errors import ConfigError, excerpt
 from concept_erase.core.io import (
     RunRecorder,
     atomic_file,
-    atomic_output_dir,
     cache_dir,
     check_output_dir,
+    output_target,
     peak_memory_bytes,
     strict_json,
     write_json,
@@ -343,10 +342,7 @@ def attack_erasure(
         metrics["seconds"] = round(time.perf_counter() - start, 3)
         metrics["peak_memory"] = peak_memory_bytes()
     if output_dir is not None:
-        target = (
-            atomic_output_dir(output_dir, overwrite, inputs) if atomic else contextlib.nullcontext(Path(output_dir))
-        )
-        with target as tmp:
+        with output_target(output_dir, overwrite, inputs, atomic) as tmp:
             _write(tmp, metrics, panels, found, config)
             record.write(tmp)
     return metrics

@@ -19,7 +19,6 @@ The data flow is ``load pipeline -> ErasureRequest -> method(request, config) ->
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,9 @@ from concept_erase.core.digits import CONCEPTS
 from concept_erase.core.errors import ConfigError, InputNotFoundError
 from concept_erase.core.io import (
     RunRecorder,
-    atomic_output_dir,
     check_output_dir,
     config_paths,
+    output_target,
     peak_memory_bytes,
     write_json,
 )
@@ -198,10 +197,7 @@ def erase(
         "versions": recorder.record["versions"],
     }
     if output_dir is not None:
-        target = (
-            atomic_output_dir(output_dir, overwrite, inputs) if atomic else contextlib.nullcontext(Path(output_dir))
-        )
-        with target as tmp:
+        with output_target(output_dir, overwrite, inputs, atomic) as tmp:
             record["artifact"] = _write_artifact(tmp, pipe, outcome, record, config.output_format)
             write_json(tmp / ERASURE_FILE, record)
     return record

@@ -28,7 +28,6 @@ scoring many erasures of one model pays for them once.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -50,9 +49,9 @@ from concept_erase.core.errors import ConfigError, InputNotFoundError, ModelLoad
 from concept_erase.core.io import (
     RunRecorder,
     atomic_file,
-    atomic_output_dir,
     cache_dir,
     check_output_dir,
+    output_target,
     peak_memory_bytes,
     write_json,
 )
@@ -452,10 +451,7 @@ def evaluate_erasure(
         metrics["seconds"] = round(time.perf_counter() - start, 3)
         metrics["peak_memory"] = peak_memory_bytes()
     if output_dir is not None:
-        target = (
-            atomic_output_dir(output_dir, overwrite, inputs) if atomic else contextlib.nullcontext(Path(output_dir))
-        )
-        with target as tmp:
+        with output_target(output_dir, overwrite, inputs, atomic) as tmp:
             _write_evaluation(tmp, metrics, panels, forget, retain, config)
             record.write(tmp)
     return metrics
