@@ -512,12 +512,19 @@ def plot_attack_grid(panels: dict[str, dict[str, torch.Tensor]], metrics: dict, 
 
 
 def plot_losses(metrics: dict, path: Path) -> None:
-    """Each attacked model's denoising loss per attack step (the attack minimises it)."""
+    """Each attacked model's denoising loss per attack step (the attack minimises it): every step faint, and its
+    running mean over a tenth of the steps. Each step's loss is one batch at random timesteps, so single steps are
+    noisy; the models' curves are paired (the same seed draws the same timesteps and noise for all three)."""
     fig = Figure(figsize=(5, 3.2))
     ax = fig.subplots()
-    for name, m in metrics["models"].items():
-        if m is not None:
-            ax.plot(range(1, len(m["losses"]) + 1), m["losses"], label=name, lw=1)
+    for index, (name, m) in enumerate((n, m) for n, m in metrics["models"].items() if m is not None):
+        losses = np.asarray(m["losses"], dtype=float)
+        steps = np.arange(1, len(losses) + 1)
+        window = max(1, len(losses) // 10)
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        color = f"C{index}"
+        ax.plot(steps, losses, color=color, lw=0.6, alpha=0.3)
+        ax.plot(steps[window - 1 :], smooth, color=color, lw=1.6, label=f"{name} (mean of {window})")
     ax.set_xlabel("attack step")
     ax.set_ylabel("denoising loss")
     ax.set_title(f"attack {metrics['attack']} on {metrics['concept']!r}", fontsize=9)
