@@ -66,6 +66,7 @@ DIFFUSION_CHEAP: dict[str, dict] = {
     "fmn": {"num_images": 8, "generation_steps": 5, "textual_inversion_steps": 50},
     "salun": {"num_images": 8, "generation_steps": 5, "retain_concepts": ["one"], "max_train_steps": 30},
     "esd": {"num_images": 8, "generation_steps": 5, "retain_concepts": ["one"], "max_train_steps": 20},
+    "uce": {"guide_concepts": ["digit"], "preserve_scale": 2.0, "erase_scale": 3.0},  # closed form: no images
 }
 CONCEPT = "seven"
 # The evaluation of check d: the project's own (embedded judge, held-out templates), with fewer images and steps.

@@ -91,10 +91,13 @@ def cmd_erase(args: argparse.Namespace) -> int:
     record = erase(model, entry.name, concepts, settings, output_dir=out, overwrite=args.overwrite)
     artifact = record["artifact"]
     say(f"erased {', '.join(record['concepts'])} from {record['base_model']} with {entry.name}")
-    say(
-        f"  {record['steps']} steps in {record['seconds']:.1f} s; loss {record['loss_first']:.4g} -> "
-        f"{record['loss_last']:.4g}"
-    )
+    if record["loss_first"] is None:  # a closed-form edit (uce): no training steps, no loss
+        say(f"  closed-form edit in {record['seconds']:.1f} s")
+    else:
+        say(
+            f"  {record['steps']} steps in {record['seconds']:.1f} s; loss {record['loss_first']:.4g} -> "
+            f"{record['loss_last']:.4g}"
+        )
     say(
         f"  artifact: {artifact['format']} ({artifact['path']}, {artifact['bytes'] / 1024:.0f} KiB, "
         f"{100 * artifact['fraction_of_unet']:.1f}% of the UNet)"

@@ -1,0 +1,83 @@
+"""UCE: the closed-form cross-attention edit (concept_erase.diffusion.methods.uce)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from concept_erase.core.errors import ConfigError
+from concept_erase.diffusion.base import ErasureRequest
+from concept_erase.diffusion.erasure import erase, load_erased
+from concept_erase.diffusion.loading import load_pipeline
+from concept_erase.diffusion.methods.uce import UCEConfig, _pairs
+from concept_erase.diffusion.methods.uce import erase as uce_edit
+from concept_erase.diffusion.tiny_sd import TRAIN_TEMPLATES, resolve_model
+
+TINY = {"guide_concepts": ["digit"], "preserve_scale": 2.0, "erase_scale": 3.0}
+
+
+def _request(model: str = "tiny-sd") -> ErasureRequest:
+    pipe = load_pipeline(resolve_model(model))
+    retain = ["one", "two", "nine"]
+    return ErasureRequest(pipe, ["seven"], model, retain, list(TRAIN_TEMPLATES[:3]))
+
+
+def test_the_edit_solves_uces_normal_equations():
+    """W' is the minimiser: the gradient of the UCE objective at W' is (numerically) zero, and not at W."""
+    request = _request()
+    config = UCEConfig(**TINY)
+    before = {n: p.detach().double().clone() for n, p in request.unet.named_parameters() if ".attn2.to_" in n}
+    erased, guided, preserved, count = _pairs(request, config)
+    outcome = uce_edit(request, config)
+    ps = outcome.details["preserve_scale"]
+    name = next(n for n in before if n.endswith("to_k.weight"))
+    w = before[name]
+    w_new = dict(request.unet.named_parameters())[name].detach().double()
+
+    def gradient(m):
+        return (
+            config.lamb * (m - w)
+            + config.erase_scale * (m @ erased.T - w @ guided.T) @ erased
+            + ps * (m - w) @ preserved.T @ preserved
+        )
+
+    assert gradient(w_new).norm() < 1e-4 * gradient(w).norm()
+    assert not torch.allclose(w_new.float(), w.float())
+
+
+def test_only_cross_attention_projections_change_and_the_artifact_loads(tmp_path):
+    record = erase(None, "uce", ["seven"], dict(TINY), output_dir=tmp_path / "uce")
+    assert record["changed_parameters"]
+    assert all(".attn2.to_k." in n or ".attn2.to_v." in n for n in record["changed_parameters"])
+    assert record["artifact"]["format"] == "weights" and record["steps"] == 0 and record["losses"] == []
+    pipe = load_erased(tmp_path / "uce")
+    base = load_pipeline(resolve_model("tiny-sd"))
+    name = record["changed_parameters"][0]
+    assert not torch.equal(dict(pipe.unet.named_parameters())[name], dict(base.unet.named_parameters())[name])
+
+
+def test_keys_only_leaves_the_values():
+    record = erase(None, "uce", ["seven"], {**TINY, "edit_values": False})
+    assert record["changed_parameters"] and all(".to_k." in n for n in record["changed_parameters"])
+
+
+def test_sdxl_reads_both_encoders_states(tmp_path):
+    record = erase("tiny-sdxl", "uce", ["seven"], dict(TINY), output_dir=tmp_path / "x")
+    assert record["changed_parameters"]
+    load_erased(tmp_path / "x")
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"preserve_concepts": ["seven", "one"]}, "both erased and preserved"),
+        ({"guide_concepts": ["\u00e9t\u00e9"]}, "cannot be represented"),
+        ({"guide_concepts": ["one", "two"]}, "one per erased concept"),
+        ({"positions": "middle"}, "positions: invalid value .middle.; accepted values"),
+        ({"guide_concepts": []}, "guide_concepts is empty"),
+        ({"lamb": -1.0}, "lamb"),
+    ],
+)
+def test_bad_settings_are_refused(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        erase(None, "uce", ["seven"], settings)
