@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from diffusers.utils import logging as diffusers_logging
@@ -41,6 +42,7 @@ __all__ = [
     "ADVERSARIAL",
     "ADVERSARIAL_DEFAULTS",
     "ADVERSARIAL_RANGES",
+    "AdversarialSettings",
     "adversarial_rounds",
     "attacks_of",
     "check_adversarial",
@@ -59,6 +61,30 @@ ADVERSARIAL_RANGES = {
     "adversarial_tokens": COUNT,
     "adversarial_weight": NON_NEGATIVE,
 }
+
+
+@dataclass
+class AdversarialSettings:
+    """The adversarial-erasure keys a method's config inherits (``class SalUnConfig(AdversarialSettings,
+    ErasureConfig)``): they are validated here, after the base config's own checks; merge
+    :data:`ADVERSARIAL_RANGES` into the config's ``NUMBER_RANGES``."""
+
+    # adversarial erasure (AdvUnlearn-style): attacks against the UNet being trained, every adversarial_every steps
+    adversarial: Literal["none", "ti", "prompt", "both"] = "none"
+    adversarial_every: int = 25  # training steps per round (an attack before each round)
+    adversarial_steps: int | None = None  # each attack's optimisation steps; None: ti 100, prompt 40
+    adversarial_learning_rate: float | None = None  # None: ti 5e-2, prompt 1e-2
+    adversarial_tokens: int = 3  # prompt: adversarial prefix tokens
+    adversarial_weight: float = 1.0  # weight of the forgetting term on the attacks' conditionings
+    adversarial_batch_size: int = 4  # each attack's batch of forget images
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # the base config (ErasureConfig) comes after this mixin in the MRO
+        check_adversarial(self)
+
+    def attacks(self) -> list[str]:
+        """The attacks run in the loop: none, one, or both (ti first)."""
+        return attacks_of(self)
 
 
 def attacks_of(config) -> list[str]:

@@ -73,9 +73,9 @@ from concept_erase.diffusion.base import (
 from concept_erase.diffusion.families import PromptEmbeddings
 from concept_erase.diffusion.methods.advunlearn import (
     ADVERSARIAL_RANGES,
+    AdversarialSettings,
     adversarial_rounds,
     attacks_of,
-    check_adversarial,
     check_adversarial_family,
     pick_adversarial,
 )
@@ -90,7 +90,7 @@ TRAIN_PATTERNS: dict[str, str] = {
 
 
 @dataclass
-class ESDConfig(ErasureConfig):
+class ESDConfig(AdversarialSettings, ErasureConfig):
     """ESD's settings; the defaults are the paper's."""
 
     max_train_steps: int = 1000
@@ -99,14 +99,6 @@ class ESDConfig(ErasureConfig):
     negative_guidance: float = 1.0  # eta: how far past the unconditional prediction the concept is pushed
     train: Literal["xattn", "noxattn"] = "noxattn"  # ESD-x or ESD-u
     preserve_weight: float = 0.0  # not in the paper (0 = the paper's ESD): keep retain prompts' predictions
-    # adversarial erasure (AdvUnlearn-style): attacks against the UNet being trained, every adversarial_every steps
-    adversarial: Literal["none", "ti", "prompt", "both"] = "none"
-    adversarial_every: int = 25  # training steps per round (an attack before each round)
-    adversarial_steps: int | None = None  # each attack's optimisation steps; None: ti 100, prompt 40
-    adversarial_learning_rate: float | None = None  # None: ti 5e-2, prompt 1e-2
-    adversarial_tokens: int = 3  # prompt: adversarial prefix tokens
-    adversarial_weight: float = 1.0  # weight of the ESD term on the attacks' conditionings
-    adversarial_batch_size: int = 4  # each attack's batch of forget images
 
     NUMBER_RANGES: ClassVar[dict] = {"negative_guidance": FINITE, **ADVERSARIAL_RANGES}
 
@@ -117,7 +109,6 @@ class ESDConfig(ErasureConfig):
             raise ConfigError(
                 f"train: invalid value {excerpt(self.train)}; accepted values: {', '.join(TRAIN_PATTERNS)}"
             )
-        check_adversarial(self)
 
     def check_family(self, family: str) -> None:
         check_adversarial_family(self, family, "esd")

@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -70,9 +70,8 @@ from concept_erase.diffusion.base import (
 from concept_erase.diffusion.families import PromptEmbeddings, training_target
 from concept_erase.diffusion.methods.advunlearn import (
     ADVERSARIAL_RANGES,
+    AdversarialSettings,
     adversarial_rounds,
-    attacks_of,
-    check_adversarial,
     check_adversarial_family,
     pick_adversarial,
 )
@@ -81,7 +80,7 @@ __all__ = ["SalUnConfig", "salun"]
 
 
 @dataclass
-class SalUnConfig(ErasureConfig):
+class SalUnConfig(AdversarialSettings, ErasureConfig):
     """SalUn's settings; the defaults are the paper's for Stable Diffusion."""
 
     max_train_steps: int | None = None  # None: num_train_epochs passes over the forget images
@@ -93,28 +92,15 @@ class SalUnConfig(ErasureConfig):
     random_mask: bool = False  # ablation: the same number of weights per tensor at random positions
     mask_path: str | None = None  # a saved SaliencyMask to use instead of computing one
     save_mask_path: str | None = None  # write the mask trained through here (bit-packed safetensors) for reuse
-    # adversarial erasure (AdvUnlearn-style): attacks against the UNet being trained, every adversarial_every steps
-    adversarial: Literal["none", "ti", "prompt", "both"] = "none"
-    adversarial_every: int = 25  # training steps per round (an attack before each round)
-    adversarial_steps: int | None = None  # each attack's optimisation steps; None: ti 100, prompt 40
-    adversarial_learning_rate: float | None = None  # None: ti 5e-2, prompt 1e-2
-    adversarial_tokens: int = 3  # prompt: adversarial prefix tokens
-    adversarial_weight: float = 1.0  # weight of the forgetting term on the attacks' conditionings
-    adversarial_batch_size: int = 4  # each attack's batch of forget images
 
     NUMBER_RANGES: ClassVar[dict] = {"alpha": NON_NEGATIVE, **ADVERSARIAL_RANGES}
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_numbers(self)
-        check_adversarial(self)
 
     def check_family(self, family: str) -> None:
         check_adversarial_family(self, family, "salun")
-
-    def attacks(self) -> list[str]:
-        """The attacks run in the loop: none, one, or both (ti first)."""
-        return attacks_of(self)
 
 
 def _denoising_loss(pipe, scheduler, generator: torch.Generator | None = None):
