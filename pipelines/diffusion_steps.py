@@ -66,6 +66,15 @@ def erase_step(context, config: EraseStepConfig) -> dict:
     return {"output_dir": str(context.step_dir), "seconds": record["seconds"], "artifact_bytes": artifact["bytes"]}
 
 
+def _check_scored_inputs(context, config, evaluation: EvaluationConfig) -> None:
+    """Refuse a step directory overlapping what an evaluate or attack step reads: the model (an erasure directory
+    and its base model), the adapter, the original, a given oracle directory, a local judge and the prompt file."""
+    oracle = resolve_model(config.oracle) if config.oracle not in (None, "auto", "none") else None
+    model = resolve_model(config.model or DEFAULT_MODEL)
+    local = judge_inputs(config.judge, config.clip_model, evaluation)
+    context.check_inputs(*erasure_inputs(model), config.adapter, resolve_model(config.original), oracle, *local)
+
+
 @dataclass
 class EvaluateErasureStepConfig:
     """Score a diffusion model (plus an erasure adapter) against the original and the retrain oracle."""
@@ -94,10 +103,7 @@ class EvaluateErasureStepConfig:
 def evaluate_erasure_step(context, config: EvaluateErasureStepConfig) -> dict:
     """Forget / retain accuracy, Frechet distances, gaps to the oracle (the judge's own metrics: CLIP score,
     NudeNet counts), whether the erasure moved forget accuracy; metrics.json, grid.png, report.md."""
-    oracle = resolve_model(config.oracle) if config.oracle not in (None, "auto", "none") else None
-    model = resolve_model(config.model or DEFAULT_MODEL)
-    local = judge_inputs(config.judge, config.clip_model, config.evaluation)
-    context.check_inputs(*erasure_inputs(model), config.adapter, resolve_model(config.original), oracle, *local)
+    _check_scored_inputs(context, config, config.evaluation)
     metrics = evaluate_erasure(
         config.model or str(DEFAULT_MODEL),
         config.evaluation,
@@ -136,10 +142,7 @@ class AttackErasureStepConfig:
 def attack_erasure_step(context, config: AttackErasureStepConfig) -> dict:
     """Attack success rate on the erased model, the original and the oracle; attack.json, grid.png, loss.png,
     report.md, found.json (and embeddings.safetensors for ti)."""
-    oracle = resolve_model(config.oracle) if config.oracle not in (None, "auto", "none") else None
-    model = resolve_model(config.model or DEFAULT_MODEL)
-    local = judge_inputs(config.judge, config.clip_model, EvaluationConfig())
-    context.check_inputs(*erasure_inputs(model), config.adapter, resolve_model(config.original), oracle, *local)
+    _check_scored_inputs(context, config, EvaluationConfig())
     metrics = attack_erasure(
         config.model or str(DEFAULT_MODEL),
         config.attack,
