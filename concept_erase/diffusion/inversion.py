@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import inspect
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,15 +203,22 @@ def invert_concept(
 # ---------------------------------------------------------------------------------------------------- prompt search
 
 
+_CANDIDATES: dict[str, list[int]] = {}  # vocabulary digest -> candidate ids (an adversarial erasure asks every round)
+
+
 def prompt_candidates(tokenizer) -> torch.Tensor:
     """Vocabulary ids an adversarial prefix may use: not special, and written as text that the tokenizer reads back
-    as the same single token (so the reported prompt is exactly what was optimised)."""
+    as the same single token (so the reported prompt is exactly what was optimised). Computed once per vocabulary:
+    it decodes and re-encodes every token (about 49,000 on SD)."""
     special = set(tokenizer.all_special_ids)
     vocab = tokenizer.get_vocab()
-    ids = sorted(i for i in vocab.values() if i not in special)
-    texts = [tokenizer.decode([i]).strip() for i in ids]
-    encoded = tokenizer([t for t in texts], add_special_tokens=False).input_ids
-    keep = [i for i, text, enc in zip(ids, texts, encoded) if text and enc == [i]]
+    key = hashlib.sha256(json.dumps([type(tokenizer).__name__, sorted(special), sorted(vocab.items())]).encode())
+    keep = _CANDIDATES.get(key.hexdigest())
+    if keep is None:
+        ids = sorted(i for i in vocab.values() if i not in special)
+        texts = [tokenizer.decode([i]).strip() for i in ids]
+        encoded = tokenizer(texts, add_special_tokens=False).input_ids
+        keep = _CANDIDATES[key.hexdigest()] = [i for i, text, enc in zip(ids, texts, encoded) if text and enc == [i]]
     if not keep:
         raise ConfigError("the model's tokenizer has no token that can be written as text: no prompt to search")
     return torch.tensor(keep)
