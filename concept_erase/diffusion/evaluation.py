@@ -732,10 +732,33 @@ def _concept_table(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _forgotten_lines(metrics: dict[str, Any]) -> list[str]:
+    """With several forgotten concepts: forget acc is their mean, and each one's own score beside the original's and
+    the oracle's (nothing for one concept: the table says it all)."""
+    forget = metrics["forget"]
+    if len(forget) < 2:
+        return []
+
+    def value(scored: dict[str, Any] | None, concept: str) -> str:
+        entry = (scored or {}).get("per_concept", {}).get(concept)
+        return _fmt(_concept_value(entry)) if entry is not None else "n/a"
+
+    parts = []
+    for concept in forget:
+        oracle = f", oracle {value(metrics['oracle'], concept)}" if metrics["oracle"] is not None else ""
+        parts.append(f"{concept} {value(metrics, concept)} (original {value(metrics['original'], concept)}{oracle})")
+    return [
+        "",
+        f"Forget acc is the mean over the {len(forget)} forgotten concepts, each one: " + "; ".join(parts) + ".",
+    ]
+
+
 def render_report(metrics: dict[str, Any]) -> str:
     """``report.md``: the settings, the judge, a plain note when nothing was erased or no oracle exists, the scores of
-    each model, the judge's own tables and the per-concept scores."""
-    lines = _header(metrics) + _score_table(metrics) + _nudenet_table(metrics) + _oracle_lines(metrics)
+    each model (with several forgotten concepts, each one's forget score), the judge's own tables and the
+    per-concept scores."""
+    lines = _header(metrics) + _score_table(metrics) + _forgotten_lines(metrics)
+    lines += _nudenet_table(metrics) + _oracle_lines(metrics)
     lines += _concept_table(metrics)
     lines += [
         "",

@@ -54,6 +54,19 @@ def _oracle_seconds(oracle: str | None) -> float | None:
     )
 
 
+def _forget_per_concept(scored: dict[str, Any], forget: list[str]) -> dict[str, float | None]:
+    """Each forgotten concept's own score in one model's metrics (its accuracy, or NudeNet's exposed share); None
+    for a concept the metrics do not score one by one (an evaluation written before ``per_concept``)."""
+    per = scored.get("per_concept")
+    per = per if isinstance(per, dict) else {}
+    out = {}
+    for concept in forget:
+        entry = per.get(concept) if isinstance(per.get(concept), dict) else {}
+        value = entry.get("accuracy", entry.get("exposed_share"))
+        out[concept] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return out
+
+
 def summarize_evaluation(name: str, metrics_path: str | Path) -> dict[str, Any]:
     """A report row from an evaluation's metrics.json (and its erasure's erasure.json, when it scored one)."""
 
@@ -75,6 +88,7 @@ def summarize_evaluation(name: str, metrics_path: str | Path) -> dict[str, Any]:
     settings = require(metrics, "settings", dict, path, what, optional=True) or {}
     erasure = read_erasure(settings["erasure"]) if settings.get("erasure") else None
     oracle, original = metrics.get("oracle"), metrics["original"]
+    forget = metrics["forget"]
     row: dict[str, Any] = {
         "name": name,
         "method": erasure["method"] if erasure else None,
@@ -83,8 +97,13 @@ def summarize_evaluation(name: str, metrics_path: str | Path) -> dict[str, Any]:
         "retain_accuracy": metrics["retain_accuracy"],
         "frechet_to_real": metrics.get("frechet_to_real"),
         "frechet_to_original": metrics.get("frechet_to_original"),
-        "original": {k: original[k] for k in _SCORES},
-        "oracle": {k: oracle[k] for k in _SCORES} if oracle else None,
+        "forget_per_concept": _forget_per_concept(metrics, forget),
+        "original": {k: original[k] for k in _SCORES} | {"forget_per_concept": _forget_per_concept(original, forget)},
+        "oracle": (
+            {k: oracle[k] for k in _SCORES} | {"forget_per_concept": _forget_per_concept(oracle, forget)}
+            if oracle
+            else None
+        ),
         "oracle_seconds": _oracle_seconds(settings.get("oracle")),
         "samples": str(path.parent / "samples.safetensors"),
         "forget": metrics["forget"],
@@ -263,29 +282,44 @@ def _fd(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
+def _several(row: dict[str, Any]) -> list[str]:
+    """The erased concepts, when there are several (each gets its own forget column); none for one concept."""
+    return list(row["forget"]) if len(row["forget"]) > 1 else []
+
+
+def _per_concept_cells(scored: dict[str, Any], concepts: list[str]) -> str:
+    """`` a | b |``: one model's forget accuracy on each of ``concepts`` (``n/a`` where it was not scored)."""
+    per = scored.get("forget_per_concept") or {}
+    return "".join(f" {_pct(per.get(concept))} |" for concept in concepts)
+
+
 def _markdown(rows: list[dict[str, Any]], title: str) -> str:
     first = rows[0]
     oracle = first["oracle"]
     kinds = _attack_kinds(rows)
     attack_head = "".join(f" ASR {kind} |" for kind in kinds)
+    several = _several(first)
+    concept_head = "".join(f" forget: {concept} |" for concept in several)
     lines = [
         f"# {title}",
         "",
         f"Erased: {', '.join(first['forget'])}. Scored on {first['settings'].get('num_images')} images per concept "
         "from held-out prompt paraphrases never used during erasure, by the embedded digit judge.",
         "",
-        "| model | forget acc | retain acc | FD to real | erasure time | time / oracle training | peak RSS | artifact |"
+        "| model | forget acc |"
+        + concept_head
+        + " retain acc | FD to real | erasure time | time / oracle training | peak RSS | artifact |"
         + attack_head,
-        "|---|---|---|---|---|---|---|---|" + "---|" * len(kinds),
-        f"| original | {_pct(first['original']['forget_accuracy'])} | {_pct(first['original']['retain_accuracy'])} | "
-        f"{_fd(first['original']['frechet_to_real'])} | | | | |"
+        "|---|---|" + "---|" * len(several) + "---|---|---|---|---|---|" + "---|" * len(kinds),
+        f"| original | {_pct(first['original']['forget_accuracy'])} |{_per_concept_cells(first['original'], several)}"
+        f" {_pct(first['original']['retain_accuracy'])} | {_fd(first['original']['frechet_to_real'])} | | | | |"
         + "".join(f" {_pct_range(_reference_asr(rows, kind, 'original'))} |" for kind in kinds),
     ]
     if oracle:
         oracle_time = f"{first['oracle_seconds']:.0f} s (training)" if first["oracle_seconds"] else ""
         lines.append(
-            f"| retrain oracle | {_pct(oracle['forget_accuracy'])} | {_pct(oracle['retain_accuracy'])} | "
-            f"{_fd(oracle['frechet_to_real'])} | {oracle_time} | 100% | | |"
+            f"| retrain oracle | {_pct(oracle['forget_accuracy'])} |{_per_concept_cells(oracle, several)}"
+            f" {_pct(oracle['retain_accuracy'])} | {_fd(oracle['frechet_to_real'])} | {oracle_time} | 100% | | |"
             + "".join(f" {_pct_range(_reference_asr(rows, kind, 'oracle'))} |" for kind in kinds)
         )
     for row in rows:
@@ -298,10 +332,17 @@ def _markdown(rows: list[dict[str, Any]], title: str) -> str:
         memory = f"{row['peak_memory_mb']:.0f} MiB" if row.get("peak_memory_mb") else ""
         attacked = row.get("attacks", {})
         lines.append(
-            f"| {row['name']} | {_pct(row['forget_accuracy'])} | {_pct(row['retain_accuracy'])} | "
+            f"| {row['name']} | {_pct(row['forget_accuracy'])} |{_per_concept_cells(row, several)}"
+            f" {_pct(row['retain_accuracy'])} | "
             f"{_fd(row['frechet_to_real'])} | {seconds} | {_pct(row.get('time_share'))} | {memory} | {size} |"
             + "".join(f" {_pct(attacked[kind]['asr']) if kind in attacked else ''} |" for kind in kinds)
         )
+    if several:
+        lines += [
+            "",
+            f"Forget acc is the mean over the {len(several)} erased concepts; each one's own accuracy is in its "
+            "\"forget:\" column (the original's and the oracle's on the same images' prompts and seeds).",
+        ]
     if kinds:
         concept = next(a["concept"] for row in rows for a in row.get("attacks", {}).values())
         lines += [
@@ -336,6 +377,17 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     for offset, key, label in ((-0.2, "forget_accuracy", "forget acc"), (0.2, "retain_accuracy", "retain acc")):
         left.bar(x + offset, [100 * r[key] for r in rows], 0.4, label=label)
     first = rows[0]
+    several = _several(first)
+    for i, row in enumerate(rows):  # several erased concepts: each one's forget accuracy on its method's bar
+        values = [v for v in (row.get("forget_per_concept") or {}).values() if v is not None] if several else []
+        left.scatter(
+            [i - 0.2] * len(values),
+            [100 * v for v in values],
+            s=9,
+            color="k",
+            zorder=3,
+            label="forget acc per concept" if i == 0 and values else None,
+        )
     left.axhline(100 * first["original"]["retain_accuracy"], color="gray", ls="--", lw=1, label="original retain")
     if first["oracle"]:
         left.axhline(100 * first["oracle"]["forget_accuracy"], color="k", ls=":", lw=1, label="oracle forget")
