@@ -3,6 +3,8 @@
 - ``erase``: run a registered diffusion method (``fmn``, ``salun``, ``esd``) -> ``output_dir`` (an erasure directory);
 - ``evaluate_erasure``: the harness on a pipeline or an erasure directory -> ``erasure_metrics_path``;
 - ``attack_erasure``: attack an erasure (and the original and the oracle) -> ``attack_metrics_path`` and the ASRs;
+- ``sequential_erasure``: erasure requests one after another, each on the previous result, evaluated after each
+  -> ``sequence_path`` (sequence.json / .md / .png) and ``final_dir`` (the last erasure directory);
 - ``erasure_report``: compare several evaluated (and attacked) erasures -> ``report_path`` (report.md,
   comparison.png, grid.png).
 
@@ -19,13 +21,20 @@ from concept_erase.core.errors import ConfigError
 from concept_erase.core.io import config_paths
 from concept_erase.core.registry import get_method, register_step
 from concept_erase.diffusion.attack import AttackConfig, attack_erasure
-from concept_erase.diffusion.erasure import erase, erasure_inputs
+from concept_erase.diffusion.erasure import erase, erasure_base, erasure_inputs
 from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure, judge_inputs
 from concept_erase.diffusion.presets import resolve_settings
 from concept_erase.diffusion.report import attach_attacks, summarize_attack, summarize_evaluation, write_erasure_report
+from concept_erase.diffusion.sequential import ORACLE_CHOICES, erase_sequence, normalize_requests
 from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, resolve_model
 
-__all__ = ["EraseStepConfig", "EvaluateErasureStepConfig", "AttackErasureStepConfig", "ErasureReportStepConfig"]
+__all__ = [
+    "EraseStepConfig",
+    "EvaluateErasureStepConfig",
+    "AttackErasureStepConfig",
+    "ErasureReportStepConfig",
+    "SequentialErasureStepConfig",
+]
 
 
 @dataclass
@@ -194,3 +203,69 @@ def erasure_report_step(context, config: ErasureReportStepConfig) -> dict:
     for skipped in attach_attacks(rows, attacks, strict=bool(config.attacks)):
         context.log(f"report: attack step {skipped['step']!r} attacked no evaluated erasure; left out")
     return write_erasure_report(rows, context.step_dir, config.title)
+
+
+@dataclass
+class SequentialErasureStepConfig:
+    """Apply erasure requests one after another, each on top of the previous result (a request log beside every
+    artifact), evaluating after each request and optionally comparing with the same set erased in one request."""
+
+    method: str = ""
+    requests: list[Any] = field(default_factory=list)  # each a concept or a list of concepts: [seven, [two, five]]
+    model: str = ""  # pipeline directory, hub id, asset name or an erasure directory to continue; empty: tiny SD
+    config: dict[str, Any] = field(default_factory=dict)  # the method's config keys, the same for every request
+    presets: bool = True
+    evaluate: bool = True
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)  # forget / retain: set per request
+    oracle: str = "cached"  # cached (shipped or cached only) | auto (train missing ones) | none
+    compare_single: bool = False  # also erase every concept in one request and compare
+    judge: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.method:
+            raise ConfigError("method is empty: name a diffusion method (fmn, salun, esd, uce)")
+        self.requests = normalize_requests(self.requests)
+        if self.oracle not in ORACLE_CHOICES:
+            raise ConfigError(f"oracle must be one of {', '.join(ORACLE_CHOICES)}, got {self.oracle!r}")
+        if self.evaluation.forget or self.evaluation.retain is not None:
+            raise ConfigError("evaluation.forget / retain are set per request (every concept erased so far / the "
+                              "rest): leave them out")
+        entry = get_method(self.method, tag="diffusion")
+        resolve_settings(entry, erasure_base(self.model or None), self.config, self.presets)
+
+
+@register_step(
+    "sequential_erasure",
+    SequentialErasureStepConfig,
+    outputs=("sequence_path", "final_dir", "first_request_goal_met", "retain_accuracy", "seconds"),
+)
+def sequential_erasure_step(context, config: SequentialErasureStepConfig) -> dict:
+    """Erasure requests in sequence: one erasure directory per request (01-seven/, 02-two/, ...), their
+    evaluations (eval/), single/ with compare_single, sequence.json / sequence.md / sequence.png."""
+    model = resolve_model(config.model or DEFAULT_MODEL)
+    local = judge_inputs(config.judge, None, config.evaluation) if config.evaluate else []
+    context.check_inputs(*erasure_inputs(model), *config_paths(config.config), *local)
+    summary = erase_sequence(
+        config.model or None,
+        config.method,
+        config.requests,
+        dict(config.config),
+        context.step_dir,
+        evaluate=config.evaluate,
+        evaluation=config.evaluation,
+        oracle=config.oracle,
+        compare_single=config.compare_single,
+        judge=config.judge,
+        atomic=False,  # the step directory is already written atomically by the runner
+        presets=config.presets,
+        progress=context.log,
+    )
+    first = summary["first_request"] or {}
+    last = summary["steps"][-1]
+    return {
+        "sequence_path": str(context.step_dir / "sequence.json"),
+        "final_dir": str(context.step_dir / summary["final_dir"]),
+        "first_request_goal_met": first.get("goal_met"),
+        "retain_accuracy": last.get("retain_accuracy"),
+        "seconds": summary["seconds"],
+    }

@@ -55,21 +55,22 @@ def _diffusion_method(name: str):
 
 
 def _erase_inputs(model: str | None, config_file: str | None, config) -> list:
-    """What ``erase`` reads: the model (the embedded tiny SD by default), ``--config`` and the paths in the method
-    config (``mask_path``)."""
+    """What ``erase`` reads: the model (the embedded tiny SD by default; a previous erasure directory and its base
+    model), ``--config`` and the paths in the method config (``mask_path``)."""
     from concept_erase.core.config import config_to_dict
     from concept_erase.core.io import config_paths
+    from concept_erase.diffusion.erasure import erasure_inputs
     from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, resolve_model
 
-    return [resolve_model(model or DEFAULT_MODEL), config_file, *config_paths(config_to_dict(config))]
+    model = resolve_model(model or DEFAULT_MODEL)  # a previous erasure directory: also its base model
+    return [*erasure_inputs(model), config_file, *config_paths(config_to_dict(config))]
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
     from concept_erase.core.errors import ConfigError, InputNotFoundError
-    from concept_erase.diffusion.erasure import erase
+    from concept_erase.diffusion.erasure import erase, erasure_base
     from concept_erase.diffusion.loading import check_model
     from concept_erase.diffusion.presets import resolve_settings
-    from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, resolve_model
 
     entry = _diffusion_method(args.method)
     if args.mixed_precision is not None:
@@ -85,12 +86,19 @@ def cmd_erase(args: argparse.Namespace) -> int:
         raise InputNotFoundError(f"model directory not found: {model}")
     out = check_output(args, _erase_inputs(model, args.config, config))
     presets = not args.no_presets
-    settings = resolve_settings(entry, resolve_model(model or DEFAULT_MODEL), keys, presets)
-    check_model(resolve_model(model or DEFAULT_MODEL))  # an unsupported model is refused before anything is printed
+    base = erasure_base(model)  # a previous erasure directory (a sequential request): its original base model
+    settings = resolve_settings(entry, base, keys, presets)
+    check_model(base)  # an unsupported model is refused before anything is printed
     say(settings.summary() + ("" if presets else " (--no_presets)"))
     record = erase(model, entry.name, concepts, settings, output_dir=out, overwrite=args.overwrite)
     artifact = record["artifact"]
-    say(f"erased {', '.join(record['concepts'])} from {record['base_model']} with {entry.name}")
+    if record.get("noop"):
+        say(f"no-op: {record['note']}")
+        say(f"wrote {out} (the previous artifact and the request log with a no-op entry)")
+        return 0
+    if record.get("previous"):
+        say(f"request on top of {record['previous']['path']}: erased so far {', '.join(record['concepts'])}")
+    say(f"erased {', '.join(record.get('erased', record['concepts']))} from {record['base_model']} with {entry.name}")
     if record["loss_first"] is None:  # a closed-form edit (uce): no training steps, no loss
         say(f"  closed-form edit in {record['seconds']:.1f} s")
     else:
@@ -267,7 +275,8 @@ def _add_erase(sub, parents: list) -> None:
         "--pretrained_model_name_or_path",
         "--model",
         default=None,
-        help="diffusers pipeline: local dir, hub id or shipped asset name (default: the embedded tiny SD)",
+        help="diffusers pipeline: local dir, hub id or shipped asset name (default: the embedded tiny SD), or a "
+        "previous erasure directory: this request goes on top of it",
     )
     p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="autocast precision")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -61,7 +61,7 @@ def test_version_through_the_console_script_and_python_m():
 
 
 COMMANDS = [
-    *("unlearn", "bench", "erase", "evaluate", "oracle", "attack"),
+    *("unlearn", "bench", "erase", "evaluate", "oracle", "attack", "sequence"),
     *("run", "demo", "sisa", "vbu", "distruction", "list"),
 ]
 
