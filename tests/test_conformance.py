@@ -67,6 +67,7 @@ DIFFUSION_CHEAP: dict[str, dict] = {
     "salun": {"num_images": 8, "generation_steps": 5, "retain_concepts": ["one"], "max_train_steps": 30},
     "esd": {"num_images": 8, "generation_steps": 5, "retain_concepts": ["one"], "max_train_steps": 20},
     "uce": {"guide_concepts": ["digit"], "preserve_scale": 2.0, "erase_scale": 3.0},  # closed form: no images
+    "rece": {"guide_concepts": ["digit"], "preserve_scale": 2.0, "erase_scale": 3.0},  # uce + 5 closed-form rounds
 }
 CONCEPT = "seven"
 # The evaluation of check d: the project's own (embedded judge, held-out templates), with fewer images and steps.

@@ -76,8 +76,15 @@ def test_sdxl_reads_both_encoders_states(tmp_path):
         ({"positions": "middle"}, "positions: invalid value .middle.; accepted values"),
         ({"guide_concepts": []}, "guide_concepts is empty"),
         ({"lamb": -1.0}, "lamb"),
+        ({"lamb": 0.0, "preserve_concepts": []}, "singular: lamb is 0"),
     ],
 )
 def test_bad_settings_are_refused(settings, message):
     with pytest.raises(ConfigError, match=message):
         erase(None, "uce", ["seven"], settings)
+
+
+def test_an_empty_preserve_list_preserves_nothing():
+    """No preserved concepts (an empty retain list, the default preserve list): only lamb keeps W' near W."""
+    record = erase(None, "uce", ["seven"], {**TINY, "retain_concepts": []})
+    assert record["details"]["preserved_rows"] == 0 and record["changed_parameters"]

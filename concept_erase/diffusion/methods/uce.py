@@ -38,7 +38,7 @@ from concept_erase.diffusion.base import ErasureConfig, ErasureOutcome, ErasureR
 from concept_erase.diffusion.families import tokenizers
 from concept_erase.diffusion.loading import concept_token_ids
 
-__all__ = ["POSITIONS", "UCEConfig", "erase"]
+__all__ = ["POSITIONS", "UCEConfig", "edit_projections", "erase"]
 
 POSITIONS = ("concept_to_end", "concept", "all")
 
@@ -147,6 +147,46 @@ def _pairs(request: ErasureRequest, config: UCEConfig):
     return torch.cat(erased), torch.cat(guided), preserved_rows, len(kept)
 
 
+def edit_projections(
+    unet: torch.nn.Module,
+    erased: torch.Tensor,
+    guided: torch.Tensor,
+    preserved: torch.Tensor,
+    *,
+    erase_scale: float,
+    preserve_scale: float,
+    lamb: float,
+    edit_values: bool = True,
+) -> list[str]:
+    """Replace every ``attn2.to_k`` (and ``to_v``) weight ``W`` of ``unet``, in place, by UCE's closed-form ``W'``
+    for the rows ``erased`` -> ``guided`` and ``preserved`` (``(N, D)``, float64); the targets are what the current
+    ``W`` makes of ``guided`` and ``preserved``. Returns the edited parameters' names. A singular system (``lamb`` 0
+    and rows that do not span the states) is refused with a :class:`ConfigError`."""
+    c_outer = erased.T @ erased  # (D, D)
+    p_outer = preserved.T @ preserved
+    dim = c_outer.shape[0]
+    if lamb == 0 and int(torch.linalg.matrix_rank(erase_scale * c_outer + preserve_scale * p_outer)) < dim:
+        raise ConfigError(
+            f"the closed-form edit is singular: lamb is 0 and the {len(erased)} erased and {len(preserved)} "
+            f"preserved rows do not span the {dim} state dimensions; give lamb > 0"
+        )
+    names = []
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if not name.endswith(".attn2"):
+                continue
+            for proj in ("to_k", "to_v") if edit_values else ("to_k",):
+                linear = getattr(module, proj)
+                weight = linear.weight.double()
+                dim = weight.shape[1]
+                left = lamb * weight + erase_scale * (weight @ guided.T) @ erased + preserve_scale * weight @ p_outer
+                right = lamb * torch.eye(dim, dtype=weight.dtype) + erase_scale * c_outer + preserve_scale * p_outer
+                solved = torch.linalg.solve(right.T, left.T).T  # left @ right^-1 (right is symmetric)
+                linear.weight.copy_(solved.to(linear.weight.dtype))
+                names.append(f"{name}.{proj}.weight")
+    return names
+
+
 @register_method(
     "uce",
     UCEConfig,
@@ -163,30 +203,16 @@ def erase(request: ErasureRequest, config: UCEConfig) -> ErasureOutcome:
     preserve_scale = (
         config.preserve_scale if config.preserve_scale is not None else max(0.1, 1 / max(preserve_prompts, 1))
     )
-    c_outer = erased.T @ erased  # (D, D)
-    p_outer = preserved.T @ preserved
-    names = []
-    with torch.no_grad():
-        for name, module in request.unet.named_modules():
-            if not name.endswith(".attn2"):
-                continue
-            for proj in ("to_k", "to_v") if config.edit_values else ("to_k",):
-                linear = getattr(module, proj)
-                weight = linear.weight.double()
-                dim = weight.shape[1]
-                left = (
-                    config.lamb * weight
-                    + config.erase_scale * (weight @ guided.T) @ erased
-                    + preserve_scale * weight @ p_outer
-                )
-                right = (
-                    config.lamb * torch.eye(dim, dtype=weight.dtype)
-                    + config.erase_scale * c_outer
-                    + preserve_scale * p_outer
-                )
-                solved = torch.linalg.solve(right.T, left.T).T  # left @ right^-1 (right is symmetric)
-                linear.weight.copy_(solved.to(linear.weight.dtype))
-                names.append(f"{name}.{proj}.weight")
+    names = edit_projections(
+        request.unet,
+        erased,
+        guided,
+        preserved,
+        erase_scale=config.erase_scale,
+        preserve_scale=preserve_scale,
+        lamb=config.lamb,
+        edit_values=config.edit_values,
+    )
     seconds = time.perf_counter() - start
     result = TrainResult(global_step=0, losses=[], seconds=seconds, trained_parameters=names)
     details = {
