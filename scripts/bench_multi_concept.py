@@ -379,13 +379,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = {(r["set"], r["method"], r["seed"]): r for r in previous.get("rows", [])}
     command = "python " + " ".join(shlex.quote(a) for a in [f"scripts/{Path(__file__).name}", *sys.argv[1:]])
     labels = {e.label: i for i, e in enumerate(entries)}
-    set_order = {",".join(s): i for i, s in enumerate(sets)}
     pending: dict[str, list[str]] = {}
 
     def write() -> list[dict]:
         ordered = sorted(
             rows.values(),
-            key=lambda r: (set_order.get(r["set"], len(set_order)), labels.get(r["method"], len(labels)), r["seed"]),
+            key=lambda r: (r["size"], r["set"], labels.get(r["method"], len(labels)), r["seed"]),  # stable over reruns
         )
         summary = _summary(ordered)
         result = {

@@ -267,3 +267,40 @@ def test_bench_attacks_toy_run_scores_every_attack_per_seed_and_resumes(tmp_path
     bad = run_script("bench_attacks.py", "--methods", "x=esd:no_such_key=1", "--output", str(tmp_path / "bad.json"))
     assert bad.returncode == 2 and "--methods 'x=esd:no_such_key=1': unknown key 'no_such_key'" in bad.stderr
     assert not (tmp_path / "bad.json").exists()
+
+
+@pytest.mark.slow  # fresh interpreters, each erasing and scoring at toy sizes
+def test_bench_multi_concept_toy_run_scores_each_concept_waits_for_oracles_and_resumes(tmp_path):
+    output, plot = tmp_path / "multi.json", tmp_path / "multi.png"
+    args = ("--toy", "--methods", "fmn", "uce-digit", "--sets", "seven", "seven,two")
+    proc = run_script("bench_multi_concept.py", *args, "--output", str(output), "--plot", str(plot))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(output.read_text())
+    # the private test cache has no seven-and-two oracle: that set waits (--wait_minutes 0: not at all), never trained
+    assert [(r["set"], r["method"]) for r in result["rows"]] == [("seven", "fmn"), ("seven", "uce-digit")]
+    assert result["pending"] == [{"set": "seven,two", "methods": ["fmn", "uce-digit"]}]
+    assert "pending (no oracle yet, not measured): seven,two" in proc.stdout and plot.is_file()
+    for row in result["rows"]:
+        assert row["oracle"] is not None and "tiny-sd-without-seven" in row["oracle_source"]
+        assert row["forget_gap_to_oracle"] == pytest.approx(row["forget_accuracy"] - row["oracle"]["forget_accuracy"])
+        assert row["retain_drop"] == pytest.approx(row["original"]["retain_accuracy"] - row["retain_accuracy"])
+        assert row["retain_goal"] == (row["retain_drop"] <= 0.05 + 1e-9)
+    assert result["best"]["seven"]["method"] in ("fmn", "uce-digit")
+    resumed = run_script("bench_multi_concept.py", *args, "--output", str(output), "--plot", str(plot))
+    assert resumed.returncode == 0 and '"method"' not in resumed.stdout  # done with these settings: nothing reruns
+    assert json.loads(output.read_text())["rows"] == result["rows"]
+    # without oracles the two-digit set runs, scored per concept; the seven rows stay as they were
+    none = ("--toy", "--methods", "fmn", "uce-digit", "--sets", "seven,two", "--oracle", "none")
+    again = run_script("bench_multi_concept.py", *none, "--output", str(output), "--plot", str(plot))
+    assert again.returncode == 0, again.stderr[-3000:]
+    first, result = result, json.loads(output.read_text())
+    assert result["rows"][:2] == first["rows"] and result["pending"] == []
+    two = result["rows"][2:]
+    assert [(r["set"], r["method"]) for r in two] == [("seven,two", "fmn"), ("seven,two", "uce-digit")]
+    for row in two:
+        assert set(row["forget_per_concept"]) == {"seven", "two"} and row["oracle"] is None
+        assert row["forget_accuracy"] == pytest.approx(sum(row["forget_per_concept"].values()) / 2)
+        assert "seven" not in row["retain"] and "two" not in row["retain"] and row["forget_goal"] is None
+    assert "| seven,two | fmn |" in again.stdout
+    bad = run_script("bench_multi_concept.py", "--sets", "seven,seven", "--output", str(tmp_path / "bad.json"))
+    assert bad.returncode == 2 and "must name distinct concepts" in bad.stderr and not (tmp_path / "bad.json").exists()
