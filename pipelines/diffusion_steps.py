@@ -228,8 +228,10 @@ class SequentialErasureStepConfig:
         if self.oracle not in ORACLE_CHOICES:
             raise ConfigError(f"oracle must be one of {', '.join(ORACLE_CHOICES)}, got {self.oracle!r}")
         if self.evaluation.forget or self.evaluation.retain is not None:
-            raise ConfigError("evaluation.forget / retain are set per request (every concept erased so far / the "
-                              "rest): leave them out")
+            raise ConfigError(
+                "evaluation.forget / retain are set per request (every concept erased so far / the "
+                "rest): leave them out"
+            )
         entry = get_method(self.method, tag="diffusion")
         resolve_settings(entry, erasure_base(self.model or None), self.config, self.presets)
 

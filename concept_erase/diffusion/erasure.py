@@ -104,6 +104,7 @@ HASH_ON_LOAD_MAX_BYTES = 1 << 30  # loading checks the artifact's SHA-256 up to 
 class RequestLogError(ConfigError):
     """A request log that does not match the erasure it sits beside (or is damaged)."""
 
+
 # ---------------------------------------------------------------------------------------------------- erase
 
 
@@ -177,8 +178,12 @@ class _Previous:
             shown = os.path.join("..", path.name)
         else:
             shown = str(path)
-        return {"path": shown, "index": last["index"], "concepts": list(self.record["concepts"]),
-                "artifact_sha256": last["artifact"]["sha256"]}
+        return {
+            "path": shown,
+            "index": last["index"],
+            "concepts": list(self.record["concepts"]),
+            "artifact_sha256": last["artifact"]["sha256"],
+        }
 
 
 def erasure_base(model: str | Path | None) -> str | Path:
@@ -200,9 +205,19 @@ def _previous_erasure(model: str | Path | None) -> _Previous | None:
         return None
     log = check_request_log(path, record, full_hash=True)
     if log is None:
-        log = [_log_entry(1, record["concepts"], record["concepts"], record["method"], record.get("config", {}),
-                          record["base_model"], _artifact_entry(path, record), False,
-                          f"reconstructed from {ERASURE_FILE}: the directory had no {REQUEST_LOG}")]
+        log = [
+            _log_entry(
+                1,
+                record["concepts"],
+                record["concepts"],
+                record["method"],
+                record.get("config", {}),
+                record["base_model"],
+                _artifact_entry(path, record),
+                False,
+                f"reconstructed from {ERASURE_FILE}: the directory had no {REQUEST_LOG}",
+            )
+        ]
     return _Previous(path, record, log, resolve_model(record["base_model"]))
 
 
@@ -303,8 +318,17 @@ def erase(
             record["artifact"] = _write_artifact(tmp, pipe, outcome, record, config.output_format)
             write_json(tmp / ERASURE_FILE, record)
             log = previous.log if previous is not None else []
-            own = _log_entry(len(log) + 1, requested, concepts, entry.name, record["config"], request.model,
-                             _artifact_entry(tmp, record), False, note)
+            own = _log_entry(
+                len(log) + 1,
+                requested,
+                concepts,
+                entry.name,
+                record["config"],
+                request.model,
+                _artifact_entry(tmp, record),
+                False,
+                note,
+            )
             write_json(tmp / REQUEST_LOG, [*log, own])
     return record
 
@@ -337,8 +361,17 @@ def _noop(previous: _Previous, method: str, requested: list[str], config, output
         with output_target(output_dir, overwrite, inputs, atomic) as tmp:
             _copy_artifact(previous.path, tmp, previous.record)
             write_json(tmp / ERASURE_FILE, record)
-            own = _log_entry(len(previous.log) + 1, requested, [], method, config_to_dict(config),
-                             record["base_model"], _artifact_entry(tmp, record), True, note)
+            own = _log_entry(
+                len(previous.log) + 1,
+                requested,
+                [],
+                method,
+                config_to_dict(config),
+                record["base_model"],
+                _artifact_entry(tmp, record),
+                True,
+                note,
+            )
             write_json(tmp / REQUEST_LOG, [*previous.log, own])
     return record
 
@@ -447,12 +480,16 @@ def check_request_log(
     expected, name = entries[-1]["artifact"], _artifact_file(record)
     artifact = path / name
     if expected["path"] != name:
-        raise RequestLogError(f"{mismatch}: its last entry names the artifact {expected['path']}, the model's is {name}")
+        raise RequestLogError(
+            f"{mismatch}: its last entry names the artifact {expected['path']}, the model's is {name}"
+        )
     if not artifact.is_file():
         raise RequestLogError(f"{mismatch}: the artifact {artifact} it names is missing")
     size = artifact.stat().st_size
     if size != expected["bytes"]:
-        raise RequestLogError(f"{mismatch}: {artifact} has {size} bytes, the log's last entry expects {expected['bytes']}")
+        raise RequestLogError(
+            f"{mismatch}: {artifact} has {size} bytes, the log's last entry expects {expected['bytes']}"
+        )
     if full_hash:
         found = _sha256(artifact)
         if found != expected["sha256"]:
@@ -552,7 +589,8 @@ def erasure_inputs(model: str | Path | None) -> list[str | Path | None]:
 
 def resolve_erasure(path: str | Path) -> tuple[str | Path, str | Path | None, str | Path]:
     """``(model, adapter, original)`` for an erasure output directory: a full pipeline is itself the model; an
-    adapter is applied to the base model recorded in ``erasure.json``."""
+    adapter is applied to the base model recorded in ``erasure.json``. Its request log is checked against the
+    artifact first (size always, SHA-256 up to :data:`HASH_ON_LOAD_MAX_BYTES`): a mismatch is refused."""
 
     record = read_erasure(path)
     if record is None:

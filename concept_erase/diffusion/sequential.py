@@ -165,8 +165,12 @@ def erase_sequence(
             union = list(dict.fromkeys(c for r in requests for c in r))
             (tmp / "single").mkdir()
             record = erase(model, entry.name, union, settings, output_dir=tmp / "single", atomic=False)
-            single = {"request": union, "concepts": list(record["concepts"]), "dir": "single",
-                      "erase_seconds": record["seconds"]}
+            single = {
+                "request": union,
+                "concepts": list(record["concepts"]),
+                "dir": "single",
+                "erase_seconds": record["seconds"],
+            }
             if evaluate:
                 single.update(_evaluate(tmp / "single", tmp / "eval" / "single", evaluation, oracle, base, judge))
             say(_step_line({**single, "index": "one request", "noop": False}))
@@ -185,7 +189,9 @@ def _is_erasure_dir(model) -> bool:
 
 
 def _step_line(step: dict) -> str:
-    head = f"request {step['index']}: {', '.join(step['request'])}" + (" (no-op: already erased)" if step["noop"] else "")
+    head = f"request {step['index']}: {', '.join(step['request'])}" + (
+        " (no-op: already erased)" if step["noop"] else ""
+    )
     if "forget" not in step:
         return head
     forget = ", ".join(f"{c} {_pct(a)}" for c, a in step["forget"].items())
@@ -205,8 +211,13 @@ def _summary(method, model, base, requests, steps, single, evaluate, evaluation)
         "steps": steps,
         "single": single,
         "final_dir": steps[-1]["dir"],
-        "evaluation": {"num_images": evaluation.num_images, "num_inference_steps": evaluation.num_inference_steps,
-                       "seed": evaluation.seed} if evaluate else None,
+        "evaluation": {
+            "num_images": evaluation.num_images,
+            "num_inference_steps": evaluation.num_inference_steps,
+            "seed": evaluation.seed,
+        }
+        if evaluate
+        else None,
         "first_request": None,
     }
     if evaluate:
@@ -263,18 +274,26 @@ def render_sequence(summary: dict[str, Any]) -> str:
     if single is not None:
         lines.append(row("one request", ", ".join(single["request"]), single))
     original = steps[0]["original"]
-    lines += ["", f"Original model: forget {_pct(original['forget_accuracy'])} on the first request's concepts, "
-              f"retain {_pct(original['retain_accuracy'])}."]
+    lines += [
+        "",
+        f"Original model: forget {_pct(original['forget_accuracy'])} on the first request's concepts, "
+        f"retain {_pct(original['retain_accuracy'])}.",
+    ]
     first = summary["first_request"]
     if first and first["drift"]:
         drift = ", ".join(
             f"{c}: {_pct(first['forget_after_own_request'][c])} after its own request, {_pct(first['forget_at_end'][c])}"
-            f" after request {len(steps)} ({100 * d:+.1f} points)" for c, d in first["drift"].items())
+            f" after request {len(steps)} ({100 * d:+.1f} points)"
+            for c, d in first["drift"].items()
+        )
         verdict = "met" if first["goal_met"] else "missed"
         lines += ["", f"First request: {drift}; goal ({first['goal']}): {verdict}."]
     evaluation = summary["evaluation"]
-    lines += ["", f"{evaluation['num_images']} images per concept, {evaluation['num_inference_steps']} sampler steps, "
-              f"seed {evaluation['seed']}; retain = every concept not erased so far."]
+    lines += [
+        "",
+        f"{evaluation['num_images']} images per concept, {evaluation['num_inference_steps']} sampler steps, "
+        f"seed {evaluation['seed']}; retain = every concept not erased so far.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -292,15 +311,27 @@ def plot_sequence(summary: dict[str, Any], path: Path) -> None:
         (line,) = ax.plot(xs, ys, marker="o", label=f"forget {concept}")
         colours[concept] = line.get_color()
     xs = [s["index"] for s in steps]
-    ax.plot(xs, [100 * s["retain_accuracy"] for s in steps], color="black", linestyle="--", marker="s",
-            label="retain (the rest)")
+    ax.plot(
+        xs,
+        [100 * s["retain_accuracy"] for s in steps],
+        color="black",
+        linestyle="--",
+        marker="s",
+        label="retain (the rest)",
+    )
     if single is not None:
         end = len(steps) + 0.25
         for concept, value in single["forget"].items():
             if value is not None:
                 ax.plot([end], [100 * value], marker="o", fillstyle="none", color=colours.get(concept, "grey"))
-        ax.plot([end], [100 * single["retain_accuracy"]], marker="s", fillstyle="none", color="black",
-                label="one request (hollow)")
+        ax.plot(
+            [end],
+            [100 * single["retain_accuracy"]],
+            marker="s",
+            fillstyle="none",
+            color="black",
+            label="one request (hollow)",
+        )
     ax.set_xticks(xs, [f"{s['index']}\n{'+'.join(s['request'])}" for s in steps])
     ax.set_xlabel("request")
     ax.set_ylabel("accuracy (%)")

@@ -90,8 +90,10 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     if comparison:
         seq, one = comparison["sequential"], comparison["single"]
         say(f"sequential vs one request: retain {pct(seq['retain_accuracy'])} vs {pct(one['retain_accuracy'])}")
-    say(f"wrote {out} (sequence.json, sequence.md{', sequence.png' if not args.no_evaluate else ''}); the final "
-        f"model: {out / summary['final_dir']}")
+    say(
+        f"wrote {out} (sequence.json, sequence.md{', sequence.png' if not args.no_evaluate else ''}); the final "
+        f"model: {out / summary['final_dir']}"
+    )
     return 0
 
 
@@ -101,15 +103,23 @@ def add_parsers(sub, parents: list) -> None:
     p = sub.add_parser("sequence", parents=parents, help=help_text)
     p.add_argument("--method", required=True, help="a registered diffusion method: fmn, salun, esd, uce")
     p.add_argument(
-        "--concept", dest="requests", action="append", type=_one, default=[],
+        "--concept",
+        dest="requests",
+        action="append",
+        type=_one,
+        default=[],
         help="one request erasing this concept (repeat: the requests run in the order given)",
     )
     p.add_argument(
-        "--request", dest="requests", action="append", type=_several,
+        "--request",
+        dest="requests",
+        action="append",
+        type=_several,
         help="one request erasing several comma-separated concepts ('seven,two'); mixes with --concept in order",
     )
     p.add_argument(
-        "--model", default=None,
+        "--model",
+        default=None,
         help="the starting model: pipeline dir, hub id, asset name, or an erasure directory to continue",
     )
     p.add_argument("--no_presets", action="store_true", help="the method's own defaults only (no model presets)")
@@ -117,7 +127,9 @@ def add_parsers(sub, parents: list) -> None:
     p.add_argument("--no_evaluate", action="store_true", help="only erase: no evaluation after each request")
     p.add_argument("--compare_single", action="store_true", help="also erase every concept in one request, compare")
     p.add_argument(
-        "--oracle", choices=ORACLE_CHOICES, default="cached",
+        "--oracle",
+        choices=ORACLE_CHOICES,
+        default="cached",
         help="retrain oracle in the evaluations: cached (shipped or cached only, default), auto (train missing "
         "ones, ~15-20 min each), none",
     )

@@ -25,7 +25,6 @@ from concept_erase.diffusion.erasure import (
     read_erasure,
 )
 from concept_erase.diffusion.evaluation import EvaluationConfig
-from concept_erase.diffusion.loading import load_pipeline
 from concept_erase.diffusion.sequential import erase_sequence
 from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, save_pipeline
 from pipelines.cli import main
@@ -169,7 +168,9 @@ def test_log_from_an_erasure_of_another_base_is_refused(chain, tmp_path):
     mixed = tmp_path / "mixed"
     shutil.copytree(chain["a"], mixed)
     shutil.copy2(other / REQUEST_LOG, mixed / REQUEST_LOG)
-    with pytest.raises(RequestLogError, match="request 1 was applied to base tiny-sd-v, erasure.json names base tiny-sd"):
+    with pytest.raises(
+        RequestLogError, match="request 1 was applied to base tiny-sd-v, erasure.json names base tiny-sd"
+    ):
         erase(mixed, "uce", ["two"], UCE, output_dir=tmp_path / "o")
     assert not (tmp_path / "o").exists()
     # a chain on the other base keeps that base
@@ -211,7 +212,13 @@ def test_erase_sequence_writes_steps_evaluations_and_comparison(tmp_path):
     out = tmp_path / "seq"
     evaluation = EvaluationConfig(num_images=1, num_inference_steps=2, grid_seeds=1)
     summary = erase_sequence(
-        "tiny-sd", "uce", ["seven", ["two", "five"], "seven"], UCE, out, evaluation=evaluation, oracle="none",
+        "tiny-sd",
+        "uce",
+        ["seven", ["two", "five"], "seven"],
+        UCE,
+        out,
+        evaluation=evaluation,
+        oracle="none",
         compare_single=True,
     )
     assert [s["dir"] for s in summary["steps"]] == ["01-seven", "02-two+five", "03-seven"]
@@ -250,14 +257,31 @@ def _uce_set() -> list[str]:
 
 def test_cli_erase_on_top_of_a_previous_erasure_and_noop(chain, tmp_path, capsys):
     out = tmp_path / "c"
-    assert main(["erase", "--method", "uce", "--model", str(chain["b"]), "--concept", "five", "--output", str(out),
-                 *_uce_set()]) == 0
+    assert (
+        main(
+            [
+                "erase",
+                "--method",
+                "uce",
+                "--model",
+                str(chain["b"]),
+                "--concept",
+                "five",
+                "--output",
+                str(out),
+                *_uce_set(),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "erased so far seven, two, five" in printed and "erased five from tiny-sd" in printed
     assert [e["concepts"] for e in _log(out)] == [["seven"], ["two"], ["five"]]
     again = tmp_path / "d"
-    assert main(["erase", "--method", "uce", "--model", str(out), "--concept", "two", "--output", str(again),
-                 *_uce_set()]) == 0
+    assert (
+        main(["erase", "--method", "uce", "--model", str(out), "--concept", "two", "--output", str(again), *_uce_set()])
+        == 0
+    )
     assert "no-op: already erased (two by request 2)" in capsys.readouterr().out
     assert _log(again)[-1]["noop"] is True
 
@@ -309,13 +333,19 @@ def test_sequential_step_in_a_pipeline(tmp_path):
     assert final.name == "02-two" and read_erasure(final)["concepts"] == ["seven", "two"]
     assert Path(outputs["sequence_path"]).is_file()
     with pytest.raises(ConfigError, match="set per request"):
-        load_spec({**spec, "steps": [{**spec["steps"][0], "config": {
-            **spec["steps"][0]["config"], "evaluation": {"forget": ["seven"]}}}]}, output_dir=tmp_path / "x")
+        load_spec(
+            {
+                **spec,
+                "steps": [
+                    {**spec["steps"][0], "config": {**spec["steps"][0]["config"], "evaluation": {"forget": ["seven"]}}}
+                ],
+            },
+            output_dir=tmp_path / "x",
+        )
 
 
 def test_bundled_sequential_config_validates():
-    from pipelines.runner import load_pipeline as load_spec
-
     from pipelines.cli import CONFIGS_DIR
+    from pipelines.runner import load_pipeline as load_spec
 
     load_spec(CONFIGS_DIR / "sequential.yaml", output_dir="/nonexistent/sequential")
