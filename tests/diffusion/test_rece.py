@@ -76,9 +76,10 @@ def test_each_round_makes_the_adversarial_embedding_regenerate_worse():
         assert r["adversarial_norm"] > 0
     assert rounds[-1]["residual_before"] > rounds[0]["residual_before"]
     # the recorded residual is the model's: recompute the last round's on the final weights
-    assert outcome.details["erased_rows"] > 0 and outcome.details["round_preserved_rows"] > outcome.details[
-        "preserved_rows"
-    ]
+    assert (
+        outcome.details["erased_rows"] > 0
+        and outcome.details["round_preserved_rows"] > outcome.details["preserved_rows"]
+    )
 
 
 def test_residual_is_zero_for_an_unedited_model():
@@ -170,5 +171,7 @@ def test_an_empty_preserve_list_preserves_nothing_but_the_empty_prompt():
     record = erase(None, "rece", ["seven"], {**TINY, "rounds": 1, "retain_concepts": []})
     assert record["details"]["preserved_rows"] == 0
     assert record["details"]["round_preserved_rows"] > 0
-    record = erase(None, "rece", ["seven"], {**TINY, "rounds": 1, "retain_concepts": [], "preserve_empty_prompt": False})
+    record = erase(
+        None, "rece", ["seven"], {**TINY, "rounds": 1, "retain_concepts": [], "preserve_empty_prompt": False}
+    )
     assert record["details"]["round_preserved_rows"] == 0

@@ -115,9 +115,7 @@ def regeneration_residual(
 ) -> float:
     """``sqrt(sum_l ||W'_l x - W_l c||^2)`` over the rows: how far the edited model's keys and values for
     ``embedding`` are from what the original made of the concept's ``states`` (0: it regenerates them exactly)."""
-    total = sum(
-        float(((embedding @ new.T - states @ original[name].T) ** 2).sum()) for name, new in edited.items()
-    )
+    total = sum(float(((embedding @ new.T - states @ original[name].T) ** 2).sum()) for name, new in edited.items())
     return total**0.5
 
 
