@@ -16,8 +16,10 @@ from concept_erase.diffusion.attention import pipeline_concept_positions
 from concept_erase.diffusion.base import ErasureRequest, concept_data, encode_prompts
 from concept_erase.diffusion.erasure import erase, load_erased, read_erasure
 from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure, render_report
+from concept_erase.diffusion.families import PromptEmbeddings
 from concept_erase.diffusion.loading import load_pipeline
 from concept_erase.diffusion.methods import fmn, salun
+from concept_erase.diffusion.methods.advunlearn import pick_adversarial
 from concept_erase.diffusion.methods.fmn import FMNConfig, concept_attention
 from concept_erase.diffusion.methods.salun import SalUnConfig
 from concept_erase.diffusion.methods.uce import UCEConfig, _pairs
@@ -232,6 +234,44 @@ def test_erase_records_every_concept_and_keeps_them_out_of_the_retain_set(tmp_pa
     assert record["concepts"] == BOTH  # cleaned and deduplicated, in the order given
     assert not set(BOTH) & set(record["retain_concepts"]) and len(record["retain_concepts"]) == 8
     assert read_erasure(tmp_path / "u")["concepts"] == BOTH
+
+
+# ---------------------------------------------------------------------------------------------------- adversarial
+
+
+def test_each_concepts_rows_draw_the_conditionings_found_for_that_concept():
+    """pick_adversarial: row (attack * C + concept) * T + template of the found conditionings, per forget row."""
+    attacks, concepts, templates = 3, 2, 4
+    labels = torch.arange(attacks * concepts * templates, dtype=torch.float32)
+    found = PromptEmbeddings(labels[:, None, None].expand(-1, 2, 1).clone())
+    concept_ids = torch.tensor([0, 0, 1, 1, 1, 0] * 20)
+    template_ids = torch.tensor([0, 3, 1, 2, 3, 2] * 20)
+    torch.manual_seed(0)
+    rows = pick_adversarial(found, concept_ids, template_ids, concepts, templates).states[:, 0, 0].long()
+    assert torch.equal(rows // templates % concepts, concept_ids) and torch.equal(rows % templates, template_ids)
+    assert set((rows // (concepts * templates)).tolist()) == set(range(attacks))  # every round's attack drawn
+
+
+def test_adversarial_erasure_attacks_every_concept(tmp_path):
+    config = {
+        "num_images": 2,
+        "generation_steps": 2,
+        "max_train_steps": 2,
+        "train_batch_size": 2,
+        "learning_rate": 1e-3,
+        "retain_concepts": ["four"],
+        "show_progress": False,
+        "adversarial": "both",
+        "adversarial_every": 2,
+        "adversarial_steps": 2,
+    }
+    record = erase("tiny-sd", "esd", BOTH, config, output_dir=tmp_path)
+    attacks = record["details"]["adversarial"]["attacks"]
+    assert [a["attack"] for a in attacks] == ["ti", "prompt"]
+    for attack in attacks:
+        assert list(attack["per_concept"]) == BOTH and attack["prompts"] == attack["per_concept"]["seven"]["prompts"]
+    prompt = next(a for a in attacks if a["attack"] == "prompt")["per_concept"]
+    assert all(concept in prompt[concept]["prompts"][0] for concept in BOTH)  # each concept's own prompts attacked
 
 
 # ---------------------------------------------------------------------------------------------------- reports

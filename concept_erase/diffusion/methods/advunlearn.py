@@ -126,9 +126,13 @@ def adversarial_rounds(
     for index, start in enumerate(range(0, steps, config.adversarial_every)):
         seed = config.seed + 1000 * (index + 1)
         for attack in attacks_of(config):
-            text, prompts, losses = _attack(request, config, latents, concept_ids, attack, seed)
+            text, each = _attack(request, config, latents, concept_ids, attack, seed)
             found.append(text)
-            record.append({"step": start, "attack": attack, "prompts": prompts[:1], "loss": losses})
+            first = next(iter(each.values()))
+            entry = {"step": start, "attack": attack, "prompts": first["prompts"], "loss": first["loss"]}
+            if len(each) > 1:  # several concepts: each one's attack (the keys above are the first concept's)
+                entry["per_concept"] = each
+            record.append(entry)
         round_steps = min(config.adversarial_every, steps - start)
         results.append(train(round_steps, config.seed + index, PromptEmbeddings.cat(found)))
     merged = TrainResult(
@@ -153,7 +157,7 @@ def pick_adversarial(
 
 def _attack(request: ErasureRequest, config, latents, concept_ids, attack: str, seed: int):
     """One attack on ``request.unet`` per concept, on its forget images and the training templates: the found
-    conditionings (row ``concept * T + template``), the first concept's prompts, and its first and last losses."""
+    conditionings (row ``concept * T + template``) and, per concept, its first prompt and first and last losses."""
     budget = ADVERSARIAL_DEFAULTS[attack]
     common = {
         "steps": config.adversarial_steps or budget["steps"],
@@ -162,7 +166,7 @@ def _attack(request: ErasureRequest, config, latents, concept_ids, attack: str, 
         "seed": seed,
         "show_progress": False,
     }
-    texts, prompts, losses = [], [], []
+    texts, each = [], {}
     for index, concept in enumerate(request.concepts):
         images = latents[concept_ids == index]
         if attack == "ti":
@@ -175,9 +179,8 @@ def _attack(request: ErasureRequest, config, latents, concept_ids, attack: str, 
             written = [f"{inverted.details['prefix']} {prompt}" for prompt in plain]  # every template, prefixed
         with _quiet_truncation():  # a prompt that left no room for the prefix loses its end, as an attacker's would
             texts.append(encode_prompts(inverted.pipe, written))
-        prompts = prompts or written
-        losses = losses or [round(inverted.losses[0], 5), round(inverted.losses[-1], 5)]
-    return PromptEmbeddings.cat(texts), prompts, losses
+        each[concept] = {"prompts": written[:1], "loss": [round(inverted.losses[0], 5), round(inverted.losses[-1], 5)]}
+    return PromptEmbeddings.cat(texts), each
 
 
 @contextlib.contextmanager
