@@ -124,7 +124,11 @@ def _pairs(request: ErasureRequest, config: UCEConfig):
             new_prompts.append(" ".join(template.format(guide).split()))
             owners.append((concept, guide))
     kept = [template.format(p) for p in preserve for template in request.templates]
-    states = encode_prompts(pipe, old_prompts + new_prompts + kept).states.double()
+    prompts = old_prompts + new_prompts + kept
+    unique = list(dict.fromkeys(prompts))  # a guide's prompts recur once per erased concept: each is encoded once
+    encoded = encode_prompts(pipe, unique).states.double()
+    position = {prompt: i for i, prompt in enumerate(unique)}
+    states = [encoded[position[prompt]] for prompt in prompts]
     old, new, rest = (
         states[: len(old_prompts)],
         states[len(old_prompts) : 2 * len(old_prompts)],
@@ -143,7 +147,7 @@ def _pairs(request: ErasureRequest, config: UCEConfig):
             (template.format(p), p) for p in preserve for template in request.templates
         )
     ]
-    preserved_rows = torch.cat(preserved) if preserved else states.new_zeros((0, states.shape[-1]))
+    preserved_rows = torch.cat(preserved) if preserved else encoded.new_zeros((0, encoded.shape[-1]))
     return torch.cat(erased), torch.cat(guided), preserved_rows, len(kept)
 
 
@@ -170,6 +174,11 @@ def edit_projections(
             f"the closed-form edit is singular: lamb is 0 and the {len(erased)} erased and {len(preserved)} "
             f"preserved rows do not span the {dim} state dimensions; give lamb > 0"
         )
+    # W' = (lamb W + erase_scale W G^T C + preserve_scale W P^T P) R^-1 = W M with one (D, D) map M = L R^-1 for
+    # every projection (L = lamb I + erase_scale G^T C + preserve_scale P^T P): one solve, then a product per weight
+    eye = torch.eye(dim, dtype=c_outer.dtype)
+    right = lamb * eye + erase_scale * c_outer + preserve_scale * p_outer
+    mapping = torch.linalg.solve(right, (lamb * eye + erase_scale * guided.T @ erased + preserve_scale * p_outer).T).T
     names = []
     with torch.no_grad():
         for name, module in unet.named_modules():
@@ -177,12 +186,7 @@ def edit_projections(
                 continue
             for proj in ("to_k", "to_v") if edit_values else ("to_k",):
                 linear = getattr(module, proj)
-                weight = linear.weight.double()
-                dim = weight.shape[1]
-                left = lamb * weight + erase_scale * (weight @ guided.T) @ erased + preserve_scale * weight @ p_outer
-                right = lamb * torch.eye(dim, dtype=weight.dtype) + erase_scale * c_outer + preserve_scale * p_outer
-                solved = torch.linalg.solve(right.T, left.T).T  # left @ right^-1 (right is symmetric)
-                linear.weight.copy_(solved.to(linear.weight.dtype))
+                linear.weight.copy_((linear.weight.double() @ mapping).to(linear.weight.dtype))  # R is symmetric
                 names.append(f"{name}.{proj}.weight")
     return names
 
