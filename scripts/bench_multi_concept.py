@@ -4,6 +4,8 @@
     python scripts/bench_multi_concept.py --methods uce-digit esd --sets seven,two --seeds 0 1
     python scripts/bench_multi_concept.py --wait_minutes 120      # wait up to 2 h for oracles still being trained
     python scripts/bench_multi_concept.py --toy --oracle none --output /tmp/toy.json --plot /tmp/toy.png   # smoke test
+    python scripts/bench_multi_concept.py --methods rece --output /tmp/rece.json --plot /tmp/rece.png   # in parallel,
+    python scripts/bench_multi_concept.py --merge /tmp/rece.json --wait_minutes 0    # then joined to the main file
 
 For each concept set (``--sets``, comma-separated digits; default ``seven``, ``seven,two``, ``seven,two,five``,
 ``seven,two,five,three,eight``), each method entry and each erasure seed, the embedded tiny SD is erased of the whole
@@ -62,6 +64,7 @@ ENTRIES: dict[str, tuple[str, dict]] = {
     "uce": ("uce", {}),  # the paper's defaults (guide: the empty word)
     "uce-digit": ("uce", {"guide_concepts": ["digit"], "preserve_scale": 2.0, "erase_scale": 3.0}),
     "rece": ("rece", {}),
+    "rece-digit": ("rece", {"guide_concepts": ["digit"], "preserve_scale": 2.0, "erase_scale": 3.0}),
 }
 RETAIN_POINTS, FORGET_POINTS = 0.05, 0.10  # the goals: retain within 5 points of the original's, forget within 10
 ENTRY = re.compile(r"^(?:(?P<label>[\w.-]+)=)?(?P<method>[\w-]+)(?::(?P<keys>.*))?$")
@@ -112,6 +115,13 @@ def _parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, argparse.
     parser.add_argument("--toy", action="store_true", help="tiny erasures and evaluations: a smoke test")
     parser.add_argument("--output", default="bench_results/multi_concept.json")
     parser.add_argument("--plot", default="docs/img/multi_concept.png")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="rows of other result files (e.g. another method run in parallel) join the output (its own rows win)",
+    )
     return parser.parse_args(argv), parser
 
 
@@ -377,6 +387,9 @@ def main(argv: list[str] | None = None) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     previous = read_json_object(output, "bench result") if output.is_file() else {}
     rows = {(r["set"], r["method"], r["seed"]): r for r in previous.get("rows", [])}
+    for other in args.merge:
+        for r in read_json_object(Path(other), "bench result to merge").get("rows", []):
+            rows.setdefault((r["set"], r["method"], r["seed"]), r)
     command = "python " + " ".join(shlex.quote(a) for a in [f"scripts/{Path(__file__).name}", *sys.argv[1:]])
     labels = {e.label: i for i, e in enumerate(entries)}
     pending: dict[str, list[str]] = {}
