@@ -4,6 +4,8 @@
     python scripts/bench_attacks.py --methods fmn salun esd advsalun=salun:adversarial_every=10
     python scripts/bench_attacks.py --methods esd --seeds 0 --attacks prompt --no-retain --output /tmp/esd.json
     python scripts/bench_attacks.py --toy --methods fmn --seeds 0 --output /tmp/toy.json   # smoke test (seconds)
+    python scripts/bench_attacks.py --methods uce=uce:guide_concepts=[digit],preserve_scale=2,erase_scale=3 \
+        rece=rece:guide_concepts=[digit],preserve_scale=2,erase_scale=3 --seeds 0   # closed-form methods (no presets)
 
 For each method and erasure seed (the method config's ``seed``) it erases ``--concept`` ("seven") from the embedded
 tiny SD with the model's presets (``erasure_presets.json``; a method entry's keys override them), scores the erasure
