@@ -329,18 +329,19 @@ def _plot(summary: list[dict], path: Path) -> None:
         (n, reference[n]["oracle_forget_accuracy"]) for n in sizes if reference[n]["oracle_forget_accuracy"] is not None
     ]
     if oracle:
-        left.plot([n for n, _ in oracle], [100 * v for _, v in oracle], "k:", lw=2, label="retrain oracle")
+        left.plot([n for n, _ in oracle], [100 * v for _, v in oracle], "kx:", lw=2, label="retrain oracle")
     left.plot(
-        sizes, [100 * reference[n]["original_forget_accuracy"] for n in sizes], "--", color="gray", label="original"
+        sizes, [100 * reference[n]["original_forget_accuracy"] for n in sizes], "s--", color="gray", label="original"
     )
     right.plot(
-        sizes, [100 * reference[n]["original_retain_accuracy"] for n in sizes], "--", color="gray", label="original"
+        sizes, [100 * reference[n]["original_retain_accuracy"] for n in sizes], "s--", color="gray", label="original"
     )
     right.plot(
         sizes,
         [100 * (reference[n]["original_retain_accuracy"] - RETAIN_POINTS) for n in sizes],
-        ":",
+        "_:",
         color="red",
+        markersize=14,
         label="goal: original - 5 points",
     )
     for ax, what in (
@@ -351,9 +352,12 @@ def _plot(summary: list[dict], path: Path) -> None:
         ax.set_xlabel("digits erased in one request")
         ax.set_ylabel(what)
         ax.set_ylim(-3, 103)
+    low = min(100 * s[k] for s in summary for k in ("retain_accuracy", "original_retain_accuracy"))
+    right.set_ylim(max(low - 15, 0), 101)  # the retain differences are a few points
     left.legend(fontsize=7)
     right.legend(fontsize=7, loc="lower left")
-    fig.suptitle("several concepts at once on the tiny SD (sets: seven | +two | +five | +three, eight)", fontsize=10)
+    sets = " | ".join(dict.fromkeys(s["set"] for s in sorted(summary, key=lambda s: s["size"])))
+    fig.suptitle(f"several concepts erased in one request (sets: {sets}; seed mean)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
