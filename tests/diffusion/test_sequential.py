@@ -161,6 +161,21 @@ def test_tampered_or_missing_log_is_refused(chain, tmp_path):
         erase(bad, "uce", ["five"], UCE)
 
 
+def test_erasure_written_before_request_logs_is_continued_with_a_reconstructed_entry(chain, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(chain["a"], old)
+    (old / REQUEST_LOG).unlink()
+    record = json.loads((old / "erasure.json").read_text())
+    for key in ("request", "erased", "noop"):
+        record.pop(key)
+    (old / "erasure.json").write_text(json.dumps(record))
+    assert check_request_log(old) is None and load_erased(old) is not None  # loads as before
+    erase(old, "uce", ["two"], UCE, output_dir=tmp_path / "new", presets=False)
+    log = _log(tmp_path / "new")
+    assert [e["concepts"] for e in log] == [["seven"], ["two"]] and "reconstructed" in log[0]["note"]
+    assert log[0]["artifact"]["sha256"] == _sha256(old / "erasure.safetensors")
+
+
 def test_log_from_an_erasure_of_another_base_is_refused(chain, tmp_path):
     other = tmp_path / "v"
     erase("tiny-sd-v", "uce", ["seven"], UCE, output_dir=other, presets=False)
