@@ -304,3 +304,24 @@ def test_bench_multi_concept_toy_run_scores_each_concept_waits_for_oracles_and_r
     assert "| seven,two | fmn |" in again.stdout
     bad = run_script("bench_multi_concept.py", "--sets", "seven,seven", "--output", str(tmp_path / "bad.json"))
     assert bad.returncode == 2 and "must name distinct concepts" in bad.stderr and not (tmp_path / "bad.json").exists()
+
+
+@pytest.mark.slow  # three fresh interpreters (build, method, end to end): minutes on a loaded 2-core CPU
+def test_bench_closed_form_toy_run_times_uce_and_checks_the_edit(tmp_path):
+    output = tmp_path / "closed_form.json"
+    args = ("--toy", "--methods", "uce", "--templates", "paper", "--counts", "2", "--repeats", "2", "--threads", "1")
+    proc = run_script("bench_closed_form.py", *args, "--output", str(output), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(output.read_text())
+    assert result["toy"] and "bench_closed_form.py --toy" in result["command"] and result["skipped_for_time"] == []
+    (row,) = result["table"]
+    assert (row["method"], row["templates"], row["count"], row["status"]) == ("uce", "paper", 2, "ok")
+    assert row["sane"] and row["torch_threads"] == 1 and row["end_to_end_seconds"] > 0
+    assert row["prompts_encoded"] == 2 + 1 + 6  # each concept, the guide '' once, the six generic preserved concepts
+    assert row["encode_seconds"] + row["solve_seconds"] == pytest.approx(row["seconds"], abs=2e-3)
+    run = next(r for r in result["runs"] if r["kind"] == "method")
+    assert len(run["all_seconds"]) == 2 and run["edited_tensors"] == 2 * row["edited_attn2_layers"] > 0
+    assert run["check"]["distance_ratio_max"] < 1 and result["goal"]["met"] is None  # the goal is not judged on toy
+    proc = run_script("bench_closed_form.py", "--methods", "uce,esd", "--output", str(tmp_path / "bad.json"))
+    assert proc.returncode == 2 and not (tmp_path / "bad.json").exists()
+    assert proc.stderr.strip().splitlines()[-1].endswith("--methods: invalid value 'esd'; accepted values: uce, rece")
