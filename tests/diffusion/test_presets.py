@@ -156,7 +156,7 @@ def test_the_shipped_tiny_sd_presets_are_read_and_applied():
         ("[1, 2]", "expected a JSON object"),
         ({"format": "other/v9"}, "has format 'other/v9'; expected 'concept-erase/presets-v1'"),
         ({"extra": 1}, "unknown field 'extra'; its fields are format, description, methods"),
-        ({"methods": {"nope": {}}}, "unknown method 'nope'; diffusion methods: esd, fmn, salun"),
+        ({"methods": {"nope": {}}}, "unknown method 'nope'; diffusion methods: esd, fmn, rece, salun, uce"),
         ({"methods": {"fmn": {"learnig_rate": 1e-3}}}, "unknown key 'methods.fmn.learnig_rate' for FMNConfig"),
         ({"methods": {"esd": {"learning_rate": "fast"}}}, "methods.esd.learning_rate: expected float, got str"),
         ({"methods": {"esd": {"max_train_steps": 0}}}, "max_train_steps must be >= 1"),

@@ -282,7 +282,7 @@ def _ratio_pipeline(tmp_path: Path) -> Path:
         (lambda d, m: ["evaluate", "--model", d], ["is not a classifier model directory"]),
         (
             lambda d, m: ["erase", "--method", "esdx", "--concept", "cat", "--model", "x/y"],
-            ["unknown diffusion method 'esdx'", "registered diffusion methods: esd, fmn, salun"],
+            ["unknown diffusion method 'esdx'", "registered diffusion methods: esd, fmn, rece, salun, uce"],
         ),
         (
             lambda d, m: ["erase", "--method", "finetune", "--concept", "cat", "--model", "x/y"],
