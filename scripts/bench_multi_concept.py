@@ -463,6 +463,11 @@ def main(argv: list[str] | None = None) -> None:
                 write()
 
     todo = list(sets)
+    for concepts in todo:  # a set without its oracle is pending (the file says so while the run waits)
+        if args.oracle == "auto" and oracle_of(concepts) is None:
+            pending[",".join(concepts)] = [e.label for e in entries]
+    if rows:
+        write()  # merged rows are in the output from the start, not only after the next measured row
     deadline = time.monotonic() + 60 * args.wait_minutes
     with tempfile.TemporaryDirectory() as tmp:
         while True:
