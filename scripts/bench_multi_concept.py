@@ -9,7 +9,8 @@
 
 For each concept set (``--sets``, comma-separated digits; default ``seven``, ``seven,two``, ``seven,two,five``,
 ``seven,two,five,three,eight``), each method entry and each erasure seed, the embedded tiny SD is erased of the whole
-set in one request (the model's presets, ``erasure_presets.json``, plus the entry's keys) and scored by the harness
+set in one request (the entry's keys over the model's presets, ``erasure_presets.json``; the uce and rece entries
+are fixed settings, without presets) and scored by the harness
 (``--num_images`` per concept, held-out paraphrases) against the original and the retrain oracle trained without
 the whole set. Each row records the forget accuracy (mean over the set and per concept), the retain accuracy on the
 other digits, the original's and the oracle's figures on the same sets, the gaps (forget minus the oracle's; the
@@ -56,15 +57,16 @@ from concept_erase.diffusion.presets import resolve_settings
 from concept_erase.diffusion.tiny_sd import resolve_model
 
 SETS = ("seven", "seven,two", "seven,two,five", "seven,two,five,three,eight")
-# label -> (registered method, keys over the model's presets); rece joins when it is registered
-ENTRIES: dict[str, tuple[str, dict]] = {
-    "fmn": ("fmn", {}),
-    "salun": ("salun", {}),
-    "esd": ("esd", {}),
-    "uce": ("uce", {}),  # the paper's defaults (guide: the empty word)
-    "uce-digit": ("uce", {"guide_concepts": ["digit"], "preserve_scale": 2.0, "erase_scale": 3.0}),
-    "rece": ("rece", {}),
-    "rece-digit": ("rece", {"guide_concepts": ["digit"], "preserve_scale": 2.0, "erase_scale": 3.0}),
+# label -> (registered method, its keys, whether the model's presets fill the other keys); rece joins when registered.
+# The UCE and RECE entries are fixed settings (the papers' defaults, or the issue's keys), never the model's presets.
+ENTRIES: dict[str, tuple[str, dict, bool]] = {
+    "fmn": ("fmn", {}, True),
+    "salun": ("salun", {}, True),
+    "esd": ("esd", {}, True),
+    "uce": ("uce", {}, False),  # the paper's defaults (guide: the empty word)
+    "uce-digit": ("uce", {"guide_concepts": ["digit"], "preserve_scale": 2.0, "erase_scale": 3.0}, False),
+    "rece": ("rece", {}, False),
+    "rece-digit": ("rece", {"guide_concepts": ["digit"], "preserve_scale": 2.0, "erase_scale": 3.0}, False),
 }
 RETAIN_POINTS, FORGET_POINTS = 0.05, 0.10  # the goals: retain within 5 points of the original's, forget within 10
 ENTRY = re.compile(r"^(?:(?P<label>[\w.-]+)=)?(?P<method>[\w-]+)(?::(?P<keys>.*))?$")
@@ -80,15 +82,16 @@ class Entry:
     method: str
     keys: dict  # the entry's own keys
     user: dict  # what goes over the presets: the toy sizes (--toy), the entry's keys
+    presets: bool = True  # the model's presets fill the keys the entry does not set
 
     def settings(self, model: Path, seed: int):
         entry = get_method(self.method, tag="diffusion")
-        return resolve_settings(entry, model, {**self.user, "seed": seed, "show_progress": False})
+        return resolve_settings(entry, model, {**self.user, "seed": seed, "show_progress": False}, self.presets)
 
 
 def _default_methods() -> list[str]:
     registered = set(list_methods("diffusion"))
-    return [label for label, (method, _) in ENTRIES.items() if method in registered]
+    return [label for label, (method, _, _) in ENTRIES.items() if method in registered]
 
 
 def _parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
@@ -145,8 +148,9 @@ def _entries(specs: list[str], model: Path, toy: bool) -> list[Entry]:
             raise ConfigError(
                 f"--methods: cannot read {spec!r}; write a label ({', '.join(ENTRIES)}) or label=method:k=v"
             )
+        presets = True
         if match["label"] is None and match["keys"] is None and spec in ENTRIES:
-            method, keys = ENTRIES[spec]
+            method, keys, presets = ENTRIES[spec]
             label = spec
         else:
             label, method = match["label"] or match["method"], match["method"]
@@ -160,7 +164,7 @@ def _entries(specs: list[str], model: Path, toy: bool) -> list[Entry]:
             raise ConfigError(f"--methods {spec!r}: {exc.args[0]}") from None
         fields = {f.name for f in dataclasses.fields(info.config_cls)}
         toy_keys = {k: v for k, v in TOY_ERASE.items() if k in fields} if toy else {}
-        entry = Entry(label, info.name, keys, {**toy_keys, **keys})
+        entry = Entry(label, info.name, keys, {**toy_keys, **keys}, presets)
         if any(e.label == entry.label for e in out):
             raise ConfigError(f"--methods: label {entry.label!r} is given twice; give each configuration its own label")
         try:
