@@ -143,10 +143,13 @@ def test_every_family_default_is_a_valid_setting_that_differs_from_the_method_de
 
 def test_the_shipped_tiny_sd_presets_are_read_and_applied():
     presets = read_presets(DEFAULT_MODEL / PRESETS_FILE)
-    assert set(presets) == {"fmn", "salun", "esd"}
+    assert set(presets) == {"fmn", "salun", "esd", "uce"}
     settings = resolve_settings(_entry("fmn"), DEFAULT_MODEL, {})
     assert settings.config.train == "cross_attention_keys" and settings.config.textual_inversion
     assert settings.config.learning_rate == 1e-3 and settings.sources["learning_rate"] == "model preset"
+    uce = resolve_settings(_entry("uce"), DEFAULT_MODEL, {})
+    assert uce.config.preserve_positions == "all" and uce.config.guide_concepts == ["digit"]
+    assert uce.sources["erase_scale"] == "model preset" and uce.sources["lamb"] == "method default"
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,7 @@ def test_sdxl_reads_both_encoders_states(tmp_path):
         ({"guide_concepts": ["\u00e9t\u00e9"]}, "cannot be represented"),
         ({"guide_concepts": ["one", "two"]}, "one per erased concept"),
         ({"positions": "middle"}, "positions: invalid value .middle.; accepted values"),
+        ({"preserve_positions": "ends"}, "preserve_positions: invalid value .ends.; accepted values"),
         ({"guide_concepts": []}, "guide_concepts is empty"),
         ({"lamb": -1.0}, "lamb"),
         ({"lamb": 0.0, "preserve_concepts": []}, "singular: lamb is 0"),
@@ -88,3 +89,13 @@ def test_an_empty_preserve_list_preserves_nothing():
     """No preserved concepts (an empty retain list, the default preserve list): only lamb keeps W' near W."""
     record = erase(None, "uce", ["seven"], {**TINY, "retain_concepts": []})
     assert record["details"]["preserved_rows"] == 0 and record["changed_parameters"]
+
+
+def test_preserve_positions_choose_the_preserved_rows_on_their_own():
+    """``preserve_positions: all`` keeps every position of the preserved prompts (more rows than concept_to_end)
+    and leaves the erase rows as they were."""
+    same = erase(None, "uce", ["seven"], {**TINY, "preserve_positions": "concept_to_end"})
+    apart = erase(None, "uce", ["seven"], {**TINY, "preserve_positions": "all"})
+    assert same["details"]["preserve_positions"] == "concept_to_end" and apart["details"]["preserve_positions"] == "all"
+    assert apart["details"]["erased_rows"] == same["details"]["erased_rows"]
+    assert apart["details"]["preserved_rows"] > same["details"]["preserved_rows"]

@@ -18,7 +18,10 @@ concatenated).
 
 ``positions``: ``concept_to_end`` (the paper's code: from the concept's last token to the end of the context, end of
 text and padding included, aligned between a prompt and its guide version), ``concept`` (only the concept's tokens'
-positions, the last one for a guide that is shorter) or ``all`` (every position).
+positions, the last one for a guide that is shorter) or ``all`` (every position). ``preserve_positions`` (default:
+the same as ``positions``) chooses the preserved prompts' positions on its own: ``all`` keeps every state of the
+preserved prompts, template words and start of text included, where it was, which on the embedded tiny SD is what
+lets the edit erase hard without moving the other digits (its preset).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class UCEConfig(ErasureConfig):
     preserve_scale: float | None = None
     lamb: float = 0.1  # keeps W' near W (and the system solvable)
     positions: Literal["concept_to_end", "concept", "all"] = "concept_to_end"
+    preserve_positions: Literal["concept_to_end", "concept", "all"] | None = None  # None: the same as positions
     edit_values: bool = True  # also edit to_v (the paper edits both)
 
     NUMBER_RANGES: ClassVar[dict] = {"erase_scale": NON_NEGATIVE, "preserve_scale": NON_NEGATIVE, "lamb": NON_NEGATIVE}
@@ -61,10 +65,10 @@ class UCEConfig(ErasureConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_numbers(self)
-        if self.positions not in POSITIONS:
-            raise ConfigError(
-                f"positions: invalid value {excerpt(self.positions)}; accepted values: {', '.join(POSITIONS)}"
-            )
+        for key in ("positions", "preserve_positions"):
+            value = getattr(self, key)
+            if value not in POSITIONS and not (key == "preserve_positions" and value is None):
+                raise ConfigError(f"{key}: invalid value {excerpt(value)}; accepted values: {', '.join(POSITIONS)}")
         if not self.guide_concepts:
             raise ConfigError(
                 "guide_concepts is empty: give one guide ('' maps the concept to nothing) or one per concept"
@@ -142,7 +146,7 @@ def _pairs(request: ErasureRequest, config: UCEConfig):
         erased.append(a[:n])
         guided.append(b[:n])
     preserved = [
-        _selected(rest[row], pipe, prompt, concept, config.positions)
+        _selected(rest[row], pipe, prompt, concept, config.preserve_positions or config.positions)
         for row, (prompt, concept) in enumerate(
             (template.format(p), p) for p in preserve for template in request.templates
         )
@@ -225,5 +229,6 @@ def erase(request: ErasureRequest, config: UCEConfig) -> ErasureOutcome:
         "preserved_rows": len(preserved),
         "preserve_scale": preserve_scale,
         "positions": config.positions,
+        "preserve_positions": config.preserve_positions or config.positions,
     }
     return ErasureOutcome(result, details=details)
