@@ -57,6 +57,7 @@ from concept_erase.diffusion.presets import resolve_settings
 from concept_erase.diffusion.tiny_sd import resolve_model
 
 SETS = ("seven", "seven,two", "seven,two,five", "seven,two,five,three,eight")
+TINY_UCE = {"guide_concepts": ["digit"], "erase_scale": 10.0, "preserve_scale": 2.0, "preserve_positions": "all"}
 # label -> (registered method, its keys, whether the model's presets fill the other keys); rece joins when registered.
 # The UCE and RECE entries are fixed settings (the papers' defaults, or the issue's keys), never the model's presets.
 ENTRIES: dict[str, tuple[str, dict, bool]] = {
@@ -67,6 +68,8 @@ ENTRIES: dict[str, tuple[str, dict, bool]] = {
     "uce-digit": ("uce", {"guide_concepts": ["digit"], "preserve_scale": 2.0, "erase_scale": 3.0}, False),
     "rece": ("rece", {}, False),
     "rece-digit": ("rece", {"guide_concepts": ["digit"], "preserve_scale": 2.0, "erase_scale": 3.0}, False),
+    "uce-preset": ("uce", {}, True),  # the model's uce preset (tiny SD: guide "digit", every preserved position)
+    "rece-preset": ("rece", dict(TINY_UCE), False),  # rece with the tiny SD's uce preset keys
 }
 RETAIN_POINTS, FORGET_POINTS = 0.05, 0.10  # the goals: retain within 5 points of the original's, forget within 10
 ENTRY = re.compile(r"^(?:(?P<label>[\w.-]+)=)?(?P<method>[\w-]+)(?::(?P<keys>.*))?$")
