@@ -223,7 +223,7 @@ class SequentialErasureStepConfig:
 
     def __post_init__(self) -> None:
         if not self.method:
-            raise ConfigError("method is empty: name a diffusion method (fmn, salun, esd, uce)")
+            raise ConfigError("method is empty: name a diffusion method (fmn, salun, esd, uce, rece)")
         self.requests = normalize_requests(self.requests)
         if self.oracle not in ORACLE_CHOICES:
             raise ConfigError(f"oracle must be one of {', '.join(ORACLE_CHOICES)}, got {self.oracle!r}")
