@@ -27,6 +27,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from concept_erase.core.io import write_json
+from concept_erase.core.registry import list_methods
 from concept_erase.diffusion.loading import pipeline_class
 from concept_erase.diffusion.tiny_sd import build_tokenizer, save_pipeline
 
@@ -166,3 +167,8 @@ def run_worker_or_benchmark(
 def command_line() -> str:
     """The command that started this script, as one shell line (the interpreter's name, then ``sys.argv``)."""
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def registered(method: str) -> bool:
+    """Whether ``method`` is a registered diffusion method (a benchmark skips the ones that are not)."""
+    return method in list_methods("diffusion")

@@ -38,9 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _sd15 import command_line, run_isolated, run_worker_or_benchmark, save_sd15_pipeline
+from _sd15 import command_line, registered, run_isolated, run_worker_or_benchmark, save_sd15_pipeline
 
-from concept_erase.core.errors import UnknownNameError
 from concept_erase.core.io import package_versions
 from concept_erase.core.registry import get_method
 from concept_erase.diffusion.base import GENERIC_RETAIN, GENERIC_TEMPLATES, ErasureRequest, encode_prompts
@@ -196,14 +195,6 @@ WORKERS = {"build": build_worker, "method": method_worker, "end_to_end": end_to_
 
 
 # ---------------------------------------------------------------------------------------------------- the plan
-
-
-def registered(method: str) -> bool:
-    try:
-        get_method(method, tag="diffusion")
-    except UnknownNameError:
-        return False
-    return True
 
 
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:

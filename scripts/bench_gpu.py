@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _sd15 import command_line, run_isolated, run_worker_or_benchmark, save_sd15_pipeline
+from _sd15 import command_line, registered, run_isolated, run_worker_or_benchmark, save_sd15_pipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from concept_erase.core.errors import UnknownNameError
 from concept_erase.core.io import package_versions, peak_memory_bytes
 from concept_erase.core.registry import get_method
 from concept_erase.diffusion.base import GENERIC_TEMPLATES, ErasureRequest, concept_data
@@ -190,14 +189,6 @@ WORKERS = {
 
 
 # ---------------------------------------------------------------------------------------------------- the plan
-
-
-def registered(method: str) -> bool:
-    try:
-        get_method(method, tag="diffusion")
-    except UnknownNameError:
-        return False
-    return True
 
 
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -34,7 +34,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import shlex
 import statistics
@@ -47,7 +46,7 @@ from matplotlib.figure import Figure  # no pyplot: no global backend state
 
 from concept_erase.core.config import config_to_dict, parse_overrides
 from concept_erase.core.errors import ConfigError, UnknownNameError
-from concept_erase.core.io import package_versions, strict_json
+from concept_erase.core.io import atomic_file, package_versions, write_json
 from concept_erase.core.readers import read_json_object
 from concept_erase.core.registry import get_method, list_methods
 from concept_erase.diffusion.erasure import erase
@@ -372,15 +371,8 @@ def _plot(summary: list[dict], path: Path) -> None:
 
 def _write(output: Path, result: dict) -> None:
     """Atomically: a half-written file never replaces the last complete one."""
-    text = strict_json(result, output.name, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(output) as tmp:
+        write_json(tmp, result)
 
 
 def main(argv: list[str] | None = None) -> None:

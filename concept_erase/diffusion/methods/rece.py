@@ -52,9 +52,8 @@ from concept_erase.core.config import NON_NEGATIVE
 from concept_erase.core.errors import ConfigError, excerpt
 from concept_erase.core.registry import register_method
 from concept_erase.core.trainer import TrainResult
-from concept_erase.diffusion.attention import cross_attention_layers
 from concept_erase.diffusion.base import ErasureOutcome, ErasureRequest, encode_prompts
-from concept_erase.diffusion.methods.uce import UCEConfig, _pairs, edit_projections
+from concept_erase.diffusion.methods.uce import UCEConfig, edit_projections, prepare_edit
 
 __all__ = ["RECEConfig", "adversarial_embedding", "erase", "projections", "regeneration_residual"]
 
@@ -131,16 +130,8 @@ def regeneration_residual(
 def erase(request: ErasureRequest, config: RECEConfig) -> ErasureOutcome:
     """UCE on ``request.unet``'s cross-attention projections, then ``config.rounds`` adversarial rounds, in place."""
     start = time.perf_counter()
-    layers = cross_attention_layers(request.unet)
-    if not layers:
-        raise ConfigError(f"rece: the model's {type(request.unet).__name__} has no cross-attention layers to edit")
-    erased, guided, preserved, preserve_prompts = _pairs(request, config)
-    preserve_scale = (
-        config.preserve_scale if config.preserve_scale is not None else max(0.1, 1 / max(preserve_prompts, 1))
-    )
-    solve = dict(
-        erase_scale=config.erase_scale, preserve_scale=preserve_scale, lamb=config.lamb, edit_values=config.edit_values
-    )
+    erased, guided, preserved, solve = prepare_edit(request, config, "rece")
+    preserve_scale = solve["preserve_scale"]
     original = projections(request.unet)
     names = edit_projections(request.unet, erased, guided, preserved, **solve)
     uce_residual = regeneration_residual(projections(request.unet), original, erased, erased)

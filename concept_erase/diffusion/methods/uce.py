@@ -41,7 +41,7 @@ from concept_erase.diffusion.base import ErasureConfig, ErasureOutcome, ErasureR
 from concept_erase.diffusion.families import tokenizers
 from concept_erase.diffusion.loading import concept_token_ids
 
-__all__ = ["POSITIONS", "UCEConfig", "edit_projections", "erase"]
+__all__ = ["POSITIONS", "UCEConfig", "edit_projections", "erase", "prepare_edit"]
 
 POSITIONS = ("concept_to_end", "concept", "all")
 
@@ -195,6 +195,22 @@ def edit_projections(
     return names
 
 
+def prepare_edit(request: ErasureRequest, config: UCEConfig, method: str):
+    """``(erased, guided, preserved, solve)`` for :func:`edit_projections`: the rows of :func:`_pairs` and the solve's
+    keyword arguments (``preserve_scale`` resolved: ``max(0.1, 1 / preserved prompts)`` when not given), after
+    checking that the UNet has cross-attention layers to edit (``method`` names the refusal)."""
+    if not cross_attention_layers(request.unet):
+        raise ConfigError(f"{method}: the model's {type(request.unet).__name__} has no cross-attention layers to edit")
+    erased, guided, preserved, preserve_prompts = _pairs(request, config)
+    preserve_scale = (
+        config.preserve_scale if config.preserve_scale is not None else max(0.1, 1 / max(preserve_prompts, 1))
+    )
+    solve = dict(
+        erase_scale=config.erase_scale, preserve_scale=preserve_scale, lamb=config.lamb, edit_values=config.edit_values
+    )
+    return erased, guided, preserved, solve
+
+
 @register_method(
     "uce",
     UCEConfig,
@@ -204,23 +220,9 @@ def edit_projections(
 def erase(request: ErasureRequest, config: UCEConfig) -> ErasureOutcome:
     """Edit ``request.unet``'s cross-attention key (and value) projections in closed form, in place."""
     start = time.perf_counter()
-    layers = cross_attention_layers(request.unet)
-    if not layers:
-        raise ConfigError(f"uce: the model's {type(request.unet).__name__} has no cross-attention layers to edit")
-    erased, guided, preserved, preserve_prompts = _pairs(request, config)
-    preserve_scale = (
-        config.preserve_scale if config.preserve_scale is not None else max(0.1, 1 / max(preserve_prompts, 1))
-    )
-    names = edit_projections(
-        request.unet,
-        erased,
-        guided,
-        preserved,
-        erase_scale=config.erase_scale,
-        preserve_scale=preserve_scale,
-        lamb=config.lamb,
-        edit_values=config.edit_values,
-    )
+    erased, guided, preserved, solve = prepare_edit(request, config, "uce")
+    names = edit_projections(request.unet, erased, guided, preserved, **solve)
+    preserve_scale = solve["preserve_scale"]
     seconds = time.perf_counter() - start
     result = TrainResult(global_step=0, losses=[], seconds=seconds, trained_parameters=names)
     details = {
