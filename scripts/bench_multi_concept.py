@@ -329,8 +329,9 @@ def _plot(summary: list[dict], path: Path) -> None:
     for k, label in enumerate(dict.fromkeys(s["method"] for s in summary)):
         mine = sorted((s for s in summary if s["method"] == label), key=lambda s: s["size"])
         x = [s["size"] for s in mine]
-        left.plot(x, [100 * s["forget_accuracy"] for s in mine], "o-", color=f"C{k}", label=label)
-        right.plot(x, [100 * s["retain_accuracy"] for s in mine], "o-", color=f"C{k}", label=label)
+        style = dict(color=f"C{k % 10}", marker="os^Dv"[k // 10 % 5], linestyle=("-", "--", "-.")[k // 10 % 3])
+        left.plot(x, [100 * s["forget_accuracy"] for s in mine], label=label, **style)  # past 10 methods: new marks
+        right.plot(x, [100 * s["retain_accuracy"] for s in mine], label=label, **style)
     oracle = [
         (n, reference[n]["oracle_forget_accuracy"]) for n in sizes if reference[n]["oracle_forget_accuracy"] is not None
     ]
