@@ -23,7 +23,14 @@ from tqdm.auto import tqdm
 
 from classifiers.vbu.gp import NotPositiveDefiniteError, SparseGPClassifier
 from classifiers.vbu.plots import plot_kl_vs_lambda, plot_maps
-from classifiers.vbu.shards import AGGREGATIONS, METHODS, SHARD_MODES, ShardedGPUnlearner, check_erase_indices
+from classifiers.vbu.shards import (
+    AGGREGATIONS,
+    DEFAULT_METHODS,
+    METHODS,
+    SHARD_MODES,
+    ShardedGPUnlearner,
+    check_erase_indices,
+)
 from classifiers.vbu.unlearn import check_lambda
 from concept_erase.core.config import check_numbers
 from concept_erase.core.errors import ConfigError, excerpt
@@ -42,7 +49,7 @@ class MoonsConfig:
     erase: str = "largest"
     num_erase: int = 20
     shard_modes: list[str] = field(default_factory=lambda: ["contiguous"])
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     aggregations: list[str] = field(default_factory=lambda: list(AGGREGATIONS))
     seed: int = 0
     n_samples: int = 100

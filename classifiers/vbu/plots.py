@@ -9,7 +9,13 @@ from matplotlib.figure import Figure  # no pyplot: no global backend state
 
 __all__ = ["plot_kl_vs_lambda", "plot_maps"]
 
-_STYLE = {"eubo": ("C0", "o"), "eubo_adam": ("C2", "s"), "rkl": ("C1", "^")}
+_STYLE = {
+    "eubo": ("C0", "o"),
+    "rkl": ("C1", "^"),
+    "eubo_lbfgs": ("C4", "v"),
+    "eubo_adam": ("C2", "s"),
+    "rkl_pooled": ("C3", "D"),
+}
 
 
 def _x_positions(lambdas: list[float]) -> tuple[np.ndarray, float]:

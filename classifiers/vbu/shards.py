@@ -31,6 +31,7 @@ from concept_erase.core.errors import ConfigError, EmptyDataError, NotFittedErro
 
 __all__ = [
     "AGGREGATIONS",
+    "DEFAULT_METHODS",
     "METHODS",
     "SHARD_MODES",
     "ShardedGPUnlearner",
@@ -43,7 +44,9 @@ __all__ = [
 
 SHARD_MODES = ("contiguous", "random")
 AGGREGATIONS = ("poe", "bcm", "ensemble")
-METHODS = ("eubo", "eubo_adam", "rkl")
+# eubo / rkl: the authors' estimators (defaults); eubo_lbfgs, eubo_adam, rkl_pooled: our earlier ones (docs/vbu.md)
+METHODS = ("eubo", "rkl", "eubo_lbfgs", "eubo_adam", "rkl_pooled")
+DEFAULT_METHODS = ("eubo", "rkl")
 
 
 def partition(n: int, num_shards: int, mode: str = "contiguous", seed: int = 0) -> list[np.ndarray]:
@@ -129,8 +132,10 @@ class ShardedGPUnlearner:
     shard_mode: str = "contiguous"
     seed: int = 0
     shards: list | None = None  # explicit shards (lists of indices) instead of num_shards / shard_mode
-    eubo_samples: int = 256
-    rkl_samples: int = 20000
+    eubo_samples: int = 1000  # method eubo: fresh draws per Adam step (the authors' 1,000)
+    eubo_steps: int = 15000  # method eubo: Adam steps at lr 1e-3 (the authors' run.py default)
+    rkl_samples: int = 1000  # method rkl: draws per self-normalised batch (the authors' 1,000)
+    rkl_batches: int = 100  # method rkl: batches averaged for the stationary point
     posteriors_: list = field(default_factory=list, init=False)
     fit_seconds_: list = field(default_factory=list, init=False)
 
@@ -183,10 +188,16 @@ class ShardedGPUnlearner:
         def log_lik(theta):
             return self.model.log_lik(theta, A, y_signed)
 
+        seed = self.seed
         if method == "rkl":
-            return rkl_unlearn(full, log_lik, lam, num_samples=self.rkl_samples, seed=self.seed)
-        optimizer = "adam" if method == "eubo_adam" else "lbfgs"
-        return eubo_unlearn(full, log_lik, lam, num_samples=self.eubo_samples, seed=self.seed, optimizer=optimizer)
+            return rkl_unlearn(full, log_lik, lam, self.rkl_samples, seed, num_batches=self.rkl_batches)
+        if method == "rkl_pooled":  # our earlier estimator: one pool of 20,000 draws
+            return rkl_unlearn(full, log_lik, lam, 20000, seed, estimator="pooled")
+        if method == "eubo_lbfgs":  # our earlier default: L-BFGS over 256 fixed draws
+            return eubo_unlearn(full, log_lik, lam, 256, seed, optimizer="lbfgs")
+        if method == "eubo_adam":  # our earlier short schedule: 1,000 Adam steps at lr 0.01, 256 draws a step
+            return eubo_unlearn(full, log_lik, lam, 256, seed, optimizer="adam", steps=1000, lr=0.01)
+        return eubo_unlearn(full, log_lik, lam, self.eubo_samples, seed, steps=self.eubo_steps, lr=1e-3)
 
     def retrained_posteriors(self, erase) -> tuple[list, list[float]]:
         """Shard posteriors retrained by VI without ``erase`` (same shards) and the seconds per affected shard."""
