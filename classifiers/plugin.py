@@ -6,6 +6,7 @@ import classifiers.methods.amnesiac_relabel  # noqa: F401
 import classifiers.methods.bad_teacher  # noqa: F401
 import classifiers.methods.boundary_expand  # noqa: F401
 import classifiers.methods.boundary_shrink  # noqa: F401
+import classifiers.methods.deltagrad  # noqa: F401
 import classifiers.methods.finetune  # noqa: F401
 import classifiers.methods.grad_ascent  # noqa: F401
 import classifiers.methods.random_label  # noqa: F401

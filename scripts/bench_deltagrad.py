@@ -1,0 +1,171 @@
+"""DeltaGrad vs retraining with the same optimiser: deletion and addition rates 0.1%-10%, batch and online.
+
+For each data set (MNIST-5k, digits) softmax regression (``mlp`` with ``hidden_sizes: []``) is trained by full-batch
+gradient descent on the L2-regularised cross-entropy, caching every iteration
+(``classifiers.methods.deltagrad.train_with_cache``). For each rate a request deletes that fraction of the training
+rows (seeded) or adds that many examples (from the data set's test split: the same source the harness reads), and is
+served two ways, each timed:
+
+- **retrain**: the same GD from the same initial weights on the new data set;
+- **deltagrad**: :func:`classifiers.methods.deltagrad.replay` with the paper's defaults (T0 5, j0 10, m 2).
+
+``online``: the same number of examples in ``--online_requests`` requests one after another, each replaying the
+previous request's cache; the times are summed. Recorded: seconds, the speed-up, the L2 distance of DeltaGrad's
+parameters to the retrained ones and of the retrained ones to the original's, their ratio. Goals (issue 22), at rates
+<= 1% on MNIST-5k: speed-up >= 2.6x and distance ratio >= 100.
+
+    python scripts/bench_deltagrad.py --output bench_results/deltagrad.json --plot docs/img/deltagrad.png
+    python scripts/bench_deltagrad.py --toy --output /tmp/dg.json --plot /tmp/dg.png    # digits, 2 rates
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+from classifiers.data import load_dataset
+from classifiers.methods.deltagrad import GDRecipe, replay, retrain_gd, train_with_cache
+from classifiers.models import ModelConfig
+from classifiers.training import fresh_model
+from concept_erase.core.io import package_versions, write_json
+
+RATES = (0.001, 0.005, 0.01, 0.05, 0.1)
+
+
+def _model(splits):
+    shape = tuple(splits.train.tensors[0].shape[1:])
+    return fresh_model(ModelConfig("mlp", hidden_sizes=[]), splits.num_classes, shape, 0)
+
+
+def _timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def _case(splits, recipe, cache, rate, kind, requests, seed):
+    x, y = splits.train.tensors
+    count = max(1, round(rate * len(y)))
+    g = torch.Generator().manual_seed(seed)
+    if kind == "delete":
+        rows = torch.randperm(len(y), generator=g)[:count]
+        keep = torch.ones(len(y), dtype=torch.bool)
+        keep[rows] = False
+        new_x, new_y = x[keep], y[keep]
+    else:
+        pick = torch.randperm(len(splits.test.tensors[1]), generator=g)[:count]
+        ax, ay = splits.test.tensors[0][pick], splits.test.tensors[1][pick]
+        new_x, new_y = torch.cat([x, ax]), torch.cat([y, ay])
+    exact, retrain_s = _timed(retrain_gd, _model(splits), new_x, new_y, recipe)
+    chunks = torch.arange(count).chunk(requests)
+    seconds, cur_cache, cur_x, cur_y, w = 0.0, cache, x, y, None
+    exact_its = 0
+    alive = torch.arange(len(y))
+    for chunk in chunks:
+        if kind == "delete":
+            # the rows to delete, as positions in the current (already shrunk) data set
+            hit = torch.isin(alive, rows[chunk])
+            position = torch.nonzero(hit).squeeze(1)
+            alive = alive[~hit]
+            (w, cur_cache, stats), s = _timed(replay, _model(splits), cur_cache, cur_x, cur_y, remove=position)
+            keep_now = torch.ones(len(cur_y), dtype=torch.bool)
+            keep_now[position] = False
+            cur_x, cur_y = cur_x[keep_now], cur_y[keep_now]
+        else:
+            add = (ax[chunk], ay[chunk])
+            (w, cur_cache, stats), s = _timed(replay, _model(splits), cur_cache, cur_x, cur_y, add=add)
+            cur_x, cur_y = torch.cat([cur_x, add[0]]), torch.cat([cur_y, add[1]])
+        seconds += s
+        exact_its += stats["exact_iterations"]
+    d_dg = float((w - exact).norm())
+    d_orig = float((cache.final - exact).norm())
+    return {"kind": kind, "mode": "online" if requests > 1 else "batch", "rate": rate, "examples": count,
+            "requests": len(chunks), "retrain_seconds": round(retrain_s, 4), "deltagrad_seconds": round(seconds, 4),
+            "speedup": round(retrain_s / seconds, 3), "distance_deltagrad_retrain": d_dg,
+            "distance_original_retrain": d_orig, "distance_ratio": d_orig / max(d_dg, 1e-300),
+            "exact_iterations": exact_its}  # fmt: skip
+
+
+def _plot(rows, path):
+    fig = Figure(figsize=(10, 4))
+    ax_t, ax_d = fig.subplots(1, 2)
+    for (dataset, kind, mode), group in _groups(rows).items():
+        rates = [100 * r["rate"] for r in group]
+        label = f"{dataset} {kind} {mode}"
+        ax_t.plot(rates, [r["deltagrad_seconds"] for r in group], marker="o", label=f"DeltaGrad {label}")
+        ax_t.plot(rates, [r["retrain_seconds"] for r in group], marker="x", linestyle="--", label=f"retrain {label}")
+        ax_d.plot(
+            rates, [r["distance_deltagrad_retrain"] for r in group], marker="o", label=f"DeltaGrad-retrain {label}"
+        )
+        ax_d.plot(rates, [r["distance_original_retrain"] for r in group], marker="x", linestyle="--",
+                  label=f"original-retrain {label}")  # fmt: skip
+    for ax, title in ((ax_t, "running time (s)"), (ax_d, "L2 distance to the retrained parameters")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("deletion / addition rate (%)")
+        ax.set_title(title)
+        ax.legend(fontsize=5)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def _groups(rows):
+    out: dict = {}
+    for r in rows:
+        out.setdefault((r["dataset"], r["kind"], r["mode"]), []).append(r)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["mnist5k", "digits"])
+    parser.add_argument("--rates", type=float, nargs="+", default=list(RATES))
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--learning_rate", type=float, default=0.5)
+    parser.add_argument("--l2", type=float, default=1e-3)
+    parser.add_argument("--online_requests", type=int, default=5)
+    parser.add_argument("--toy", action="store_true", help="digits, rates 1% and 5%, 20 iterations")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--plot", default=None)
+    args = parser.parse_args(argv)
+    if args.toy:
+        args.datasets, args.rates, args.iterations = ["digits"], [0.01, 0.05], 20
+    if any(not 0 < r < 1 for r in args.rates) or args.iterations < 1 or args.online_requests < 1:
+        print("error: rates must be in (0, 1), iterations and online_requests >= 1", file=sys.stderr)
+        return 2
+    recipe = GDRecipe(iterations=args.iterations, learning_rate=args.learning_rate, l2=args.l2)
+    rows = []
+    for name in args.datasets:
+        splits = load_dataset(name)
+        model = _model(splits)
+        cache, train_s = _timed(train_with_cache, model, *splits.train.tensors, recipe)
+        for kind in ("delete", "add"):
+            for requests in (1, args.online_requests):
+                for rate in args.rates:
+                    row = {"dataset": name, **_case(splits, recipe, cache, rate, kind, requests, seed=0)}
+                    row["train_with_cache_seconds"] = round(train_s, 4)
+                    row["cache_bytes"] = cache.nbytes
+                    rows.append(row)
+                    print({k: row[k] for k in ("dataset", "kind", "mode", "rate", "speedup", "distance_ratio")},
+                          flush=True)  # fmt: skip
+    goal = [r for r in rows if r["dataset"] == "mnist5k" and r["rate"] <= 0.01]
+    result = {"command": "python " + " ".join(["scripts/bench_deltagrad.py", *(argv or sys.argv[1:])]),
+              "toy": args.toy, "threads": torch.get_num_threads(), "versions": package_versions(),
+              "recipe": vars(recipe), "defaults": {"T0": 5, "j0": 10, "m": 2}, "rows": rows,
+              "goals": {"speedup >= 2.6 (mnist5k, rate <= 1%)": bool(goal) and all(r["speedup"] >= 2.6 for r in goal),
+                        "distance ratio >= 100 (mnist5k, rate <= 1%)":
+                            bool(goal) and all(r["distance_ratio"] >= 100 for r in goal)}}  # fmt: skip
+    write_json(args.output, result)
+    if args.plot:
+        _plot(rows, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
