@@ -40,6 +40,8 @@ COLUMNS = (
     ("ta_remaining", "TA (remaining classes)"),
     ("mia_efficacy", "MIA-efficacy"),
     ("mia_loss", "MIA (loss, LR)"),
+    ("ulira_auc", "U-LiRA AUC"),
+    ("ulira_balanced_accuracy", "U-LiRA bal. acc."),
     ("avg_gap", "Avg. Gap"),
     ("l2_to_original", "L2 to original"),
     ("l2_to_oracle", "L2 to oracle"),
@@ -76,6 +78,7 @@ class BenchConfig:
     data_seed: int = 0
     cache: bool = True
     skip: list[str] = field(default_factory=list)  # ENTRY@KIND pairs not run (unsir@random: unsir refuses them)
+    ulira: dict | None = None  # U-LiRA settings (classifiers.ulira.ULiRAConfig keys): adds its columns
 
     def __post_init__(self) -> None:
         check_numbers(self)
@@ -128,6 +131,7 @@ def _job(config: BenchConfig, scenario: str, seed: int, entry: str) -> UnlearnJo
         test_size=config.test_size,
         data_seed=config.data_seed,
         cache=config.cache,
+        ulira=dict(config.ulira) if config.ulira is not None else None,
     )
 
 

@@ -34,12 +34,12 @@ from classifiers.data import (
     make_task,
     scenario_paths,
 )
-from classifiers.injection import inject_feature, injection_metrics
 from classifiers.methods import get_classifier_method
 from classifiers.metrics import plot_per_class_comparison, unlearning_metrics
 from classifiers.models import ModelConfig, build_model, is_model_dir, load_model, save_model
 from classifiers.oracle import RECIPE_FIELDS, Reference, get_oracle, get_original
 from classifiers.training import TrainConfig
+from classifiers.ulira import ULiRAConfig, check_scenario, ulira_attack
 from concept_erase.core.config import check_numbers, config_to_dict, dump_config, from_dict
 from concept_erase.core.errors import CheckpointError, ConfigError, InputNotFoundError
 from concept_erase.core.io import check_disjoint, config_paths, write_json
@@ -80,9 +80,9 @@ class UnlearnJob:
     data_seed: int = 0  # seed of the train/test split
     oracle: bool = True  # train (or load) the retrain oracle and report gaps to it
     cache: bool = True  # cache the original and the oracle under $CONCEPT_ERASE_CACHE/classifiers
-    # feature-injection test (classifiers.injection): this value in the first input coordinate of the forget samples
-    # before the original and the oracle are trained; metrics["injected_feature"] reports the weight left on it
-    inject_feature: float | None = None
+    # per-example membership inference (classifiers.ulira): ULiRAConfig keys, e.g. {"shadows": 8}; adds ulira_*
+    # metrics for the method, the retrain oracle (the attack's check) and the original
+    ulira: dict | None = None
 
     def __post_init__(self) -> None:
         check_numbers(self)
@@ -90,6 +90,11 @@ class UnlearnJob:
         if unknown:
             raise ConfigError(f"recipe: unknown key {sorted(unknown)[0]!r}; accepted keys: {', '.join(RECIPE_FIELDS)}")
         Scenario.parse(self.forget)  # fail early on a bad scenario
+        if self.ulira is not None:
+            if not isinstance(self.ulira, dict):
+                raise ConfigError(f"ulira must be a mapping of U-LiRA settings (shadows, progress), got {self.ulira!r}")
+            from_dict(ULiRAConfig, self.ulira)
+            check_scenario(self.forget)
 
     def train_config(self) -> TrainConfig:
         values = {"seed": self.seed, **self.recipe}
@@ -217,15 +222,6 @@ def run_job(job: UnlearnJob, model: nn.Module | None = None, splits: DatasetSpli
 
     splits = splits if splits is not None else load_splits(job)
     task = make_task(splits, job.forget, seed=job.seed)
-    if job.inject_feature is not None:
-        if model is not None or job.weights:
-            raise ConfigError("inject_feature trains the original on the injected data: it takes no given model")
-        if job.model != "mlp":
-            raise ConfigError(
-                f"inject_feature measures a model whose first layer is linear: model 'mlp', got {job.model!r}"
-            )
-        splits = inject_feature(splits, task.forget_indices, job.inject_feature)
-        task = make_task(splits, job.forget, seed=job.seed)
     recipe = job.train_config()
     method_config = make_method_config(job.method, job.method_config, job.seed, recipe)
     original = original_reference(job, splits, model, recipe)
@@ -248,9 +244,6 @@ def run_job(job: UnlearnJob, model: nn.Module | None = None, splits: DatasetSpli
         oracle_seconds=oracle.seconds if oracle else None,
         seed=job.seed,
     )
-    if job.inject_feature is not None:
-        oracle_model = oracle.model if oracle else None
-        metrics["injected_feature"] = injection_metrics(unlearned, original.model, oracle_model, job.inject_feature)
     before = unlearning_metrics(original.model, task, seed=job.seed)
     info = {"method": job.method, "scenario": task.scenario, "dataset": task.dataset, "seed": job.seed}
     if excluded:
@@ -258,7 +251,39 @@ def run_job(job: UnlearnJob, model: nn.Module | None = None, splits: DatasetSpli
     metrics["original"] = {
         k: before.get(k) for k in ("ua", "ra", "ta", "ta_remaining", "mia_efficacy", "per_class_accuracy")
     }
+    if job.ulira is not None:
+        _add_ulira(job, task, splits, template, recipe, metrics, unlearned, original.model, oracle)
     return JobResult(job, task, unlearned, {**info, **metrics}, summary, method_config, original, oracle)
+
+
+ULIRA_KEYS = ("auc", "balanced_accuracy", "balanced_accuracy_at_0", "unlearned_called_in")
+
+
+def _method_unlearn(name: str, values: dict, recipe: TrainConfig):
+    """``unlearn(model, task, seed)`` applying method ``name`` (its config made for that seed) in place."""
+    entry = get_classifier_method(name)
+
+    def unlearn(model: nn.Module, task: UnlearningTask, seed: int) -> None:
+        config = make_method_config(name, values, seed, dataclasses.replace(recipe, seed=seed))
+        entry.target(model, task, config, work_dir=None)
+
+    return unlearn
+
+
+def _add_ulira(job, task, splits, template, recipe, metrics, unlearned, original, oracle) -> None:
+    """U-LiRA of the method, of the retrain oracle (the attack's check) and of the original (no unlearning at
+    all) on shared shadows: ``ulira_*`` keys in ``metrics``, ``metrics['oracle']`` and ``metrics['original']``."""
+    methods = {"method": _method_unlearn(job.method, job.method_config, recipe), "original": lambda *a: None}
+    targets = {"method": unlearned, "original": original}
+    if oracle is not None:
+        methods["oracle"] = _method_unlearn("retrain", {}, recipe)
+        targets["oracle"] = oracle.model
+    config = from_dict(ULiRAConfig, job.ulira)
+    found = ulira_attack(task, splits, template, recipe, methods, config, targets=targets, cache=job.cache, seed=job.seed)
+    where = {"method": metrics, "oracle": metrics.get("oracle"), "original": metrics["original"]}
+    for name, values in found.items():
+        where[name].update({f"ulira_{k}": values.get(k) for k in ULIRA_KEYS})
+    metrics["ulira"] = found
 
 
 def job_inputs(job: UnlearnJob) -> list[str | None]:
