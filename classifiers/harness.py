@@ -34,6 +34,7 @@ from classifiers.data import (
     make_task,
     scenario_paths,
 )
+from classifiers.injection import inject_feature, injection_metrics
 from classifiers.methods import get_classifier_method
 from classifiers.metrics import plot_per_class_comparison, unlearning_metrics
 from classifiers.models import ModelConfig, build_model, is_model_dir, load_model, save_model
@@ -83,6 +84,9 @@ class UnlearnJob:
     # per-example membership inference (classifiers.ulira): ULiRAConfig keys, e.g. {"shadows": 8}; adds ulira_*
     # metrics for the method, the retrain oracle (the attack's check) and the original
     ulira: dict | None = None
+    # feature-injection test (classifiers.injection): this value in the first input coordinate of the forget samples
+    # before the original and the oracle are trained; metrics["injected_feature"] reports the weight left on it
+    inject_feature: float | None = None
 
     def __post_init__(self) -> None:
         check_numbers(self)
@@ -222,6 +226,15 @@ def run_job(job: UnlearnJob, model: nn.Module | None = None, splits: DatasetSpli
 
     splits = splits if splits is not None else load_splits(job)
     task = make_task(splits, job.forget, seed=job.seed)
+    if job.inject_feature is not None:
+        if model is not None or job.weights:
+            raise ConfigError("inject_feature trains the original on the injected data: it takes no given model")
+        if job.model != "mlp":
+            raise ConfigError(
+                f"inject_feature measures a model whose first layer is linear: model 'mlp', got {job.model!r}"
+            )
+        splits = inject_feature(splits, task.forget_indices, job.inject_feature)
+        task = make_task(splits, job.forget, seed=job.seed)
     recipe = job.train_config()
     method_config = make_method_config(job.method, job.method_config, job.seed, recipe)
     original = original_reference(job, splits, model, recipe)
@@ -244,6 +257,9 @@ def run_job(job: UnlearnJob, model: nn.Module | None = None, splits: DatasetSpli
         oracle_seconds=oracle.seconds if oracle else None,
         seed=job.seed,
     )
+    if job.inject_feature is not None:
+        oracle_model = oracle.model if oracle else None
+        metrics["injected_feature"] = injection_metrics(unlearned, original.model, oracle_model, job.inject_feature)
     before = unlearning_metrics(original.model, task, seed=job.seed)
     info = {"method": job.method, "scenario": task.scenario, "dataset": task.dataset, "seed": job.seed}
     if excluded:
