@@ -40,7 +40,7 @@ from classifiers.data import UnlearningTask
 from classifiers.models import MLP
 from classifiers.training import reinitialise
 from concept_erase.core.config import check_numbers
-from concept_erase.core.errors import ConfigError, InputNotFoundError
+from concept_erase.core.errors import ConfigError, InputNotFoundError, TrainingError
 from concept_erase.core.readers import first_line
 from concept_erase.core.registry import register_method
 from concept_erase.core.tensorfile import save_tensors
@@ -195,6 +195,11 @@ def train_with_cache(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
     grads = torch.empty_like(params)
     for t in range(steps):
         g = grad(w, x, y) / n
+        if not bool(torch.isfinite(g).all()):
+            raise TrainingError(
+                f"deltagrad: gradient descent diverged at iteration {t} (non-finite gradient) with learning_rate "
+                f"{recipe.learning_rate}; lower learning_rate (an MLP with hidden layers needs about 0.1)"
+            )
         params[t], grads[t] = w, g
         w = w - recipe.learning_rate * (g + recipe.l2 * w)
     _write(model, w)

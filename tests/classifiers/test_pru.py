@@ -141,6 +141,11 @@ def test_inject_feature_copies_the_data_and_refuses_a_used_coordinate():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured 2026-12-02: through the harness (AdamW-trained original, not at the optimum PRU assumes) PRU "
+    "leaves 13x the original's injected weight; issue 22 is open",
+)
 def test_harness_reports_distances_kl_cost_and_the_injected_feature_for_pru():
     job = UnlearnJob(
         method="pru",
