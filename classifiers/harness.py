@@ -295,7 +295,9 @@ def _add_ulira(job, task, splits, template, recipe, metrics, unlearned, original
         methods["oracle"] = _method_unlearn("retrain", {}, recipe)
         targets["oracle"] = oracle.model
     config = from_dict(ULiRAConfig, job.ulira)
-    found = ulira_attack(task, splits, template, recipe, methods, config, targets=targets, cache=job.cache, seed=job.seed)
+    found = ulira_attack(
+        task, splits, template, recipe, methods, config, targets=targets, cache=job.cache, seed=job.seed
+    )
     where = {"method": metrics, "oracle": metrics.get("oracle"), "original": metrics["original"]}
     for name, values in found.items():
         where[name].update({f"ulira_{k}": values.get(k) for k in ULIRA_KEYS})

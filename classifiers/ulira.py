@@ -113,9 +113,7 @@ def _subset(dataset: TensorDataset, index: torch.Tensor) -> TensorDataset:
 
 def _shadow_task(task: UnlearningTask, splits: DatasetSplits, inside: np.ndarray) -> UnlearningTask:
     forget_indices = task.forget_indices[torch.as_tensor(inside)]
-    return dataclasses.replace(
-        task, forget=_subset(splits.train, forget_indices), forget_indices=forget_indices
-    )
+    return dataclasses.replace(task, forget=_subset(splits.train, forget_indices), forget_indices=forget_indices)
 
 
 class _Gaussians:
@@ -131,7 +129,11 @@ class _Gaussians:
             mu = np.where(have, total / np.maximum(count, 1), fallback)
             residual = np.where(group, phi - mu, 0.0)
             dof = max(int(group.sum() - have.sum()), 1)
-            var = float((residual**2).sum() / dof) if group.sum() > have.sum() else float(np.var(phi[group]) if group.any() else 1.0)
+            var = (
+                float((residual**2).sum() / dof)
+                if group.sum() > have.sum()
+                else float(np.var(phi[group]) if group.any() else 1.0)
+            )
             self.mu.append(mu)
             self.var.append(max(var, 1e-6))
 

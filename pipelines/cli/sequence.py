@@ -101,7 +101,11 @@ def add_parsers(sub, parents: list) -> None:
     """Register ``sequence`` on the CLI's subparsers."""
     help_text = "apply erasure requests one after another (a request log, forget / retain after each request)"
     p = sub.add_parser("sequence", parents=parents, help=help_text)
-    p.add_argument("--method", required=True, help="a registered diffusion method (`concept-erase list` shows them: fmn, salun, esd, uce, rece)")
+    p.add_argument(
+        "--method",
+        required=True,
+        help="a registered diffusion method (`concept-erase list` shows them: fmn, salun, esd, uce, rece)",
+    )
     p.add_argument(
         "--concept",
         dest="requests",

@@ -376,8 +376,19 @@ def test_the_cli_refuses_an_unsupported_pipeline_in_one_line_before_printing_any
     (tmp_path / "model").mkdir()
     index = {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}
     (tmp_path / "model" / "model_index.json").write_text(json.dumps(index))
-    code = main(["erase", "--method", "esd", "--concept", "van gogh", "--model", str(tmp_path / "model"),
-                 "--output", str(tmp_path / "out")])
+    code = main(
+        [
+            "erase",
+            "--method",
+            "esd",
+            "--concept",
+            "van gogh",
+            "--model",
+            str(tmp_path / "model"),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 2 and captured.out == "" and not (tmp_path / "out").exists()
     assert captured.err.strip().count("\n") == 0 and f"is a FluxPipeline; {ONLY}" in captured.err
