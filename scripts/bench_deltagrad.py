@@ -9,10 +9,14 @@ served two ways, each timed:
 - **retrain**: the same GD from the same initial weights on the new data set;
 - **deltagrad**: :func:`classifiers.methods.deltagrad.replay` with the paper's defaults (T0 5, j0 10, m 2).
 
-``online``: the same number of examples in ``--online_requests`` requests one after another, each replaying the
-previous request's cache; the times are summed. Recorded: seconds, the speed-up, the L2 distance of DeltaGrad's
-parameters to the retrained ones and of the retrained ones to the original's, their ratio. Goals (issue 22), at rates
-<= 1% on MNIST-5k: speed-up >= 2.6x and distance ratio >= 100.
+The GD recipe is the authors' MNIST one: learning rate 0.1, 100 iterations (``l2`` 1e-3). A batch request is timed
+``--repeats`` times and the fastest time kept, for both ways (the machine is shared). ``online``: the same number of
+examples in ``--online_requests`` requests one after another, as in the paper: each request is served on its own, by
+DeltaGrad from the previous request's cache and by retraining on the data set as it then stands; the times are summed
+over the requests. Recorded: seconds, the speed-up, the L2 distance of DeltaGrad's final parameters to the retrained
+ones and of the retrained ones to the original's, their ratio (and, online, the smallest ratio over the requests,
+each against the model before it). Goals (issue 22), at rates <= 1% on MNIST-5k: speed-up >= 2.6x and distance
+ratio >= 100.
 
     python scripts/bench_deltagrad.py --output bench_results/deltagrad.json --plot docs/img/deltagrad.png
     python scripts/bench_deltagrad.py --toy --output /tmp/dg.json --plot /tmp/dg.png    # digits, 2 rates
@@ -42,53 +46,62 @@ def _model(splits):
     return fresh_model(ModelConfig("mlp", hidden_sizes=[]), splits.num_classes, shape, 0)
 
 
-def _timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
+def _timed(fn, *args, repeats=1, **kwargs):
+    """``fn``'s result and its fastest time over ``repeats`` runs (the machine is shared: the minimum is the least
+    disturbed measurement of a deterministic computation). ``fn`` gets a fresh model (``retrain_gd`` trains the one
+    it is given in place)."""
+    best = float("inf")
+    for _ in range(repeats):
+        model = _model(args[0])
+        start = time.perf_counter()
+        out = fn(model, *args[1:], **kwargs)
+        best = min(best, time.perf_counter() - start)
+    return out, best
 
 
-def _case(splits, recipe, cache, rate, kind, requests, seed):
+def _case(splits, recipe, cache, rate, kind, requests, seed, repeats):
     x, y = splits.train.tensors
     count = max(1, round(rate * len(y)))
     g = torch.Generator().manual_seed(seed)
     if kind == "delete":
         rows = torch.randperm(len(y), generator=g)[:count]
-        keep = torch.ones(len(y), dtype=torch.bool)
-        keep[rows] = False
-        new_x, new_y = x[keep], y[keep]
     else:
         pick = torch.randperm(len(splits.test.tensors[1]), generator=g)[:count]
         ax, ay = splits.test.tensors[0][pick], splits.test.tensors[1][pick]
-        new_x, new_y = torch.cat([x, ax]), torch.cat([y, ay])
-    exact, retrain_s = _timed(retrain_gd, _model(splits), new_x, new_y, recipe)
     chunks = torch.arange(count).chunk(requests)
-    seconds, cur_cache, cur_x, cur_y, w = 0.0, cache, x, y, None
-    exact_its = 0
-    alive = torch.arange(len(y))
+    # online: every request is served on its own, by DeltaGrad from the previous request's cache and by retraining
+    # on the data set as it stands after the request; both times are summed over the requests
+    retrain_s = dg_s = 0.0
+    cur_cache, cur_x, cur_y, alive = cache, x, y, torch.arange(len(y))
+    ratios, exact_its, skipped = [], 0, 0
     for chunk in chunks:
         if kind == "delete":
             # the rows to delete, as positions in the current (already shrunk) data set
             hit = torch.isin(alive, rows[chunk])
             position = torch.nonzero(hit).squeeze(1)
             alive = alive[~hit]
-            (w, cur_cache, stats), s = _timed(replay, _model(splits), cur_cache, cur_x, cur_y, remove=position)
+            request = {"remove": position}
             keep_now = torch.ones(len(cur_y), dtype=torch.bool)
             keep_now[position] = False
-            cur_x, cur_y = cur_x[keep_now], cur_y[keep_now]
+            new_x, new_y = cur_x[keep_now], cur_y[keep_now]
         else:
-            add = (ax[chunk], ay[chunk])
-            (w, cur_cache, stats), s = _timed(replay, _model(splits), cur_cache, cur_x, cur_y, add=add)
-            cur_x, cur_y = torch.cat([cur_x, add[0]]), torch.cat([cur_y, add[1]])
-        seconds += s
-        exact_its += stats["exact_iterations"]
+            request = {"add": (ax[chunk], ay[chunk])}
+            new_x, new_y = torch.cat([cur_x, ax[chunk]]), torch.cat([cur_y, ay[chunk]])
+        exact, s_retrain = _timed(retrain_gd, splits, new_x, new_y, recipe, repeats=repeats)
+        previous = cur_cache.final
+        (w, cur_cache, stats), s_dg = _timed(replay, splits, cur_cache, cur_x, cur_y, repeats=repeats, **request)
+        retrain_s, dg_s = retrain_s + s_retrain, dg_s + s_dg
+        ratios.append(float((previous - exact).norm()) / max(float((w - exact).norm()), 1e-300))
+        exact_its, skipped = exact_its + stats["exact_iterations"], skipped + stats["skipped_pairs"]
+        cur_x, cur_y = new_x, new_y
     d_dg = float((w - exact).norm())
     d_orig = float((cache.final - exact).norm())
     return {"kind": kind, "mode": "online" if requests > 1 else "batch", "rate": rate, "examples": count,
-            "requests": len(chunks), "retrain_seconds": round(retrain_s, 4), "deltagrad_seconds": round(seconds, 4),
-            "speedup": round(retrain_s / seconds, 3), "distance_deltagrad_retrain": d_dg,
+            "requests": len(chunks), "retrain_seconds": round(retrain_s, 4), "deltagrad_seconds": round(dg_s, 4),
+            "speedup": round(retrain_s / dg_s, 3), "distance_deltagrad_retrain": d_dg,
             "distance_original_retrain": d_orig, "distance_ratio": d_orig / max(d_dg, 1e-300),
-            "exact_iterations": exact_its}  # fmt: skip
+            "distance_ratio_min_per_request": min(ratios), "exact_iterations": exact_its,
+            "skipped_pairs": skipped}  # fmt: skip
 
 
 def _plot(rows, path):
@@ -127,28 +140,32 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["mnist5k", "digits"])
     parser.add_argument("--rates", type=float, nargs="+", default=list(RATES))
     parser.add_argument("--iterations", type=int, default=100)
-    parser.add_argument("--learning_rate", type=float, default=0.5)
+    parser.add_argument("--learning_rate", type=float, default=0.1)
     parser.add_argument("--l2", type=float, default=1e-3)
     parser.add_argument("--online_requests", type=int, default=5)
-    parser.add_argument("--toy", action="store_true", help="digits, rates 1% and 5%, 20 iterations")
+    parser.add_argument("--repeats", type=int, default=3, help="time each batch request this many times (fastest)")
+    parser.add_argument("--toy", action="store_true", help="digits, rates 1%% and 5%%, 30 iterations, 1 repeat")
     parser.add_argument("--output", required=True)
     parser.add_argument("--plot", default=None)
     args = parser.parse_args(argv)
     if args.toy:
-        args.datasets, args.rates, args.iterations = ["digits"], [0.01, 0.05], 20
-    if any(not 0 < r < 1 for r in args.rates) or args.iterations < 1 or args.online_requests < 1:
-        print("error: rates must be in (0, 1), iterations and online_requests >= 1", file=sys.stderr)
+        args.datasets, args.rates, args.iterations, args.repeats = ["digits"], [0.01, 0.05], 30, 1
+    if any(not 0 < r < 1 for r in args.rates) or min(args.iterations, args.online_requests, args.repeats) < 1:
+        print("error: rates must be in (0, 1), iterations, online_requests and repeats >= 1", file=sys.stderr)
         return 2
     recipe = GDRecipe(iterations=args.iterations, learning_rate=args.learning_rate, l2=args.l2)
     rows = []
     for name in args.datasets:
         splits = load_dataset(name)
         model = _model(splits)
-        cache, train_s = _timed(train_with_cache, model, *splits.train.tensors, recipe)
+        start = time.perf_counter()
+        cache = train_with_cache(model, *splits.train.tensors, recipe)
+        train_s = time.perf_counter() - start
         for kind in ("delete", "add"):
             for requests in (1, args.online_requests):
                 for rate in args.rates:
-                    row = {"dataset": name, **_case(splits, recipe, cache, rate, kind, requests, seed=0)}
+                    reps = args.repeats if requests == 1 else 1
+                    row = {"dataset": name, **_case(splits, recipe, cache, rate, kind, requests, 0, reps)}
                     row["train_with_cache_seconds"] = round(train_s, 4)
                     row["cache_bytes"] = cache.nbytes
                     rows.append(row)
@@ -157,7 +174,8 @@ def main(argv=None) -> int:
     goal = [r for r in rows if r["dataset"] == "mnist5k" and r["rate"] <= 0.01]
     result = {"command": "python " + " ".join(["scripts/bench_deltagrad.py", *(argv or sys.argv[1:])]),
               "toy": args.toy, "threads": torch.get_num_threads(), "versions": package_versions(),
-              "recipe": vars(recipe), "defaults": {"T0": 5, "j0": 10, "m": 2}, "rows": rows,
+              "recipe": vars(recipe), "defaults": {"T0": 5, "j0": 10, "m": 2}, "repeats": args.repeats,
+              "rows": rows,
               "goals": {"speedup >= 2.6 (mnist5k, rate <= 1%)": bool(goal) and all(r["speedup"] >= 2.6 for r in goal),
                         "distance ratio >= 100 (mnist5k, rate <= 1%)":
                             bool(goal) and all(r["distance_ratio"] >= 100 for r in goal)}}  # fmt: skip

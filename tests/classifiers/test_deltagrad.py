@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from collections import deque
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,6 +16,8 @@ from classifiers.methods import unlearn
 from classifiers.methods.deltagrad import (
     DeltaGradConfig,
     GDRecipe,
+    _Gradient,
+    _lbfgs_product,
     load_cache,
     replay,
     retrain_gd,
@@ -21,7 +28,7 @@ from classifiers.models import ModelConfig
 from classifiers.training import fresh_model
 from concept_erase.core.errors import ConfigError
 
-RECIPE = GDRecipe(iterations=40, learning_rate=0.5, l2=1e-3)
+RECIPE = GDRecipe(iterations=30, learning_rate=0.1, l2=1e-3)  # the authors' learning rate (the default)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +61,9 @@ def test_deletion_replay_is_much_closer_to_retraining_than_the_original(digits, 
     keep = torch.ones(len(y), dtype=torch.bool)
     keep[remove] = False
     exact = _retrained(digits, x[keep], y[keep])
-    assert float((w - exact).norm()) < 0.2 * float((cache.final - exact).norm())
-    assert stats["exact_iterations"] < stats["iterations"] and stats["deleted"] == len(remove)
+    # measured 72x (the paper: about three orders of magnitude on MNIST; at learning rate 0.5 this was 5x)
+    assert float((w - exact).norm()) < float((cache.final - exact).norm()) / 30
+    assert stats["exact_iterations"] == 14 and stats["iterations"] == 30 and stats["deleted"] == len(remove)
     assert torch.equal(x, x_before)  # inputs untouched
     assert torch.equal(new_cache.final, w) and new_cache.num_samples == int(keep.sum())
 
@@ -66,11 +74,40 @@ def test_addition_and_an_online_second_request(digits, trained):
     w, after_add, _ = replay(model, cache, x, y, add=(xa, ya))
     x2, y2 = torch.cat([x, xa]), torch.cat([y, ya])
     exact = _retrained(digits, x2, y2)
-    assert float((w - exact).norm()) < 0.2 * float((cache.final - exact).norm())
+    assert float((w - exact).norm()) < float((cache.final - exact).norm()) / 30  # measured 60x
     # online: a deletion on top of the addition's cache
     w2, _, _ = replay(model, after_add, x2, y2, remove=torch.tensor([0, 1, 2, 3, 4]))
     exact2 = _retrained(digits, x2[5:], y2[5:])
-    assert float((w2 - exact2).norm()) < 0.2 * float((w - exact2).norm())
+    assert float((w2 - exact2).norm()) < float((w - exact2).norm()) / 10  # measured 24x
+
+
+def test_with_every_iteration_exact_the_replay_is_retraining(digits, trained):
+    model, cache, x, y = trained
+    remove = torch.tensor([3, 50, 700])
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[remove] = False
+    w, _, stats = replay(model, cache, x, y, remove=remove, exact_every=1)
+    assert stats["exact_iterations"] == stats["iterations"]
+    assert float((w - _retrained(digits, x[keep], y[keep])).abs().max()) < 1e-12
+    xa, ya = digits.test.tensors[0][:7], digits.test.tensors[1][:7]
+    w, _, _ = replay(model, cache, x, y, add=(xa, ya), exact_every=1)
+    assert float((w - _retrained(digits, torch.cat([x, xa]), torch.cat([y, ya]))).abs().max()) < 1e-12
+
+
+def test_the_quasi_hessian_meets_the_secant_condition_and_the_closed_form_gradient_is_autograds(digits, trained):
+    model, cache, x, y = trained
+    xd, n = x.double(), len(y)
+    grad = _Gradient(model)
+    assert grad.linear
+    pairs: deque = deque(maxlen=2)
+    for t in (3, 8):  # two pairs as the replay forms them: a perturbed point against the cached one
+        s = 1e-3 * torch.randn(cache.params.shape[1], generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+        pairs.append((s, grad(cache.params[t] + s, xd, y) / n - cache.grads[t]))
+    s, dy = pairs[-1]
+    assert torch.allclose(_lbfgs_product(pairs, s), dy, rtol=1e-8, atol=1e-12)  # B s_k = y_k
+    closed = grad(cache.params[5], xd[:50], y[:50])
+    grad.linear = False  # the autograd path (what an MLP with hidden layers takes)
+    assert torch.allclose(closed, grad(cache.params[5], xd[:50], y[:50]), rtol=1e-10, atol=1e-10)
 
 
 def test_the_cache_round_trips_through_safetensors_and_is_refused_for_another_model(digits, trained, tmp_path):
@@ -107,10 +144,33 @@ def test_bad_input_is_refused_with_clear_errors(digits, trained):
 def test_the_registered_method_forgets_a_class_and_requires_a_cache_when_asked(digits):
     task = make_task(digits, "class:3")
     model = _model(digits)
-    summary = unlearn("deltagrad", model, task, {"iterations": 40})
+    summary = unlearn("deltagrad", model, task, {"iterations": 30})
     assert summary["cache"]["source"] == "re-run" and summary["cache"]["bytes"] > 0
     with torch.no_grad():
         forget_acc = (model(task.forget.tensors[0]).argmax(1) == task.forget.tensors[1]).float().mean()
     assert float(forget_acc) < 0.2
     with pytest.raises(ConfigError, match="train_with_cache"):
         unlearn("deltagrad", _model(digits), task, {"require_cache": True})
+
+
+def test_the_benchmark_script_runs_in_toy_mode_and_writes_its_json(tmp_path):
+    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_deltagrad.py"
+    spec = importlib.util.spec_from_file_location("bench_deltagrad", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "dg.json"
+    assert bench.main(["--toy", "--output", str(out), "--plot", str(tmp_path / "dg.png")]) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert result["toy"] and result["recipe"]["learning_rate"] == 0.1 and (tmp_path / "dg.png").stat().st_size > 0
+    assert {(r["kind"], r["mode"], r["rate"]) for r in rows} == {
+        (k, m, r) for k in ("delete", "add") for m in ("batch", "online") for r in (0.01, 0.05)
+    }
+    for r in rows:
+        assert r["dataset"] == "digits" and r["retrain_seconds"] > 0 and r["deltagrad_seconds"] > 0
+        assert r["distance_ratio"] > 10 and r["exact_iterations"] < r["requests"] * 30
+    assert set(result["goals"]) == {
+        "speedup >= 2.6 (mnist5k, rate <= 1%)",
+        "distance ratio >= 100 (mnist5k, rate <= 1%)",
+    }
+    assert bench.main(["--rates", "1.5", "--output", str(out)]) == 2
