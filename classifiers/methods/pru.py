@@ -69,7 +69,8 @@ LOSSES = ("least_squares", "logistic")
 @dataclass
 class LinearDeletionConfig:
     """``loss``: the training objective the model is (close to) the optimum of; ``l2``: its ridge strength (the
-    bias is not penalised); ``rcond``: relative cut-off of the pseudo-inverse of the deleted points (PRU)."""
+    bias is not penalised); ``rcond``: relative cut-off of the eigenvalues of the deleted points' Gram matrix ``X_K X_K^T``
+    in PRU's pseudo-inverse."""
 
     loss: Literal["least_squares", "logistic"] = "logistic"
     l2: float = 1.0
@@ -97,15 +98,17 @@ class LinearProblem:
     loss: str
     l2: float
     factor: torch.Tensor
+    bias: bool = True
 
     def scores(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         x = self.x if rows is None else self.x[rows]
         return x @ self.theta
 
 
-def _penalty(d: int, l2: float) -> torch.Tensor:
+def _penalty(d: int, l2: float, bias: bool = True) -> torch.Tensor:
     diag = torch.full((d,), float(l2), dtype=torch.float64)
-    diag[-1] = 0.0  # the bias column
+    if bias:
+        diag[-1] = 0.0  # the bias column
     return torch.diag(diag)
 
 
@@ -145,13 +148,15 @@ def fit_linear(
     *,
     tol: float = 1e-10,
     max_iter: int = 50,
+    bias: bool = True,
 ) -> torch.Tensor:
     """The exact optimum ``theta`` (d, C) of the module docstring's objective: the ridge normal equations for least
-    squares, Newton's method (per class, batched) for logistic regression. ``x`` carries the bias column last."""
+    squares, Newton's method (per class, batched) for logistic regression. ``x`` carries the bias column last
+    (``bias=False``: no bias column, every coefficient penalised, as in the authors' experiments)."""
     x, y = x.double(), y.double()
     _check_data(x, y, loss, l2)
     d = x.shape[1]
-    penalty = _penalty(d, l2)
+    penalty = _penalty(d, l2, bias)
     if loss == "least_squares":
         return torch.linalg.solve(x.T @ x + penalty, x.T @ y)
     theta = torch.zeros(d, y.shape[1], dtype=torch.float64)
@@ -165,14 +170,22 @@ def fit_linear(
     return theta
 
 
-def prepare(x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, loss: str = "least_squares", l2: float = 1.0):
+def prepare(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    theta: torch.Tensor,
+    loss: str = "least_squares",
+    l2: float = 1.0,
+    *,
+    bias: bool = True,
+) -> LinearProblem:
     """The :class:`LinearProblem` of a fitted model: factorises the training objective's Hessian at ``theta`` (the
-    training-time work both updates need)."""
+    training-time work both updates need). ``bias`` as in :func:`fit_linear`."""
     x, y, theta = x.double(), y.double(), theta.double()
     _check_data(x, y, loss, l2)
     if theta.shape != (x.shape[1], y.shape[1]):
         raise ConfigError(f"theta must be (d, C) = {(x.shape[1], y.shape[1])}, got {tuple(theta.shape)}")
-    penalty = _penalty(x.shape[1], l2)
+    penalty = _penalty(x.shape[1], l2, bias)
     if loss == "least_squares":
         hessians = (x.T @ x + penalty).unsqueeze(0)
     else:
@@ -181,7 +194,7 @@ def prepare(x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, loss: str = "
     factor, info = torch.linalg.cholesky_ex(hessians)
     if int(info.max()) > 0:
         raise ConfigError(f"the {loss} Hessian is singular: use l2 > 0 (got {l2})")
-    return LinearProblem(x, y, theta, loss, float(l2), factor)
+    return LinearProblem(x, y, theta, loss, float(l2), factor, bias)
 
 
 def _rows(problem: LinearProblem, forget) -> torch.Tensor:
@@ -238,7 +251,12 @@ def pru_update(problem: LinearProblem, forget, rcond: float = 1e-10) -> torch.Te
     # delta = S^-1 H (I - H)^-1 S^-1 g, per class
     inner = torch.linalg.solve(eye - hat, scaled_g)
     delta = ((hat @ inner).squeeze(-1) / scale).T  # (k, C)
-    return problem.theta + torch.linalg.pinv(xk, rtol=rcond) @ delta
+    # the smallest change in span(x_K) with X_K change = delta: X_K^T G^+ delta with the deleted points' Gram matrix
+    # G = X_K X_K^T (k x k), inverted on its eigenvectors whose eigenvalue exceeds rcond times the largest (the
+    # authors diagonalise the same matrix after a Gram-Schmidt step); O(k^2 d), cheaper than an SVD of X_K
+    values, vectors = torch.linalg.eigh(xk @ xk.T)
+    inverse = torch.where(values > rcond * values.max(), 1.0 / values, torch.zeros_like(values))
+    return problem.theta + xk.T @ (vectors @ (inverse.unsqueeze(1) * (vectors.T @ delta)))
 
 
 # ---------------------------------------------------------------------------------------------------- the harness
