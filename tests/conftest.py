@@ -3,7 +3,7 @@
 Markers (declared in pyproject.toml):
 
 - ``slow``: takes more than a few seconds (multi-process runs, killed-and-resumed pipelines, benchmarks, diffusion
-  conformance runs). CI runs everything, slow tests included: ``python -m pytest -q``. The quick developer loop
+  conformance runs). CI runs everything, slow tests included, one worker per core: ``python -m pytest -q -n auto``. The quick developer loop
   leaves them out: ``python -m pytest -q -m "not slow"``.
 - ``gpu``: needs a CUDA device; skipped, with the reason, when ``torch.cuda.is_available()`` is false.
 """
