@@ -251,12 +251,21 @@ def pru_update(problem: LinearProblem, forget, rcond: float = 1e-10) -> torch.Te
     # delta = S^-1 H (I - H)^-1 S^-1 g, per class
     inner = torch.linalg.solve(eye - hat, scaled_g)
     delta = ((hat @ inner).squeeze(-1) / scale).T  # (k, C)
-    # the smallest change in span(x_K) with X_K change = delta: X_K^T G^+ delta with the deleted points' Gram matrix
-    # G = X_K X_K^T (k x k), inverted on its eigenvectors whose eigenvalue exceeds rcond times the largest (the
-    # authors diagonalise the same matrix after a Gram-Schmidt step); O(k^2 d), cheaper than an SVD of X_K
-    values, vectors = torch.linalg.eigh(xk @ xk.T)
-    inverse = torch.where(values > rcond * values.max(), 1.0 / values, torch.zeros_like(values))
-    return problem.theta + xk.T @ (vectors @ (inverse.unsqueeze(1) * (vectors.T @ delta)))
+    # PRU's step: the change in span(x_K) whose (curvature-weighted, for logistic regression: the IRLS form) least-
+    # squares fit of delta is smallest, S X_K^T (S G S)^+ S delta with the deleted points' Gram matrix G = X_K X_K^T
+    # (k x k), inverted on its eigenvectors whose eigenvalue exceeds rcond times the largest (the authors
+    # diagonalise the same matrix after a Gram-Schmidt step); O(k^2 d). When the x_K are independent the weights
+    # cancel and it is X_K^+ delta, the change that gives the deleted points exactly their leave-k-out scores.
+    gram = xk @ xk.T
+    if problem.loss == "least_squares":
+        scale = torch.ones(1, k, dtype=torch.float64)
+    weighted = scale.unsqueeze(-1) * gram * scale.unsqueeze(-2)  # (C or 1, k, k)
+    values, vectors = torch.linalg.eigh(weighted)
+    cut = rcond * values.amax(dim=-1, keepdim=True)
+    inverse = torch.where(values > cut, 1.0 / values, torch.zeros_like(values))
+    rhs = (scale * delta.T).unsqueeze(-1)  # (C, k, 1)
+    coefficients = scale * (vectors @ (inverse.unsqueeze(-1) * (vectors.transpose(-1, -2) @ rhs))).squeeze(-1)
+    return problem.theta + xk.T @ coefficients.T
 
 
 # ---------------------------------------------------------------------------------------------------- the harness

@@ -79,6 +79,32 @@ def test_logistic_pru_and_influence_move_towards_the_retrained_optimum(logistic)
         assert _dist(influence_update(problem, torch.arange(k)), exact) < 0.5 * _dist(theta, exact)
 
 
+def test_logistic_pru_is_the_papers_irls_update_with_leave_k_out_residuals_from_the_hat_matrix(logistic):
+    # the reference, written the authors' way per class: IRLS weights w = p (1 - p), working residuals
+    # (y - p) / w, leave-one-out residuals r_i / (1 - H_ii) solved through T_ij = -H_ij / (1 - H_ii) for the
+    # leave-k-out ones, then theta - (sum w x x^T)^+ sum w (x . theta - prediction') x; k = 5 and k = 12 (> d = 8)
+    x, y, theta, problem = logistic
+    for k in (5, 12):
+        rows = torch.arange(k)
+        updated = pru_update(problem, rows)
+        for c in range(y.shape[1]):
+            p = torch.sigmoid(x @ theta[:, c])
+            w = p * (1 - p)
+            penalty = torch.diag(torch.tensor([1.0] * (x.shape[1] - 1) + [0.0], dtype=torch.float64))
+            root = w.sqrt().unsqueeze(1)
+            hat = (root * x) @ torch.linalg.solve(x.T @ (w.unsqueeze(1) * x) + penalty, (root * x).T)
+            residual = root.squeeze(1) * (y[:, c] - p) / w  # the scaled working residual
+            h = hat[rows][:, rows]
+            loo = residual[rows] / (1 - h.diag())
+            t = torch.eye(k, dtype=torch.float64) - h / (1 - h.diag()).unsqueeze(1) * (1 - torch.eye(k))
+            lko = torch.linalg.solve(t, loo) / root[rows].squeeze(1)  # unscaled leave-k-out working residuals
+            prediction = x[rows] @ theta[:, c] + (y[rows, c] - p[rows]) / w[rows] - lko
+            xk, wk = x[rows], w[rows]
+            gradient = (wk * (xk @ theta[:, c] - prediction)) @ xk
+            reference = theta[:, c] - torch.linalg.pinv((wk.unsqueeze(1) * xk).T @ xk) @ gradient
+            assert torch.allclose(updated[:, c], reference, atol=1e-8), (k, c)
+
+
 @pytest.mark.parametrize("loss", ["least_squares", "logistic"])
 def test_without_a_bias_column_every_coefficient_is_penalised(loss):
     x, y = _data(n=80, d=6, bias=False)
