@@ -13,10 +13,18 @@ is asked to forget the rows ``K``. Retraining solves the problem again without t
   ``H_KK = S X_K A^-1 X_K^T S`` (``S`` the square root of the loss curvature, 1 for least squares):
   ``delta_K = S^-1 H_KK (I - H_KK)^-1 S^-1 g_K`` is the change of their scores that retraining makes (exact for
   least squares, the Newton step's for logistic regression); PRU applies the smallest parameter change that lies in
-  the span of the deleted points and makes exactly that change, ``X_K^+ delta_K``. For least squares that is the
-  orthogonal projection of the exact update onto the span of ``x_K``: PRU's scores on the deleted points equal the
-  retrained model's, and its distance to the retrained parameters never exceeds the original's (the paper's
-  guarantee; with ``k = 1`` the update is exact along ``x``, not in every direction).
+  the span of the deleted points and makes exactly that change, ``X_K^+ delta_K`` (for logistic regression on the
+  problem's IRLS form, a curvature-weighted pseudo-inverse, as in the paper; the same when the ``x_K`` are linearly
+  independent). The authors' code (github.com/zleizzo/datadeletion, linear regression) computes the same
+  leave-k-out residuals and step; ``tests/classifiers/test_pru.py`` checks the logistic update against a reference
+  written their way on the IRLS form (their linear one with unit weights). For least squares PRU is the orthogonal
+  projection of the exact update onto the span of ``x_K``: PRU's scores on the deleted points equal the retrained
+  model's, and its distance to the retrained parameters never exceeds the original's (the paper's guarantee; with
+  ``k = 1`` the update is exact along ``x``, not in every direction).
+
+``bias=False`` (:func:`fit_linear`, :func:`prepare`): features without a bias column, every coefficient penalised,
+the authors' setting. With a bias column, a feature that is constant on the deleted points (the feature-injection
+test's) equals the bias on all of them, and no update in their span can remove it without moving the bias as much.
 
 Losses: ``least_squares`` (linear regression on one-hot targets, the paper's main case) and ``logistic`` (the paper's
 extension: one-vs-rest logistic regressions, ``p = sigmoid(score)``, curvature ``p (1 - p)`` per class; on a softmax
