@@ -12,7 +12,14 @@ after them the gradient on the new data set is computed exactly, and the pair ``
 an L-BFGS history of the last ``history`` (``m``) pairs; at the other iterations the full-data gradient at ``w'_t``
 is approximated by ``g_t + B (w'_t - w_t)`` (``B`` the compact L-BFGS quasi-Hessian of the history), and only the
 gradients of the deleted / added examples are computed exactly. Defaults: the paper's (``T0 = 5``, ``j0 = 10``,
-``m = 2``). Each replay returns the new trajectory as a new cache, so requests can follow one another (online).
+``m = 2``) and the authors' MNIST learning rate 0.1. Each replay returns the new trajectory as a new cache, so
+requests can follow one another (online).
+
+Against the authors' code (github.com/wuyinjun-1993/DeltaGrad, ``src/main_delete.py``): the same pairs (every exact
+iteration, burn-in included, ``w'_t - w_t`` against the full-data gradient difference), the same schedule, the same
+compact L-BFGS matrix (prepared once per history); we run full-batch GD (they run mini-batch SGD), approximate the
+data term's Hessian and add the L2 gradient exactly (they put ``l2 * s`` into ``y`` and floor ``sigma`` at 1e-3:
+measured no difference), and skip pairs with ``s.y <= 0``. docs/deltagrad.md has the measurements.
 
 Models: the ``mlp`` family only: ``hidden_sizes: []`` is softmax regression (the paper's convex case, where the
 replay stays close to retraining) and a small MLP (non-convex: pairs with ``s.y <= 0`` are skipped; the replay is
@@ -181,10 +188,23 @@ class _Gradient:
 
 
 def data_fingerprint(inputs: torch.Tensor, labels: torch.Tensor) -> str:
+    return _fingerprint([inputs], [labels])
+
+
+def _fingerprint(inputs: list[torch.Tensor], labels: list[torch.Tensor]) -> str:
+    """:func:`data_fingerprint` of the concatenated parts, without concatenating them."""
     digest = hashlib.sha256()
-    digest.update(inputs.detach().cpu().float().contiguous().numpy().data)
-    digest.update(labels.detach().cpu().long().contiguous().numpy().data)
+    for part in inputs:
+        digest.update(part.detach().cpu().float().contiguous().numpy().data)
+    for part in labels:
+        digest.update(part.detach().cpu().long().contiguous().numpy().data)
     return digest.hexdigest()[:32]
+
+
+def _kept_runs(tensor: torch.Tensor, remove: torch.Tensor) -> list[torch.Tensor]:
+    """``tensor`` without the rows ``remove``, as views of its contiguous runs of kept rows."""
+    bounds = [-1, *sorted(int(i) for i in remove), len(tensor)]
+    return [tensor[a + 1 : b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a + 1]
 
 
 def _check_data(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, what: str) -> None:
@@ -317,7 +337,7 @@ def replay(
         v = w - cache.params[t]
         if t < burn_in or (t - burn_in) % exact_every == 0 or not pairs:
             g_keep, g_r = grad(w, xk, yk), grad(w, xr, yr)
-            new_sum = g_keep + grad(w, xa, ya)
+            new_sum = g_keep + grad(w, xa, ya) if len(ya) else g_keep
             dy = (g_keep + g_r) / n - cache.grads[t]
             if float(v @ dy) > 1e-12 * float(v @ v) and float(v @ v) > 0:
                 pairs.append((v, dy))
@@ -329,13 +349,15 @@ def replay(
             if prepared is None:
                 prepared = _lbfgs_prepare(pairs)
             full = cache.grads[t] + _lbfgs_apply(prepared, v)
-            new_sum = n * full - grad(w, xr, yr) + grad(w, xa, ya)
+            new_sum = n * full - grad(w, xr, yr)
+            if len(ya):
+                new_sum = new_sum + grad(w, xa, ya)
         g = new_sum / new_n
         params[t], grads[t] = w, g
         w = w - recipe.learning_rate * (g + recipe.l2 * w)
-    new_inputs = torch.cat([inputs[keep], add[0].to(inputs.dtype)]) if add is not None else inputs[keep]
-    new_labels = torch.cat([labels[keep], ya.to(labels.dtype)]) if add is not None else labels[keep]
-    new_cache = DeltaGradCache(params, grads, w, recipe, new_n, data_fingerprint(new_inputs, new_labels))
+    added = [add[0].to(inputs.dtype), ya.to(labels.dtype)] if add is not None else [inputs[:0], labels[:0]]
+    fingerprint = _fingerprint(_kept_runs(inputs, remove) + added[:1], _kept_runs(labels, remove) + added[1:])
+    new_cache = DeltaGradCache(params, grads, w, recipe, new_n, fingerprint)
     stats = {"iterations": steps, "exact_iterations": exact, "skipped_pairs": skipped,
              "deleted": int(remove.numel()), "added": len(ya)}  # fmt: skip
     return w, new_cache, stats
