@@ -15,3 +15,4 @@ import classifiers.methods.retrain  # noqa: F401
 import classifiers.methods.salun  # noqa: F401
 import classifiers.methods.ssd  # noqa: F401
 import classifiers.methods.unsir  # noqa: F401
+import classifiers.unlearnable  # noqa: F401

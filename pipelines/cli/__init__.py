@@ -7,6 +7,7 @@
     concept-erase evaluate --model out/fmn-seven --output_dir out/fmn-seven-eval
     concept-erase sequence --method uce --concept seven --concept two --output_dir out/seq
     concept-erase demo --output_dir outputs/demo
+    concept-erase unlearnable study --dataset digits --output_dir out/ue-study
     concept-erase run quickstart --output_dir out/quickstart
     concept-erase list
 
@@ -17,7 +18,7 @@ existing non-empty one unless ``--overwrite`` is given (``run`` resumes its own 
 One module per command group, each registering its subcommands with ``add_parsers(sub, parents)``:
 :mod:`~pipelines.cli.classify` (``unlearn``, ``bench``), :mod:`~pipelines.cli.erase` (``erase``, ``evaluate``,
 ``oracle``), :mod:`~pipelines.cli.attack`, :mod:`~pipelines.cli.sequence`, :mod:`~pipelines.cli.run` (``run``,
-``demo``, ``list``), :mod:`~pipelines.cli.sisa`, :mod:`~pipelines.cli.vbu` and :mod:`~pipelines.cli.distruction`; :mod:`~pipelines.cli._common` holds the parser
+``demo``, ``list``), :mod:`~pipelines.cli.sisa`, :mod:`~pipelines.cli.vbu`, :mod:`~pipelines.cli.distruction` and :mod:`~pipelines.cli.unlearnable`; :mod:`~pipelines.cli._common` holds the parser
 class, the shared options (declared once), printing and the error handling.
 
 Imports: the command handlers (the ``cmd_*`` functions and the helpers they call) import the library inside their
@@ -31,7 +32,7 @@ from __future__ import annotations
 import argparse
 
 from concept_erase import __version__
-from pipelines.cli import attack, classify, distruction, erase, run, sequence, sisa, vbu
+from pipelines.cli import attack, classify, distruction, erase, run, sequence, sisa, unlearnable, vbu
 from pipelines.cli._common import CONFIGS_DIR, PROG, Parser, debug_parent, run_command
 
 __all__ = ["CONFIGS_DIR", "PROG", "build_parser", "main"]
@@ -46,6 +47,7 @@ _REGISTER = (
     sisa.add_parsers,
     vbu.add_parsers,
     distruction.add_parsers,
+    unlearnable.add_parsers,
     run.add_list_parser,
 )
 
