@@ -266,6 +266,7 @@ def _commands(files: Files) -> list[Command]:
         "vbu_digits": "vbu digits --quiet",
         "distruction_prepare": f"distruction prepare --dataset digits --model mlp --weights {model_dir} --epochs 1 "
         "--mc_samples 1",
+        "unlearnable_make": "unlearnable make --dataset digits --model mlp --share 0.05 --max_rounds 1 --quiet",
     }
     outputs = {"oracle": None, "sisa_train": "--store", "sisa_forget": "--store", "sisa_evaluate": "--store"}
     return [
@@ -308,6 +309,8 @@ TABLE = {
     "distruction_prepare": {"--dataset": "dataset", "--model": "name", "--weights": "weights", "--seed": "int",
                             "--epochs": "pos_int", "--mc_samples": "pos_int", "--init_sigma": "float",
                             "--output_dir": "output"},
+    "unlearnable_make": {"--dataset": "dataset", "--model": "name", "--mode": "name", "--epsilon": "float",
+                         "--max_rounds": "pos_int", "--share": "float", "--seed": "int", "--output_dir": "output"},
 }  # fmt: skip
 
 # flags whose examples are expensive: a refused value still loads a diffusion pipeline first

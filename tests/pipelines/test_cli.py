@@ -62,7 +62,7 @@ def test_version_through_the_console_script_and_python_m():
 
 COMMANDS = [
     *("unlearn", "bench", "erase", "evaluate", "oracle", "attack", "sequence"),
-    *("run", "demo", "sisa", "vbu", "distruction", "list"),
+    *("run", "demo", "sisa", "vbu", "distruction", "unlearnable", "list"),
 ]
 
 
@@ -84,6 +84,7 @@ def test_help_lists_every_subcommand(capsys):
     assert list(commands) == COMMANDS
     assert list(_subcommands(commands["sisa"])) == ["train", "forget", "evaluate"]
     assert list(_subcommands(commands["distruction"])) == ["prepare"]
+    assert list(_subcommands(commands["unlearnable"])) == ["make", "study"]
     code, out, _ = run_main(capsys, "--help")
     assert code == 0
     assert _listed_commands(out) == COMMANDS
