@@ -7,7 +7,8 @@ inducing inputs ``make_moons(n_samples=20, noise=0.2, random_state=0)[0]``; the 
 and ``lambda``: the metric is, for each point ``x``, ``KL[p_retrain(y|x) || p_unlearned(y|x)]`` between Bernoulli
 predictive distributions (each a seeded Monte Carlo average over posterior samples), averaged over ``D_e``
 (``kl_erased``) and over ``D_r`` (``kl_remaining``). ``p_retrain`` comes from VI on ``D_r`` with the same shards;
-method ``full`` is the un-unlearned ``q(theta|D)``. Times are wall seconds on this process: ``*_seconds`` sums over
+method ``full`` is the un-unlearned ``q(theta|D)``; method ``laplace`` (Laplace unlearning,
+:mod:`classifiers.vbu.laplace`) has no ``lambda`` (``None`` in its rows). Times are wall seconds on this process: ``*_seconds`` sums over
 the affected shards (one worker), ``*_seconds_max_shard`` is the slowest shard (one worker per shard).
 """
 
@@ -22,7 +23,8 @@ from sklearn.datasets import make_moons
 from tqdm.auto import tqdm
 
 from classifiers.vbu.gp import NotPositiveDefiniteError, SparseGPClassifier
-from classifiers.vbu.plots import plot_kl_vs_lambda, plot_maps
+from classifiers.vbu.laplace import laplace_posteriors
+from classifiers.vbu.plots import plot_kl_vs_lambda, plot_laplace_vs_vbu, plot_maps
 from classifiers.vbu.shards import (
     AGGREGATIONS,
     DEFAULT_METHODS,
@@ -40,6 +42,9 @@ __all__ = ["DEFAULT_LAMBDAS", "MoonsConfig", "bernoulli_kl", "map_panels", "moon
 
 DEFAULT_LAMBDAS = (0.0, 1e-9, 1e-7, 1e-5, 1e-3, 1e-1, 1.0)
 ERASE_MODES = ("largest", "random")
+# method "laplace" (classifiers/vbu/laplace.py) has no lambda: one row per shard mode, S and aggregation
+LAPLACE = "laplace"
+STUDY_METHODS = (*METHODS, LAPLACE)
 
 
 @dataclass
@@ -64,7 +69,7 @@ class MoonsConfig:
             raise ConfigError(f"unknown erase mode {excerpt(self.erase)}; accepted: {', '.join(ERASE_MODES)}")
         for name, values, accepted in (
             ("shard mode", self.shard_modes, SHARD_MODES),
-            ("method", self.methods, METHODS),
+            ("method", self.methods, STUDY_METHODS),
             ("aggregation", self.aggregations, AGGREGATIONS),
         ):
             bad = [v for v in values if v not in accepted]
@@ -129,6 +134,15 @@ def _run_shards(model, X, y, erase, mode, num_shards, config, bar) -> tuple[list
         kls = _kls(vbu, X, agg, reference[agg], None, erase, keep, ps)
         rows.append({**base, "aggregation": agg, "method": "full", "lambda": None, **kls, **times})
     for method in config.methods:
+        if method == LAPLACE:
+            unlearned, secs = laplace_posteriors(vbu, erase)
+            posteriors[(method, None)] = unlearned
+            t = {"unlearn_seconds": sum(secs), "unlearn_seconds_max_shard": max(secs), **times}
+            for agg in config.aggregations:
+                kls = _kls(vbu, X, agg, reference[agg], unlearned, erase, keep, ps)
+                rows.append({**base, "aggregation": agg, "method": method, "lambda": None, **kls, **t})
+            bar.update(len(config.lambdas))
+            continue
         for lam in config.lambdas:
             unlearned, secs = vbu.unlearned_posteriors(erase, method, lam)
             posteriors[(method, lam)] = unlearned
@@ -204,14 +218,15 @@ def map_panels(result: dict) -> tuple[dict, tuple]:
     for row in result["best"]:
         if (row["shard_mode"], row["num_shards"], row["aggregation"]) == (mode, num_shards, agg):
             if row["method"] != "full":
-                title = f"{row['method']} (lambda={row['lambda']:g}, S={num_shards})"
+                lam = "" if row["lambda"] is None else f"lambda={row['lambda']:g}, "
+                title = f"{row['method']} ({lam}S={num_shards})"
                 panels[title] = vbu.predict_proba(grid, agg, posteriors[(row["method"], row["lambda"])], ps)
     return panels, (xx, yy)
 
 
 def write_moons(result: dict, out_dir) -> list[str]:
     """Write a :func:`run_moons` result into ``out_dir``: results.json, one KL-vs-lambda figure per shard mode and
-    aggregation, and maps.png; returns the file names written."""
+    aggregation, laplace_vs_vbu.png (with method laplace) and maps.png; returns the file names written."""
     data = result["data"]
     write_json(
         out_dir / "results.json",
@@ -223,6 +238,9 @@ def write_moons(result: dict, out_dir) -> list[str]:
             name = f"kl_vs_lambda_{mode}_{agg}.png"
             plot_kl_vs_lambda(result["rows"], out_dir / name, mode, agg)
             names.append(name)
+    if LAPLACE in result["config"]["methods"]:
+        plot_laplace_vs_vbu(result["rows"], out_dir / "laplace_vs_vbu.png")
+        names.append("laplace_vs_vbu.png")
     panels, grid = map_panels(result)
     plot_maps(panels, grid, result["X"], result["y"], np.asarray(data["erased_indices"]), out_dir / "maps.png")
     return [*names, "maps.png"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend state
 
-__all__ = ["plot_kl_vs_lambda", "plot_maps"]
+__all__ = ["plot_kl_vs_lambda", "plot_laplace_vs_vbu", "plot_maps"]
 
 _STYLE = {
     "eubo": ("C0", "o"),
@@ -15,6 +15,7 @@ _STYLE = {
     "eubo_lbfgs": ("C4", "v"),
     "eubo_adam": ("C2", "s"),
     "rkl_pooled": ("C3", "D"),
+    "laplace": ("C5", "P"),
 }
 
 
@@ -34,7 +35,8 @@ def plot_kl_vs_lambda(rows: list[dict], path: str | Path, shard_mode: str, aggre
     for axes_row, s in zip(axes, shard_counts):
         mine = [r for r in rows if r["num_shards"] == s]
         full = next(r for r in mine if r["method"] == "full")
-        methods = sorted({r["method"] for r in mine if r["method"] != "full"})
+        methods = sorted({r["method"] for r in mine if r["method"] != "full" and r["lambda"] is not None})
+        flat = sorted({r["method"] for r in mine if r["method"] != "full" and r["lambda"] is None})  # laplace
         for ax, key, label in zip(axes_row, ("kl_erased", "kl_remaining"), ("on D_e", "on D_r")):
             zero_at = None
             for method in methods:
@@ -43,6 +45,12 @@ def plot_kl_vs_lambda(rows: list[dict], path: str | Path, shard_mode: str, aggre
                 color, marker = _STYLE.get(method, ("C3", "x"))
                 ax.plot(x, [p[1] for p in pts], marker=marker, color=color, label=method)
             ax.axhline(full[key], color="black", linestyle="--", linewidth=1, label="full (no unlearning)")
+            for method in flat:
+                value = next(r[key] for r in mine if r["method"] == method)
+                if value is not None:
+                    ax.axhline(
+                        value, color=_STYLE.get(method, ("C3",))[0], linestyle=":", label=f"{method} (no lambda)"
+                    )
             ax.set_xscale("log")
             ax.set_yscale("symlog", linthresh=1e-3)
             ax.set_ylim(bottom=0)
@@ -54,6 +62,47 @@ def plot_kl_vs_lambda(rows: list[dict], path: str | Path, shard_mode: str, aggre
             ax.set_title(f"S = {s}: KL(retrained || unlearned) {label}", fontsize=9)
         axes_row[0].legend(fontsize=7)
     fig.suptitle(f"VBU on moons ({shard_mode} shards, {aggregation})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)
+
+
+def plot_laplace_vs_vbu(rows: list[dict], path: str | Path) -> Path:
+    """Laplace unlearning beside EUBO / rKL: KL to the retrained predictive on D_e (left) and D_r (right) against
+    S, one line per method (EUBO / rKL at their best lambda on D_e) and aggregation, the un-unlearned ``full``
+    dashed; one row of panels per shard mode."""
+    modes = sorted({r["shard_mode"] for r in rows})
+    fig = Figure(figsize=(9, 3.2 * len(modes)), dpi=100)
+    axes = fig.subplots(len(modes), 2, squeeze=False)
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["shard_mode"], r["aggregation"], r["method"], r["num_shards"])
+        if r["kl_erased"] is not None and (key not in best or r["kl_erased"] < best[key]["kl_erased"]):
+            best[key] = r
+    aggs = sorted({k[1] for k in best})
+    methods = sorted({k[2] for k in best})
+    for axes_row, mode in zip(axes, modes):
+        for ax, metric, label in zip(axes_row, ("kl_erased", "kl_remaining"), ("on D_e", "on D_r")):
+            for method in methods:
+                for agg, ls in zip(aggs, ("-", "-.", ":")):
+                    pts = sorted((k[3], r[metric]) for k, r in best.items() if k[:3] == (mode, agg, method))
+                    if not pts:
+                        continue
+                    color, marker = _STYLE.get(method, ("black", "o")) if method != "full" else ("black", "o")
+                    ax.plot(
+                        *zip(*pts),
+                        marker=marker,
+                        color=color,
+                        linestyle="--" if method == "full" else ls,
+                        label=f"{method} ({agg})",
+                    )
+            ax.set_yscale("symlog", linthresh=1e-3)
+            ax.set_ylim(bottom=0)
+            ax.set_xlabel("shards S")
+            ax.set_ylabel("mean KL (nats)")
+            ax.set_title(f"{mode} shards: KL(retrained || unlearned) {label}", fontsize=9)
+        axes_row[0].legend(fontsize=6, ncol=2)
+    fig.suptitle("Laplace unlearning vs VBU (EUBO / rKL at their best lambda) on moons", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     return Path(path)

@@ -104,7 +104,9 @@ def add_parsers(sub, parents: list) -> None:
     p.add_argument("--lambdas", default=None, help="adjusted-likelihood thresholds in [0, 1], comma-separated")
     p.add_argument("--erase", choices=["largest", "random"], default="largest", help="moons: which 20 points to erase")
     p.add_argument("--shard_mode", choices=["contiguous", "random", "both"], default="contiguous", help="moons")
-    p.add_argument("--methods", default=None, help="moons: eubo,rkl (default) and eubo_lbfgs,eubo_adam,rkl_pooled")
+    p.add_argument(
+        "--methods", default=None, help="moons: eubo_lbfgs,rkl (default), eubo,eubo_adam,rkl_pooled and laplace"
+    )
     p.add_argument("--aggregations", default=None, help="moons: poe,bcm,ensemble (default: all)")
     p.add_argument("--forget", default="class:3", help="digits: scenario (default: class:3)")
     add_seed_option(p, default=0, help="seed of shards, random erasure and Monte Carlo draws")
