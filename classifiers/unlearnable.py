@@ -63,6 +63,7 @@ __all__ = [
     "MODES",
     "SPLITS",
     "NoiseConfig",
+    "NoiseOptions",
     "UnlearnableConfig",
     "apply_noise",
     "error_minimising_noise",
@@ -82,8 +83,8 @@ DEFAULT_SHARES = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0)
 
 
 @dataclass
-class NoiseConfig:
-    """The min-min search. ``epsilon``: the L-infinity budget in pixel units (images in [0, 1]; default 8/255);
+class NoiseOptions:
+    """The min-min search's keys. ``epsilon``: the L-infinity budget in pixel units (images in [0, 1]; default 8/255);
     ``step_size``: the signed step (default ``epsilon / 10``, the paper's 0.8/255 at 8/255); ``perturb_steps``: steps
     per batch and pass (default 20 sample-wise, 1 class-wise: the authors' scripts)."""
 
@@ -97,7 +98,6 @@ class NoiseConfig:
     noise_batch_size: int = 512
     source_optimizer: Literal["sgd", "adamw"] = "sgd"
     source_learning_rate: float = 0.1
-    seed: int = 0
 
     NUMBER_RANGES: ClassVar[dict] = {
         "epsilon": Range(0, 1, low_open=True, label="the noise budget"),
@@ -124,6 +124,13 @@ class NoiseConfig:
 
     def noise_keys(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(NoiseConfig)}
+
+
+@dataclass
+class NoiseConfig(NoiseOptions):
+    """:class:`NoiseOptions` and the seed of the source model, its data order and the draws."""
+
+    seed: int = 0
 
 
 def apply_noise(images: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, mode: str) -> torch.Tensor:
@@ -426,27 +433,11 @@ def drop_share(summary: list[dict], drop: float = 10.0) -> float | None:
 
 
 @dataclass
-class UnlearnableConfig(UnlearningConfig):
-    """The noise search (:class:`NoiseConfig`'s keys) and the recipe of the training from scratch that follows
-    (filled from the original's recipe by the harness)."""
-
-    epsilon: float = 8 / 255
-    mode: Literal["samplewise", "classwise"] = "samplewise"
-    step_size: float | None = None
-    perturb_steps: int | None = None
-    train_steps: int = 10
-    stop_accuracy: float = 0.99
-    max_rounds: int = 30
-    noise_batch_size: int = 512
-    source_optimizer: Literal["sgd", "adamw"] = "sgd"
-    source_learning_rate: float = 0.1
+class UnlearnableConfig(UnlearningConfig, NoiseOptions):
+    """The noise search (:class:`NoiseOptions`' keys; ``seed`` seeds it too) and the recipe of the training from
+    scratch that follows (filled from the original's recipe by the harness)."""
 
     takes_recipe: ClassVar[bool] = True
-    NUMBER_RANGES: ClassVar[dict] = NoiseConfig.NUMBER_RANGES
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.noise_config()  # the noise keys' checks
 
     def noise_config(self) -> NoiseConfig:
         keys = {f.name for f in dataclasses.fields(NoiseConfig)}

@@ -98,6 +98,19 @@ def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def on_one_torch_thread(run, args: argparse.Namespace) -> int:
+    """``run(args)`` on one torch thread, restoring the count after: the models of the studies are tiny, and
+    spin-waiting threads on a busy machine cost more than they give."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------------- errors
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.cli._common import add_dataset_option, add_output_options, say
+from pipelines.cli._common import add_dataset_option, add_output_options, on_one_torch_thread, say
 
 __all__ = ["add_parsers", "cmd_unlearnable"]
 
@@ -85,15 +85,8 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def cmd_unlearnable(args: argparse.Namespace) -> int:
-    """Run on one torch thread (tiny models; spin-waiting threads cost more than they give on a busy machine)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _make(args) if args.unlearnable_command == "make" else _study(args)
-    finally:
-        torch.set_num_threads(threads)
+    """``unlearnable make`` or ``study``, on one torch thread."""
+    return on_one_torch_thread(_make if args.unlearnable_command == "make" else _study, args)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

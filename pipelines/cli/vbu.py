@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.cli._common import add_output_options, add_seed_option, say
+from pipelines.cli._common import add_output_options, add_seed_option, on_one_torch_thread, say
 
 __all__ = ["add_parsers", "cmd_vbu"]
 
@@ -86,14 +86,7 @@ def _digits(args: argparse.Namespace) -> int:
 
 def cmd_vbu(args: argparse.Namespace) -> int:
     """Run a study on one torch thread (the models are tiny; spin-waiting threads on a busy machine cost minutes)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _moons(args) if args.study == "moons" else _digits(args)
-    finally:
-        torch.set_num_threads(threads)
+    return on_one_torch_thread(_moons if args.study == "moons" else _digits, args)
 
 
 def add_parsers(sub, parents: list) -> None:
