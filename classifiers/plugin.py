@@ -10,6 +10,7 @@ import classifiers.methods.deltagrad  # noqa: F401
 import classifiers.methods.finetune  # noqa: F401
 import classifiers.methods.fisher  # noqa: F401
 import classifiers.methods.grad_ascent  # noqa: F401
+import classifiers.methods.influence_distillation  # noqa: F401
 import classifiers.methods.laplace  # noqa: F401
 import classifiers.methods.pru  # noqa: F401
 import classifiers.methods.random_label  # noqa: F401
