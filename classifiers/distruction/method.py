@@ -62,6 +62,7 @@ PREPARE_HINT = (
 @dataclass
 class DistructionConfig(UnlearningConfig, MaskOptions):
     epochs: int = 3  # passes over the forget set
+    min_steps: int = 18  # 3 epochs of mnist5k's forget class (375 samples, 6 batches): scales to small forget sets
     learning_rate: float = 1e-3  # Adam, on the mean and on log-sigma
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     momentum: ClassVar[float] = 0.9  # not a key (sgd only)

@@ -13,6 +13,9 @@ Defaults are the public code's: 3 epochs, Adam, learning rate 1e-4, batch 128, n
 clipped to norm 1 as in every method here (the public code does not clip). Unlike :mod:`random_label` (SalUn's RL,
 driven by the forget set with a retain batch per step), one epoch here is a pass over retain + forget: the cost of an
 epoch of retraining.
+
+``min_steps`` 90 (3 epochs of mnist5k's training set, 30 batches of 128): at least that many steps on a
+smaller data set (digits gives 11 batches per epoch).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = ["AmnesiacRelabelConfig", "amnesiac_relabel", "relabel_away"]
 @dataclass
 class AmnesiacRelabelConfig(UnlearningConfig, MaskOptions):
     epochs: int = 3  # passes over retain + relabelled forget (public code: 3)
+    min_steps: int = 90  # 3 epochs of mnist5k's train set (3750 samples, 30 batches of 128): see above
     batch_size: int = 128  # public code: 128
     learning_rate: float = 1e-4  # public code: Adam, 1e-4
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"

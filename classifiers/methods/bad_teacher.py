@@ -21,6 +21,9 @@ mnist5k + the small CNN, class:3, seed 0 (UA / RA / MIA-efficacy; the retrained 
 
 The student is trained in ``train()`` mode as in the authors' code (matters for batch norm / dropout only); both
 teachers run in ``eval()`` mode.
+
+``min_steps`` 30 (5 epochs of mnist5k's class:3 distillation set, 6 batches of 256): at least that many steps on
+a smaller data set (digits gives 2 batches per epoch).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class BadTeacherConfig(UnlearningConfig, MaskOptions):
     """``seed`` draws the retain subset; the incompetent teacher is drawn with ``seed + 1``."""
 
     epochs: int = 5  # authors: 1 (see the module docstring)
+    min_steps: int = 30  # 5 epochs of mnist5k's class:3 distillation set (1387 samples, 6 batches of 256)
     batch_size: int = 256  # authors: 256
     learning_rate: float = 2e-3  # authors: Adam, 1e-4 (see the module docstring)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"

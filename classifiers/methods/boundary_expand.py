@@ -24,6 +24,9 @@ head with its original values is back in place before the error propagates.
 Masking (``mask: saliency | random`` or ``mask_path``) works: the mask is computed on the original model, whose
 parameters are those of the widened model except the head. Its rows for the head are applied to the first rows of
 the widened layer after every step (through the original head, which mirrors them); the shadow row is always free.
+
+``min_steps`` 60 (10 epochs of mnist5k's forget class, 6 batches of 64): at least that many steps on a smaller
+forget set (digits' class 3 gives 3 batches per epoch).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class BoundaryExpandConfig(UnlearningConfig, MaskOptions):
     """``seed`` also draws the shadow row; batches of 64 as in the authors' code."""
 
     epochs: int = 10  # paper: 10
+    min_steps: int = 60  # 10 epochs of mnist5k's forget class (375 samples, 6 batches): see the module docstring
     learning_rate: float = 1e-2  # paper: 1e-5 (CIFAR-10); tuned with clipping, see the module docstring
     optimizer: ClassVar[str] = "sgd"  # the paper's, always (not a key)
     max_grad_norm: float | None = 1.0  # the authors' code does not clip (null); tuned, see the module docstring

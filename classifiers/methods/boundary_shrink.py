@@ -21,6 +21,9 @@ Two points where this differs in form, not in result, from the authors' code:
 * When FGSM does not flip the prediction, the code keeps the prediction, i.e. the *true* label, and so reinforces the
   sample. ``fallback: next_best`` (default) takes the highest-scoring other class on ``x_adv`` instead, so that every
   forget sample is moved toward a wrong class; ``fallback: prediction`` reproduces the code.
+
+``min_steps`` 60 (10 epochs of mnist5k's forget class, 6 batches of 64): at least that many steps on a smaller
+forget set (digits' class 3 gives 3 batches per epoch).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class BoundaryShrinkConfig(UnlearningConfig, MaskOptions):
     """Batches of 64 as in the authors' code."""
 
     epochs: int = 10  # paper: 10
+    min_steps: int = 60  # 10 epochs of mnist5k's forget class (375 samples, 6 batches): see the module docstring
     learning_rate: float = 1e-4  # paper: 1e-5 (CIFAR-10); tuned for our models, see the module docstring
     optimizer: ClassVar[str] = "sgd"  # the paper's, always (not a key)
     max_grad_norm: float | None = None  # the authors' code does not clip

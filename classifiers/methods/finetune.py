@@ -4,6 +4,9 @@ The classic unlearning baseline (Warnecke et al., 2023; "FT" in Golatkar et al.,
 a few epochs of SGD at a relatively large learning rate on the retained data. With ``mask: saliency`` (or a saved
 ``mask_path``) only the salient weights change; every other weight is restored to its value after each optimizer
 step, so momentum and weight decay cannot move it either (:mod:`classifiers.masking`).
+
+``min_steps`` 265 (5 epochs of mnist5k's class:3 retain set, 53 batches): at least that many steps on a smaller
+data set (digits' retain set gives 19 batches per epoch).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ __all__ = ["FinetuneConfig", "finetune"]
 @dataclass
 class FinetuneConfig(UnlearningConfig, MaskOptions):
     epochs: int = 5
+    min_steps: int = 265  # 5 epochs over mnist5k's class:3 retain set (3375 samples, 53 batches): see above
     learning_rate: float = 0.01
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     weight_decay: float = 5e-4

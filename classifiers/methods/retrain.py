@@ -31,6 +31,7 @@ class RetrainConfig(UnlearningConfig):
 
     takes_recipe: ClassVar[bool] = True  # the harness fills these keys from the job's recipe: retrain = the oracle
     momentum: ClassVar[float] = 0.9  # not a key: the recipe's (train_recipe's)
+    min_steps: ClassVar[int] = 0  # not a key: the recipe's epochs alone, as the oracle's
 
     def __post_init__(self) -> None:
         check_numbers(self)

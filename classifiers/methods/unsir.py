@@ -20,6 +20,9 @@ the noise for the super-class label the forget samples carry, as the SSD authors
 other sub-classes of that super-class are impaired too and must come back in the repair step). Random and explicit
 index scenarios are refused with a ConfigError: their forget samples share every class with the retain set, so there
 is no class whose error could be maximised without attacking retained data.
+
+``impair_min_steps`` 34 and ``repair_min_steps`` 14 (one epoch of each phase on mnist5k's class:3): at least that
+many steps on a smaller data set (digits gives 25 and 5), so that the repair restores the retained classes there too.
 """
 
 from __future__ import annotations
@@ -56,12 +59,19 @@ class UnsirConfig(MaskOptions):
     repair_learning_rate: float = 0.01  # authors: Adam, 0.01
     impair_epochs: int = 1  # authors: 1
     repair_epochs: int = 1  # authors: 1
+    impair_min_steps: int = 34  # at least this many impair steps (1 epoch of mnist5k's class:3 impair set)
+    repair_min_steps: int = 14  # at least this many repair steps (1 epoch of mnist5k's class:3 retain subset)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
     seed: int = 0
 
-    NUMBER_RANGES: ClassVar[dict] = {"noise_steps": COUNT, "repair_epochs": NON_NEGATIVE}  # 0 epochs: no repair
+    NUMBER_RANGES: ClassVar[dict] = {
+        "noise_steps": COUNT,
+        "repair_epochs": NON_NEGATIVE,  # 0 epochs: no repair
+        "impair_min_steps": NON_NEGATIVE,
+        "repair_min_steps": NON_NEGATIVE,
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -178,11 +188,11 @@ def unsir(model: nn.Module, task: UnlearningTask, config: UnsirConfig, *, work_d
     )
     model.train()
     impair = fit(model, impair_set, epochs=config.impair_epochs, learning_rate=config.impair_learning_rate,
-                 name="unsir impair", **common)  # fmt: skip
+                 min_steps=config.impair_min_steps, name="unsir impair", **common)  # fmt: skip
     repair = None
     if config.repair_epochs:
         repair = fit(model, retain, epochs=config.repair_epochs, learning_rate=config.repair_learning_rate,
-                     name="unsir repair", **common)  # fmt: skip
+                     min_steps=config.repair_min_steps, name="unsir repair", **common)  # fmt: skip
     model.eval()
     steps = impair.global_step + (repair.global_step if repair else 0)
     return {
