@@ -16,7 +16,8 @@ Two APIs live here.
   non-members. Higher means the forget set looks less like training data;
 - ``mia_loss`` / ``mia_loss_auc``: :func:`classifiers.mia.loss_mia`: a logistic-regression attack on the per-sample
   loss fit the same way; the % of forget samples called non-members, and the ROC AUC (%) of forget vs test samples;
-- ``l2_to_original`` / ``l2_to_oracle``: :func:`l2_distance` of the weights to the original / retrained model;
+- ``l2_to_original`` / ``l2_to_oracle``: :func:`l2_distance` of the weights to the original / retrained model (None
+  when the architectures differ, e.g. a distilled student of another architecture);
 - ``kl_to_oracle_forget`` / ``kl_to_oracle_test``: :func:`mean_kl`, the mean KL(oracle || model) of the predicted
   distributions on the forget set / the whole test split, in nats;
 - ``seconds`` (the method's run time, given by the caller) and ``cost_ratio`` = seconds / oracle seconds;
@@ -159,6 +160,15 @@ def l2_distance(model_a: nn.Module, model_b: nn.Module) -> float:
     return float(total.sqrt())
 
 
+def _l2_if_comparable(model: nn.Module, reference: nn.Module | None) -> float | None:
+    """:func:`l2_distance`, or None without a reference or when the architectures differ (a method whose result is
+    a model of another architecture, such as a distilled student: weight distances do not apply)."""
+    if reference is None:
+        return None
+    shapes = lambda m: {n: tuple(p.shape) for n, p in m.named_parameters()}  # noqa: E731
+    return l2_distance(model, reference) if shapes(model) == shapes(reference) else None
+
+
 def mean_kl(model: nn.Module, reference: nn.Module, dataset: TensorDataset, batch_size: int = 512) -> float | None:
     """Mean over ``dataset`` of KL(p_reference || p_model) of the softmax outputs, in nats; None when it is empty."""
     if len(dataset) == 0:
@@ -185,7 +195,7 @@ def _model_metrics(
         "mia_efficacy": mia_efficacy(model, *sets, seed=seed, batch_size=batch_size),
         "mia_loss": loss_attack["non_member_rate"],
         "mia_loss_auc": loss_attack["auc"],
-        "l2_to_original": None if original is None else l2_distance(model, original),
+        "l2_to_original": _l2_if_comparable(model, original),
         "per_class_accuracy": per_class_accuracy(model, task.test, task.num_classes, batch_size),
     }
 
@@ -262,7 +272,7 @@ def unlearning_metrics(
     per_class = metrics.pop("per_class_accuracy")
     has_oracle = oracle is not None
     metrics.update(
-        l2_to_oracle=l2_distance(model, oracle) if has_oracle else None,
+        l2_to_oracle=_l2_if_comparable(model, oracle),
         kl_to_oracle_forget=mean_kl(model, oracle, task.forget, batch_size) if has_oracle else None,
         kl_to_oracle_test=mean_kl(model, oracle, task.test, batch_size) if has_oracle else None,
         seconds=seconds,

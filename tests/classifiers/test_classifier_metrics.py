@@ -156,6 +156,15 @@ def test_l2_distance_of_different_architectures_names_the_parameter(other, patte
         l2_distance(build_model("mlp", 10, (1, 8, 8)), other())
 
 
+def test_a_model_of_another_architecture_gets_no_weight_distances_but_every_other_metric(digits):
+    """A distilled student of another architecture (influence_distillation's ``student``): L2 does not apply."""
+    _, task, _, original, oracle = digits
+    student = build_model("mlp", 10, (1, 8, 8), hidden_sizes=[16]).eval()
+    metrics = unlearning_metrics(student, task, original=original, oracle=oracle, seconds=1.0, oracle_seconds=4.0)
+    assert metrics["l2_to_original"] is None and metrics["l2_to_oracle"] is None
+    assert metrics["kl_to_oracle_test"] > 0 and 0 <= metrics["ua"] <= 100
+
+
 class _LogitsAsInput(nn.Module):
     """A 'classifier' whose logits are its inputs: the attacks' features are then chosen by the test."""
 
