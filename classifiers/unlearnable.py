@@ -438,6 +438,7 @@ class UnlearnableConfig(UnlearningConfig, NoiseOptions):
     scratch that follows (filled from the original's recipe by the harness)."""
 
     takes_recipe: ClassVar[bool] = True
+    min_steps: ClassVar[int] = 0  # not a key: the training from scratch runs the recipe's epochs, as retrain does
 
     def noise_config(self) -> NoiseConfig:
         keys = {f.name for f in dataclasses.fields(NoiseConfig)}
