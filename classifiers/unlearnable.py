@@ -37,7 +37,6 @@ Three ways in:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +55,7 @@ from classifiers.models import ModelConfig, predict_logits
 from classifiers.training import TrainConfig, UnlearningConfig, fresh_model, reinitialise, train_recipe
 from concept_erase.core.config import COUNT, FRACTION, Range, check_numbers
 from concept_erase.core.errors import ConfigError, EmptyDataError
+from concept_erase.core.io import write_json
 from concept_erase.core.registry import register_method
 
 __all__ = [
@@ -488,7 +488,7 @@ def write_dataset(directory: Path, images: np.ndarray, labels: np.ndarray, noise
     directory.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(directory / "data.npz", x=images.astype(np.float32), y=labels.astype(np.int64))
     save_tensors({"noise": noise.contiguous()}, str(directory / "noise.safetensors"))
-    (directory / "unlearnable.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(directory / "unlearnable.json", record)
 
 
 def study_table(result: dict) -> str:
@@ -555,7 +555,7 @@ def plot_study(result: dict, path: Path) -> None:
 def write_study(result: dict, directory: Path) -> list[str]:
     """``study.json``, ``study.md`` and ``study.png`` into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "study.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(directory / "study.json", result)
     threshold = drop_share(result["summary"])
     note = (
         f"\nTest accuracy first falls 10 points below the clean model's at a D_u share of {100 * threshold:.0f}%.\n"

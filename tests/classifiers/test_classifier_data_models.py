@@ -102,7 +102,7 @@ def test_finetune_lowers_forget_accuracy_and_a_mask_keeps_frozen_weights_bit_ide
 
     plain, masked = copy.deepcopy(original), copy.deepcopy(original)
     info = unlearn("finetune", plain, task, {"epochs": 5, "learning_rate": 0.05})
-    assert info["global_step"] == 5 * 19 and info["mask"] is None
+    assert info["global_step"] == max(5 * 19, 265) and info["mask"] is None  # 5 epochs, at least min_steps
     assert evaluate_classifier(plain, task)["forget_accuracy"] < before["forget_accuracy"]
 
     info = unlearn("finetune", masked, task, {"epochs": 2, "mask_path": str(tmp_path / "mask.safetensors")})

@@ -97,7 +97,7 @@ def test_help_lists_every_subcommand(capsys):
 
 def test_every_subcommand_has_a_handler_and_its_help_works(capsys):
     for name, parser in _subcommands(build_parser()).items():
-        nested = _subcommands(parser) if name in ("sisa", "distruction") else {name: parser}
+        nested = _subcommands(parser) if name in ("sisa", "distruction", "unlearnable") else {name: parser}
         for sub in nested.values():
             assert callable(sub.get_default("func")), sub.prog
             assert run_main(capsys, *sub.prog.split()[1:], "--help")[0] == 0, sub.prog
