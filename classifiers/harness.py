@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file
 from torch import nn
 
@@ -37,7 +36,7 @@ from classifiers.data import (
 from classifiers.injection import inject_feature, injection_metrics
 from classifiers.methods import get_classifier_method
 from classifiers.metrics import plot_per_class_comparison, unlearning_metrics
-from classifiers.models import ModelConfig, build_model, is_model_dir, load_model, save_model
+from classifiers.models import ModelConfig, build_model, check_fits, is_model_dir, load_model, save_model
 from classifiers.oracle import RECIPE_FIELDS, Reference, get_oracle, get_original
 from classifiers.training import TrainConfig
 from classifiers.ulira import ULiRAConfig, check_scenario, ulira_attack
@@ -150,20 +149,7 @@ def load_splits(job: UnlearnJob) -> DatasetSplits:
 
 def check_model_fits(model: nn.Module, task: UnlearningTask) -> None:
     """Raise a clear ConfigError when ``model`` cannot take ``task``'s inputs or has another number of outputs."""
-    sample = task.retain.tensors[0][:2]
-    try:
-        with torch.no_grad():
-            out = model.eval()(sample)
-    except RuntimeError as exc:
-        raise ConfigError(
-            f"model/dataset shape mismatch: the model cannot take {task.dataset!r} inputs of shape "
-            f"{tuple(task.input_shape)} ({str(exc).splitlines()[0][:160]})"
-        ) from None
-    if out.ndim != 2 or out.shape[1] != task.num_classes:
-        raise ConfigError(
-            f"model/dataset shape mismatch: the model outputs {tuple(out.shape[1:])} scores per sample, "
-            f"dataset {task.dataset!r} has {task.num_classes} classes"
-        )
+    check_fits(model, task.retain.tensors[0][:2], task.num_classes, task.dataset)
 
 
 def _load_weights(job: UnlearnJob, splits: DatasetSplits) -> nn.Module:

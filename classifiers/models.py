@@ -28,6 +28,7 @@ from concept_erase.core.readers import read_json_object
 from concept_erase.core.tensorfile import save_tensors
 
 __all__ = [
+    "check_fits",
     "MODELS",
     "ModelConfig",
     "MLP",
@@ -284,6 +285,24 @@ def _check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tenso
                 f"{path} does not match {CONFIG_NAME}: {name} has shape {tuple(state[name].shape)}, "
                 f"the config's architecture needs {tuple(tensor.shape)}"
             )
+
+
+def check_fits(model: nn.Module, sample: torch.Tensor, num_classes: int, dataset: str, who: str = "the model") -> None:
+    """Raise a one-line ConfigError when ``model`` (named ``who`` in the message) cannot take ``sample`` (a few of
+    ``dataset``'s inputs) or does not give one score per class of ``num_classes``."""
+    try:
+        with torch.no_grad():
+            out = model.eval()(sample)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"model/dataset shape mismatch: {who} cannot take {dataset!r} inputs of shape "
+            f"{tuple(sample.shape[1:])} ({str(exc).splitlines()[0][:160]})"
+        ) from None
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise ConfigError(
+            f"model/dataset shape mismatch: {who} outputs {tuple(out.shape[1:])} scores per sample, "
+            f"dataset {dataset!r} has {num_classes} classes"
+        )
 
 
 @torch.no_grad()

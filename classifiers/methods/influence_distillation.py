@@ -51,7 +51,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from classifiers.data import UnlearningTask
-from classifiers.models import ModelConfig, build_model, predict_logits
+from classifiers.models import ModelConfig, build_model, check_fits, predict_logits
 from classifiers.training import UnlearningConfig, fit_method, fit_summary, reinitialise
 from concept_erase.core.config import POSITIVE
 from concept_erase.core.errors import ConfigError
@@ -136,20 +136,7 @@ def build_student(model: nn.Module, task: UnlearningTask, config: InfluenceDisti
         student = build_model(replace(spec, **expected))
     except ConfigError as exc:
         raise ConfigError(f"student {spec.name!r} cannot take the teacher's inputs: {exc}") from None
-    sample = task.retain.tensors[0][:2]
-    try:
-        with torch.no_grad():
-            out = student.eval()(sample)
-    except RuntimeError as exc:
-        raise ConfigError(
-            f"student {spec.name!r} cannot take the teacher's inputs of shape {tuple(task.input_shape)}: "
-            f"{str(exc).splitlines()[0][:160]}"
-        ) from None
-    if out.ndim != 2 or out.shape[1] != task.num_classes:
-        raise ConfigError(
-            f"student {spec.name!r} outputs {tuple(out.shape[1:])} scores per sample; the teacher has "
-            f"{task.num_classes} classes"
-        )
+    check_fits(student, task.retain.tensors[0][:2], task.num_classes, task.dataset, who=f"student {spec.name!r}")
     return student, "student config"
 
 
