@@ -40,6 +40,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--unet_steps", type=int, default=TinySDConfig.unet_steps)
     parser.add_argument("--vae_steps", type=int, default=TinySDConfig.vae_steps)
+    parser.add_argument("--learning_rate", type=float, default=TinySDConfig.learning_rate)
+    parser.add_argument(
+        "--ema_decay", type=float, default=TinySDConfig.ema_decay, help="EMA of the UNet's weights (0: none)"
+    )
     parser.add_argument("--prediction_type", default=TinySDConfig.prediction_type, choices=list(PREDICTION_TYPES))
     parser.add_argument("--family", default=TinySDConfig.family, choices=list(FAMILIES))
     parser.add_argument("--overwrite", action="store_true")
@@ -51,6 +55,8 @@ def main() -> None:
         seed=args.seed,
         unet_steps=args.unet_steps,
         vae_steps=args.vae_steps,
+        learning_rate=args.learning_rate,
+        ema_decay=args.ema_decay,
         prediction_type=args.prediction_type,
         family=args.family,
     )

@@ -177,13 +177,33 @@ def test_v_prediction_trains_a_different_unet_from_the_same_seed():
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the target followed the type
 
 
+def test_ema_recipe_keeps_the_averaged_unet_and_records_its_decay(tmp_path):
+    quick = {**QUICK, "unet_steps": 5}
+    plain = train_tiny_sd(TinySDConfig(**quick), show_progress=False)
+    ema = train_tiny_sd(TinySDConfig(**quick, ema_decay=0.9), show_progress=False)
+    plain_weights, ema_weights = dict(plain.unet.named_parameters()), dict(ema.unet.named_parameters())
+    # same seed, same batches: only the averaging differs, and it moved the weights
+    assert any(not torch.equal(plain_weights[k], ema_weights[k]) for k in plain_weights)
+    save_pipeline(ema, tmp_path / "ema")
+    assert read_recipe(tmp_path / "ema").ema_decay == 0.9
+    loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "ema")
+    for name, weight in loaded.unet.named_parameters():
+        assert torch.equal(weight, ema_weights[name])  # what is saved is the average, not the last step
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, 1.5])
+def test_recipe_rejects_an_ema_decay_outside_zero_one(value):
+    with pytest.raises(ConfigError, match=r"^ema_decay must be in \[0, 1\), got"):
+        TinySDConfig(ema_decay=value)
+
+
 def test_recipe_without_the_new_keys_reads_with_defaults(tmp_path):
     recipe = json.loads((DEFAULT_MODEL / RECIPE_FILE).read_text())
-    for key in ("prediction_type", "family", "text_2_hidden_size", "addition_time_embed_dim"):
+    for key in ("prediction_type", "family", "text_2_hidden_size", "addition_time_embed_dim", "ema_decay"):
         recipe["recipe"].pop(key, None)
     (tmp_path / RECIPE_FILE).write_text(json.dumps(recipe))
     config = read_recipe(tmp_path)
-    assert (config.prediction_type, config.family) == ("epsilon", "sd")
+    assert (config.prediction_type, config.family, config.ema_decay) == ("epsilon", "sd", 0.0)
 
 
 @pytest.mark.parametrize(
