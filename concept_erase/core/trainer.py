@@ -263,6 +263,7 @@ class Trainer:
         after_step: ``fn(trainer)`` called after every optimizer step (before checkpointing).
         trainable: overrides ``config.trainable_params``: regex patterns or ``fn(module_name, module) -> bool``.
         extra_state: objects with ``state_dict()/load_state_dict()`` of tensors saved in every checkpoint.
+        progress_desc: the progress bar's label (``config.show_progress``), e.g. the phase of a longer job.
     """
 
     def __init__(
@@ -274,6 +275,7 @@ class Trainer:
         after_step: Callable[[Trainer], None] | None = None,
         trainable: Selection = None,
         extra_state: dict[str, Any] | None = None,
+        progress_desc: str = "training",
     ):
         if not isinstance(config, TrainerConfig):
             raise TypeError(f"config must be a TrainerConfig, got {type(config).__name__}")
@@ -290,6 +292,7 @@ class Trainer:
         self.after_step = after_step
         self.trainable = trainable if trainable is not None else config.trainable_params
         self.extra_state = dict(extra_state or {})
+        self.progress_desc = progress_desc
         self.global_step = 0
         self.accelerator = None
         self.last_loss: float | None = None
@@ -496,7 +499,7 @@ class Trainer:
         run.bar = tqdm(
             total=cfg.max_train_steps,
             initial=self.global_step,
-            desc="training",
+            desc=self.progress_desc,
             disable=not (cfg.show_progress and accelerator.is_local_main_process),
         )
         start = time.perf_counter()

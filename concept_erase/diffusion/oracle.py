@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 from concept_erase.core.errors import ConfigError
@@ -58,12 +59,25 @@ def get_oracle(model: str | Path, concepts: list[str], train: bool = True, show_
     target = cache_dir() / "oracles" / _recipe_key(recipe)
     print(
         f"training the retrain oracle without {', '.join(recipe.exclude_concepts)} "
-        f"({recipe.unet_steps} UNet steps; cached in {target} afterwards)",
+        f"({recipe.vae_steps} autoencoder + {recipe.unet_steps} UNet steps{_estimate(model)}; "
+        f"cached in {target} afterwards, so this happens once)",
         flush=True,
     )
+    start = time.perf_counter()
     with atomic_output_dir(target, overwrite=True) as tmp:
         save_pipeline(train_tiny_sd(recipe, show_progress=show_progress), tmp)
+    print(f"trained the retrain oracle in {time.perf_counter() - start:,.0f} s: {target}", flush=True)
     return target
+
+
+def _estimate(model: str | Path) -> str:
+    """``", about N min ..."`` from the original's recorded training time (the oracle runs the same steps on
+    fewer images, so it takes about as long), or ``""`` when the original recorded none."""
+    try:
+        seconds = float(json.loads((Path(model) / RECIPE_FILE).read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f", about {max(1, round(seconds / 60))} min: the original took {seconds:,.0f} s where it was trained"
 
 
 def resolve_oracle(model: str | Path, concepts: list[str], oracle: str | Path | None) -> tuple[Path | None, str]:

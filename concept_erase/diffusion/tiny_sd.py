@@ -357,7 +357,7 @@ def _train_vae(config: TinySDConfig, images: torch.Tensor, show_progress: bool):
         return torch.nn.functional.mse_loss(reconstruction, batch[0]) + config.kl_weight * posterior.kl().mean()
 
     settings = _trainer_config(config, config.vae_steps, config.vae_learning_rate, 20, show_progress)
-    Trainer(vae, settings, loader, compute_loss=loss).train()
+    Trainer(vae, settings, loader, compute_loss=loss, progress_desc="tiny SD 1/2: autoencoder").train()
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         posterior = vae.encode(images).latent_dist
@@ -418,7 +418,10 @@ def _train_unet(config: TinySDConfig, pipe, noise_scheduler, data: dict[str, tor
             ema.step(pipe.unet.parameters())
 
     try:
-        result = Trainer(pipe.unet, settings, loader, compute_loss=loss, after_step=after_step).train()
+        trainer = Trainer(
+            pipe.unet, settings, loader, compute_loss=loss, after_step=after_step, progress_desc="tiny SD 2/2: UNet"
+        )
+        result = trainer.train()
     finally:
         diffusers_logging.set_verbosity(verbosity)
     if ema is not None:

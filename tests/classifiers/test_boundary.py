@@ -65,7 +65,9 @@ def test_boundary_shrink_forgets_the_class_and_keeps_the_others(setup):
     assert accuracy(model, task.forget) < 0.05
     assert accuracy(model, task.test_retain) > accuracy(original, task.test_retain) - 0.08
     assert sum(info["neighbour_labels"].values()) == len(task.forget) and "3" not in info["neighbour_labels"]
-    assert 0 < info["fgsm_flip_fraction"] < 1 and info["global_step"] == max(10 * 3, 60)  # 137 samples, batch 64; min_steps 60
+    assert 0 < info["fgsm_flip_fraction"] < 1 and info["global_step"] == max(
+        10 * 3, 60
+    )  # 137 samples, batch 64; min_steps 60
     assert not model.training
 
 

@@ -92,12 +92,19 @@ def test_recipe_rejects_unknown_concepts_and_removing_everything():
         TinySDConfig(exclude_concepts=list(CONCEPTS))
 
 
-def test_oracle_is_trained_once_then_served_from_the_cache(tmp_path, monkeypatch):
+def test_oracle_is_trained_once_then_served_from_the_cache(tmp_path, monkeypatch, capsys):
     model = tmp_path / "model"
     save_pipeline(train_tiny_sd(TinySDConfig(**QUICK), show_progress=False), model)
+    recipe = json.loads((model / RECIPE_FILE).read_text())
+    (model / RECIPE_FILE).write_text(json.dumps({**recipe, "seconds": 1131.0}))  # as if it took 19 min
     assert find_oracle(model, ["seven"]) is None
-    path = get_oracle(model, ["seven"], show_progress=False)
+    path = get_oracle(model, ["seven"])
     assert read_recipe(path).exclude_concepts == ["seven"]
+    out, err = capsys.readouterr()
+    # before: what it trains and how long that should take; the bars name their phase; after: what it took
+    assert "2 autoencoder + 2 UNet steps, about 19 min: the original took 1,131 s where it was trained" in out
+    assert "tiny SD 1/2: autoencoder" in err and "tiny SD 2/2: UNet" in err
+    assert "trained the retrain oracle in " in out and str(path) in out.splitlines()[-1]
 
     def fail(*args, **kwargs):
         raise AssertionError("the cached oracle must not be retrained")

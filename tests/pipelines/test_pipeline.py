@@ -349,7 +349,7 @@ def long_training(tmp_path) -> Path:
                     {
                         "name": "train",
                         "step": "train_classifier",
-                        "config": {"max_train_steps": 1500, "checkpointing_steps": 50},
+                        "config": {"max_train_steps": 300, "checkpointing_steps": 20},
                     }
                 ],
             }
