@@ -111,9 +111,23 @@ def _subset(dataset: TensorDataset, index: torch.Tensor) -> TensorDataset:
     return TensorDataset(*(t[index] for t in dataset.tensors))
 
 
+def _shadow_keep(task: UnlearningTask, splits: DatasetSplits, inside: np.ndarray) -> torch.Tensor:
+    """Which training samples a shadow model is trained on: all but the targets that are "out" in it."""
+    keep = torch.ones(len(splits.train), dtype=torch.bool)
+    keep[task.forget_indices[torch.as_tensor(~inside)]] = False
+    return keep
+
+
 def _shadow_task(task: UnlearningTask, splits: DatasetSplits, inside: np.ndarray) -> UnlearningTask:
-    forget_indices = task.forget_indices[torch.as_tensor(inside)]
-    return dataclasses.replace(task, forget=_subset(splits.train, forget_indices), forget_indices=forget_indices)
+    """The task a shadow model unlearns: its in-targets, with the indices re-numbered into the shadow's own training
+    split (retain + in-targets in the training split's order), so that methods which replay or prepare the training
+    run (``amnesiac``, ``deltagrad``, ...) see the data the shadow was trained on."""
+    forget = task.forget_indices[torch.as_tensor(inside)]
+    position = _shadow_keep(task, splits, inside).cumsum(0) - 1  # index in the shadow's training split
+    retain = None if task.retain_indices is None else position[task.retain_indices]
+    return dataclasses.replace(
+        task, forget=_subset(splits.train, forget), forget_indices=position[forget], retain_indices=retain
+    )
 
 
 class _Gaussians:
@@ -165,8 +179,7 @@ def _shadow_models(
     for k, inside in enumerate(masks):
         shadow_recipe = dataclasses.replace(recipe, seed=recipe.seed * 1009 + 1 + k)
         excluded = task.forget_indices[torch.as_tensor(~inside)]
-        keep = torch.ones(len(splits.train), dtype=torch.bool)
-        keep[excluded] = False
+        keep = _shadow_keep(task, splits, inside)
         build = _builder(splits, template, shadow_recipe.seed)
         key = _key("ulira-shadow", splits, build(), shadow_recipe, forget=excluded)
         train_set = _subset(splits.train, keep.nonzero().flatten())
