@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from concept_erase.core.digits import CONCEPTS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -325,3 +327,28 @@ def test_bench_closed_form_toy_run_times_uce_and_checks_the_edit(tmp_path):
     proc = run_script("bench_closed_form.py", "--methods", "uce,esd", "--output", str(tmp_path / "bad.json"))
     assert proc.returncode == 2 and not (tmp_path / "bad.json").exists()
     assert proc.stderr.strip().splitlines()[-1].endswith("--methods: invalid value 'esd'; accepted values: uce, rece")
+
+
+@pytest.mark.slow
+def test_bench_tiny_sd_recipe_toy_run_trains_scores_and_checks_the_goals(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPT_ERASE_CACHE", str(tmp_path / "cache"))
+    output, models = tmp_path / "recipe.json", tmp_path / "models"
+    toy = ("--set", "vae_steps=2", "unet_steps=2", "batch_size=32", "--num_images", "4")
+    args = ("--models_dir", str(models), "--seeds", "0", "--oracles", "seven", *toy, "--output", str(output))
+    proc = run_script("bench_tiny_sd_recipe.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(output.read_text())
+    (model,), (oracle,) = result["models"], result["oracles"]
+    assert set(model["per_concept"]) == set(CONCEPTS) and model["training_seconds"] > 0
+    assert oracle["concept"] == "seven" and (models / "seed-0-without-seven" / "model_index.json").is_file()
+    assert 0 <= oracle["unseen_word_baseline"] <= 100 and isinstance(oracle["retain_met"], bool)
+    # two untrained-looking toy models cannot meet the accuracy goals: the check can fail
+    assert result["met"]["every_digit_at_least_95"] is False and result["met"]["retain_spread"] is None
+
+
+def test_bench_tiny_sd_recipe_refuses_repeated_seeds_and_unknown_concepts(tmp_path):
+    proc = run_script("bench_tiny_sd_recipe.py", "--models_dir", str(tmp_path), "--seeds", "0", "1", "0")
+    assert proc.returncode == 2 and "--seeds: repeated seed in [0, 1, 0]" in proc.stderr
+    assert not any(tmp_path.iterdir())
+    proc = run_script("bench_tiny_sd_recipe.py", "--models_dir", str(tmp_path), "--oracles", "eleven")
+    assert proc.returncode == 2 and "--oracles: unknown concept 'eleven'; accepted values: zero" in proc.stderr
