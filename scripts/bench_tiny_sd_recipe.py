@@ -13,8 +13,9 @@ the issue's goals are checked:
 - every digit's accuracy >= 95% and their mean >= 97%, for every seed;
 - the spread (max - min over seeds) of the retain accuracy of the demo's erasure (the nine digits other than the
   first ``--oracles`` concept) <= 2 points;
-- each oracle: forget accuracy within 5 points of the unseen-word baseline (images of prompts naming words the model
-  never saw, judged as the concept), retain accuracy within 2 points of the seed-0 model's;
+- each oracle: forget accuracy within 5 points of its unseen-word baseline (images of prompts naming words it never
+  saw, judged as the concept: for the oracle the concept's own word is one of them), retain accuracy within 2 points
+  of the seed-0 model's on the same nine digits;
 - one training run <= 45 minutes (its recorded wall time).
 """
 
@@ -90,17 +91,18 @@ def main() -> None:
     for concept in args.oracles:
         path = models_dir / f"seed-{base['seed']}-without-{concept}"
         seconds = _model(path, base_recipe.without([concept]))
-        settings = EvaluationConfig(forget=[concept], num_images=args.num_images)
-        metrics = evaluate_erasure(path, settings, original=base["model"], oracle="none")
-        baseline = metrics["unseen_word_baseline"]["original"][concept]
+        # the oracle scored on its own: its unseen-word baseline is how often it draws the concept for words it never
+        # saw, which "seven" now is for it
+        metrics = evaluate_erasure(path, EvaluationConfig(forget=[concept], num_images=args.num_images), oracle="none")
+        kept = [v for c, v in base["per_concept"].items() if c != concept]
         entry = {
             "concept": concept,
             "model": str(path),
             "training_seconds": seconds,
             "forget_accuracy": _percent(metrics["forget_accuracy"]),
-            "unseen_word_baseline": _percent(baseline),
+            "unseen_word_baseline": _percent(metrics["unseen_word_baseline"]["original"][concept]),
             "retain_accuracy": _percent(metrics["retain_accuracy"]),
-            "original_retain_accuracy": _percent(metrics["original"]["retain_accuracy"]),
+            "original_retain_accuracy": round(sum(kept) / len(kept), 2),
             "per_concept": {c: _percent(v["accuracy"]) for c, v in metrics["per_concept"].items()},
         }
         oracles.append(entry)
