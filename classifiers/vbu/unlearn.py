@@ -155,7 +155,9 @@ def _adam_eubo(params, full, log_lik, lam, num_samples, steps, lr, generator) ->
         diag = params.log_diag.exp()
         chol = torch.tril(params.lower, -1) + torch.diag(diag)
         theta = (params.mean + eps @ chol.T).requires_grad_(True)
-        (grad_theta,) = torch.autograd.grad(_adjusted_log_lik(theta, full, log_lik, lam).sum() / num_samples, theta)
+        value = _adjusted_log_lik(theta, full, log_lik, lam).sum() / num_samples
+        # no draw inside the adjusted region (a large lambda): the likelihood term is constant, its gradient zero
+        (grad_theta,) = torch.autograd.grad(value, theta) if value.requires_grad else (torch.zeros_like(theta),)
         grad_chol = grad_theta.T @ eps + precision @ chol
         params.mean.grad = grad_theta.sum(0) + precision @ (params.mean - full.mean)
         params.lower.grad = torch.tril(grad_chol, -1)

@@ -119,6 +119,16 @@ def test_eubo_hand_written_gradient_matches_autograd(fitted):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+def test_eubo_adam_at_a_lambda_that_masks_every_draw_stays_at_the_full_posterior(fitted):
+    """lambda = 0.1 puts every draw (20 dimensions) outside the adjusted region: the likelihood term is constant (no gradient, which
+    once raised a RuntimeError), so only the KL term acts and it keeps q at the full posterior."""
+    from classifiers.vbu.unlearn import eubo_unlearn
+
+    full, _, log_lik = fitted
+    result = eubo_unlearn(full, log_lik, lam=0.1, optimizer="adam", steps=5, num_samples=64).posterior
+    torch.testing.assert_close(result.mean, full.mean, rtol=0, atol=1e-6)
+
+
 def test_aggregation_formulas(moons, fitted):
     _, _, model, _ = moons
     full = fitted[0]
