@@ -31,7 +31,13 @@ from concept_erase.core.digits import CONCEPTS
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.io import atomic_output_dir, package_versions, write_json
 from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure
-from concept_erase.diffusion.tiny_sd import RECIPE_FILE, TinySDConfig, read_recipe, save_pipeline, train_tiny_sd
+from concept_erase.diffusion.tiny_sd import (
+    TinySDConfig,
+    read_recipe,
+    recorded_training_seconds,
+    save_pipeline,
+    train_tiny_sd,
+)
 
 GOALS = {"digit": 95.0, "mean": 97.0, "spread": 2.0, "oracle_forget": 5.0, "oracle_retain": 2.0, "minutes": 45.0}
 
@@ -44,7 +50,7 @@ def _model(path: Path, recipe: TinySDConfig) -> float:
         print(f"training {path.name} ...", flush=True)
         with atomic_output_dir(path) as tmp:
             save_pipeline(train_tiny_sd(recipe), tmp)
-    return float(json.loads((path / RECIPE_FILE).read_text())["seconds"])
+    return recorded_training_seconds(path)
 
 
 def _percent(value: float | None) -> float | None:

@@ -16,7 +16,15 @@ from pathlib import Path
 
 from concept_erase.core.errors import ConfigError
 from concept_erase.core.io import atomic_output_dir, cache_dir
-from concept_erase.diffusion.tiny_sd import ASSETS, RECIPE_FILE, TinySDConfig, read_recipe, save_pipeline, train_tiny_sd
+from concept_erase.diffusion.tiny_sd import (
+    ASSETS,
+    RECIPE_FILE,
+    TinySDConfig,
+    read_recipe,
+    recorded_training_seconds,
+    save_pipeline,
+    train_tiny_sd,
+)
 
 __all__ = ["find_oracle", "get_oracle", "oracle_recipe", "resolve_oracle"]
 
@@ -73,9 +81,8 @@ def get_oracle(model: str | Path, concepts: list[str], train: bool = True, show_
 def _estimate(model: str | Path) -> str:
     """``", about N min ..."`` from the original's recorded training time (the oracle runs the same steps on
     fewer images, so it takes about as long), or ``""`` when the original recorded none."""
-    try:
-        seconds = float(json.loads((Path(model) / RECIPE_FILE).read_text())["seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
+    seconds = recorded_training_seconds(model)
+    if seconds is None:
         return ""
     return f", about {max(1, round(seconds / 60))} min: the original took {seconds:,.0f} s where it was trained"
 

@@ -31,6 +31,7 @@ from concept_erase.core.io import write_json
 from concept_erase.core.readers import read_json_object, require
 from concept_erase.diffusion.erasure import read_erasure
 from concept_erase.diffusion.evaluation import EvaluationConfig, load_samples, plot_grid
+from concept_erase.diffusion.tiny_sd import recorded_training_seconds
 
 __all__ = ["GOALS", "attach_attacks", "summarize_attack", "summarize_evaluation", "write_erasure_report"]
 
@@ -40,18 +41,6 @@ GOALS = {"forget_gap_to_oracle": 0.10, "retain_drop": 0.03, "time_share": {"fmn"
 
 
 _SCORES = ("forget_accuracy", "retain_accuracy", "frechet_to_real")
-
-
-def _oracle_seconds(oracle: str | None) -> float | None:
-    """The oracle's training wall time, from the recipe the toolkit wrote next to it."""
-    if not oracle:
-        return None
-    recipe = Path(oracle) / "tiny_sd_recipe.json"
-    if not recipe.is_file():
-        return None
-    return require(
-        read_json_object(recipe, "tiny-SD recipe"), "seconds", float, recipe, "tiny-SD recipe", optional=True
-    )
 
 
 def _forget_per_concept(scored: dict[str, Any], forget: list[str]) -> dict[str, float | None]:
@@ -104,7 +93,7 @@ def summarize_evaluation(name: str, metrics_path: str | Path) -> dict[str, Any]:
             if oracle
             else None
         ),
-        "oracle_seconds": _oracle_seconds(settings.get("oracle")),
+        "oracle_seconds": recorded_training_seconds(settings.get("oracle")),
         "samples": str(path.parent / "samples.safetensors"),
         "forget": metrics["forget"],
         "retain": metrics["retain"],

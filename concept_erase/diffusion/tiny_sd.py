@@ -63,6 +63,7 @@ __all__ = [
     "build_pipeline",
     "build_tokenizer",
     "read_recipe",
+    "recorded_training_seconds",
     "resolve_model",
     "save_pipeline",
     "train_tiny_sd",
@@ -496,6 +497,18 @@ def resolve_model(spec: str | Path) -> str | Path:
         return spec
     asset = ASSETS / str(spec)
     return asset if (asset / "model_index.json").is_file() else spec
+
+
+def recorded_training_seconds(model_dir: str | Path | None) -> float | None:
+    """The training wall time the toolkit recorded next to a model it trained (``seconds`` in its recipe file), or
+    None for a model without one."""
+    if not model_dir:
+        return None
+    path = Path(model_dir) / RECIPE_FILE
+    if not path.is_file():
+        return None
+    what = "tiny-SD recipe"
+    return require(read_json_object(path, what), "seconds", float, path, what, optional=True)
 
 
 def read_recipe(model_dir: str | Path) -> TinySDConfig | None:
