@@ -44,6 +44,12 @@ def main() -> None:
     parser.add_argument(
         "--ema_decay", type=float, default=TinySDConfig.ema_decay, help="EMA of the UNet's weights (0: none)"
     )
+    parser.add_argument(
+        "--filler_words",
+        type=int,
+        default=TinySDConfig.filler_words,
+        help="random prompts: up to this many filler words on each side of the concept",
+    )
     parser.add_argument("--prediction_type", default=TinySDConfig.prediction_type, choices=list(PREDICTION_TYPES))
     parser.add_argument("--family", default=TinySDConfig.family, choices=list(FAMILIES))
     parser.add_argument("--overwrite", action="store_true")
@@ -57,6 +63,7 @@ def main() -> None:
         vae_steps=args.vae_steps,
         learning_rate=args.learning_rate,
         ema_decay=args.ema_decay,
+        filler_words=args.filler_words,
         prediction_type=args.prediction_type,
         family=args.family,
     )

@@ -25,6 +25,7 @@ from concept_erase.diffusion.tiny_sd import (
     RECIPE_FILE,
     TRAIN_TEMPLATES,
     TinySDConfig,
+    _random_prompts,
     build_pipeline,
     build_tokenizer,
     read_recipe,
@@ -55,6 +56,23 @@ def test_tokenizer_writes_every_concept_and_rejects_what_it_cannot_write(tmp_pat
 def test_eval_templates_are_held_out_from_training():
     assert not set(EVAL_TEMPLATES) & set(TRAIN_TEMPLATES)
     assert all("{}" in t for t in EVAL_TEMPLATES + TRAIN_TEMPLATES)
+
+
+@pytest.mark.parametrize("filler_words", [0, 3, 6])
+def test_random_prompts_put_the_concept_at_every_position_filler_words_allows(filler_words):
+    torch.manual_seed(0)
+    config = TinySDConfig(random_prompt_probability=1.0, filler_words=filler_words)
+    prompts = [p.split() for p in _random_prompts(torch.full((3000,), CONCEPTS.index("seven")), config)]
+    before = {words.index("seven") for words in prompts}
+    after = {len(words) - 1 - words.index("seven") for words in prompts}
+    assert before == after == set(range(filler_words + 1))  # every count from none to filler_words, no more
+    # a held-out paraphrase with six words before the concept is covered only from filler_words = 6 on
+    assert (max(before) >= len(EVAL_TEMPLATES[0].split()) - 1) == (filler_words >= 6)
+
+
+def test_recipe_rejects_a_negative_filler_word_count():
+    with pytest.raises(ConfigError, match=r"^filler_words must be >= 0, got -1$"):
+        TinySDConfig(filler_words=-1)
 
 
 def test_untrained_pipeline_round_trips_through_save_pretrained_and_from_pretrained(tmp_path):
@@ -206,11 +224,13 @@ def test_recipe_rejects_an_ema_decay_outside_zero_one(value):
 
 def test_recipe_without_the_new_keys_reads_with_defaults(tmp_path):
     recipe = json.loads((DEFAULT_MODEL / RECIPE_FILE).read_text())
-    for key in ("prediction_type", "family", "text_2_hidden_size", "addition_time_embed_dim", "ema_decay"):
+    keys = ("prediction_type", "family", "text_2_hidden_size", "addition_time_embed_dim", "ema_decay", "filler_words")
+    for key in keys:
         recipe["recipe"].pop(key, None)
     (tmp_path / RECIPE_FILE).write_text(json.dumps(recipe))
     config = read_recipe(tmp_path)
-    assert (config.prediction_type, config.family, config.ema_decay) == ("epsilon", "sd", 0.0)
+    # what the models written before each key were trained with, whatever today's default
+    assert (config.prediction_type, config.family, config.ema_decay, config.filler_words) == ("epsilon", "sd", 0.0, 3)
 
 
 @pytest.mark.parametrize(
