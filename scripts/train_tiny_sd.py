@@ -50,6 +50,12 @@ def main() -> None:
         default=TinySDConfig.filler_words,
         help="random prompts: up to this many filler words on each side of the concept",
     )
+    parser.add_argument(
+        "--text_position_scale",
+        type=float,
+        default=TinySDConfig.text_position_scale,
+        help="scale of the random text encoder's position embeddings",
+    )
     parser.add_argument("--prediction_type", default=TinySDConfig.prediction_type, choices=list(PREDICTION_TYPES))
     parser.add_argument("--family", default=TinySDConfig.family, choices=list(FAMILIES))
     parser.add_argument("--overwrite", action="store_true")
@@ -64,6 +70,7 @@ def main() -> None:
         learning_rate=args.learning_rate,
         ema_decay=args.ema_decay,
         filler_words=args.filler_words,
+        text_position_scale=args.text_position_scale,
         prediction_type=args.prediction_type,
         family=args.family,
     )

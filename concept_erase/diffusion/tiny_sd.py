@@ -116,7 +116,7 @@ FAMILIES: tuple[str, ...] = ("sd", "sdxl")
 
 # What a recipe written before an option existed was trained with (read_recipe fills these in; the other keys'
 # defaults never changed)
-RECIPE_VALUES_BEFORE_THE_KEY: dict[str, Any] = {"ema_decay": 0.0, "filler_words": 3}
+RECIPE_VALUES_BEFORE_THE_KEY: dict[str, Any] = {"ema_decay": 0.0, "filler_words": 3, "text_position_scale": 1.0}
 
 
 @dataclass
@@ -133,6 +133,9 @@ class TinySDConfig:
     text_heads: int = 4
     max_length: int = 16
     text_residual_scale: float = 0.1  # shrinks the random encoder's attention/MLP outputs: tokens stay themselves
+    # shrinks the random position embeddings (as large as the token embeddings at CLIP's initialisation): at 1 (the
+    # first shipped models) a word's state depends on where it stands as much as on the word
+    text_position_scale: float = 1.0
     # autoencoder
     vae_channels: int = 32
     latent_channels: int = 4
@@ -164,7 +167,11 @@ class TinySDConfig:
     text_2_hidden_size: int = 64  # sdxl: the second text encoder's width (and its projection's)
     addition_time_embed_dim: int = 8  # sdxl: the Fourier width of each of the six time ids
 
-    NUMBER_RANGES: ClassVar[dict] = {"ema_decay": Range(0, 1, high_open=True), "filler_words": Range(0)}
+    NUMBER_RANGES: ClassVar[dict] = {
+        "ema_decay": Range(0, 1, high_open=True),
+        "filler_words": Range(0),
+        "text_position_scale": Range(0),
+    }
 
     def __post_init__(self) -> None:
         check_numbers(self)
@@ -265,6 +272,8 @@ def _text_encoder(config: TinySDConfig, tokenizer, second: bool = False):
         for name, module in model.named_modules():  # (module paths differ across transformers versions)
             if name.endswith(("self_attn.out_proj", "mlp.fc2")):
                 module.weight.mul_(config.text_residual_scale)
+            elif name.endswith("position_embedding"):
+                module.weight.mul_(config.text_position_scale)
     return model
 
 

@@ -23,6 +23,7 @@ from concept_erase.diffusion.tiny_sd import (
     EVAL_TEMPLATES,
     PREDICTION_TYPES,
     RECIPE_FILE,
+    RECIPE_VALUES_BEFORE_THE_KEY,
     TRAIN_TEMPLATES,
     TinySDConfig,
     _random_prompts,
@@ -70,9 +71,22 @@ def test_random_prompts_put_the_concept_at_every_position_filler_words_allows(fi
     assert (max(before) >= len(EVAL_TEMPLATES[0].split()) - 1) == (filler_words >= 6)
 
 
-def test_recipe_rejects_a_negative_filler_word_count():
-    with pytest.raises(ConfigError, match=r"^filler_words must be >= 0, got -1$"):
-        TinySDConfig(filler_words=-1)
+@pytest.mark.parametrize("key", ["filler_words", "text_position_scale"])
+def test_recipe_rejects_a_negative_filler_word_count_or_position_scale(key):
+    with pytest.raises(ConfigError, match=rf"^{key} must be >= 0, got -1$"):
+        TinySDConfig(**{key: -1})
+
+
+def test_text_position_scale_shrinks_only_the_position_embeddings():
+    def embeddings(scale):
+        modules = dict(build_pipeline(TinySDConfig(text_position_scale=scale)).text_encoder.named_modules())
+        return [modules[name].weight for name in ("embeddings.token_embedding", "embeddings.position_embedding")]
+
+    (token, position), (token_small, position_small) = embeddings(1.0), embeddings(0.1)
+    assert torch.equal(token, token_small)  # same seed, same words
+    assert torch.allclose(position_small, 0.1 * position)
+    # at CLIP's initialisation a position weighs as much as a word; scaled, the word dominates its state
+    assert position.std() / token.std() > 0.5 and position_small.std() / token_small.std() < 0.2
 
 
 def test_untrained_pipeline_round_trips_through_save_pretrained_and_from_pretrained(tmp_path):
@@ -224,13 +238,14 @@ def test_recipe_rejects_an_ema_decay_outside_zero_one(value):
 
 def test_recipe_without_the_new_keys_reads_with_defaults(tmp_path):
     recipe = json.loads((DEFAULT_MODEL / RECIPE_FILE).read_text())
-    keys = ("prediction_type", "family", "text_2_hidden_size", "addition_time_embed_dim", "ema_decay", "filler_words")
-    for key in keys:
+    new = ("prediction_type", "family", "text_2_hidden_size", "addition_time_embed_dim", *RECIPE_VALUES_BEFORE_THE_KEY)
+    for key in new:
         recipe["recipe"].pop(key, None)
     (tmp_path / RECIPE_FILE).write_text(json.dumps(recipe))
     config = read_recipe(tmp_path)
     # what the models written before each key were trained with, whatever today's default
-    assert (config.prediction_type, config.family, config.ema_decay, config.filler_words) == ("epsilon", "sd", 0.0, 3)
+    assert (config.prediction_type, config.family) == ("epsilon", "sd")
+    assert (config.ema_decay, config.filler_words, config.text_position_scale) == (0.0, 3, 1.0)
 
 
 @pytest.mark.parametrize(
