@@ -17,6 +17,10 @@ the issue's goals are checked:
   saw, judged as the concept: for the oracle the concept's own word is one of them), retain accuracy within 2 points
   of the seed-0 model's on the same nine digits;
 - one training run <= 45 minutes (its recorded wall time).
+
+``--per_template`` also scores every full model on each held-out paraphrase alone and on the training templates
+(``--num_images`` images per concept each): where a digit fails, it tells a model that cannot draw it from one that
+does not recognise the word in an unseen context.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from concept_erase.core.errors import ConfigError
 from concept_erase.core.io import atomic_output_dir, package_versions, write_json
 from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure
 from concept_erase.diffusion.tiny_sd import (
+    EVAL_TEMPLATES,
+    TRAIN_TEMPLATES,
     TinySDConfig,
     read_recipe,
     recorded_training_seconds,
@@ -57,6 +63,21 @@ def _percent(value: float | None) -> float | None:
     return None if value is None else round(100.0 * value, 2)
 
 
+def _scores(path: Path, concept: str, num_images: int, templates: list[str] | None = None) -> dict:
+    """The harness's scores of the model at ``path`` with ``concept`` as the erased one (no oracle)."""
+    settings = {"forget": [concept], "num_images": num_images} | ({"templates": templates} if templates else {})
+    return evaluate_erasure(path, EvaluationConfig(**settings), oracle="none")
+
+
+def _per_template(path: Path, concept: str, num_images: int) -> dict[str, dict[str, float]]:
+    """Per-digit accuracy on each held-out paraphrase alone and on all training templates."""
+    sets = {"training templates": list(TRAIN_TEMPLATES)} | {t: [t] for t in EVAL_TEMPLATES}
+    return {
+        name: {c: _percent(v["accuracy"]) for c, v in _scores(path, concept, num_images, t)["per_concept"].items()}
+        for name, t in sets.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models_dir", required=True)
@@ -64,6 +85,7 @@ def main() -> None:
     parser.add_argument("--oracles", nargs="*", default=["seven"], help="concepts whose seed-0 oracle is measured")
     parser.add_argument("--set", nargs="*", default=[], help="KEY=VALUE changes to the default TinySDConfig recipe")
     parser.add_argument("--num_images", type=int, default=64, help="images per concept (the harness's default)")
+    parser.add_argument("--per_template", action="store_true", help="also score each held-out paraphrase alone")
     parser.add_argument("--output", default="bench_results/tiny_sd_recipe.json")
     args = parser.parse_args()
     if len(set(args.seeds)) != len(args.seeds):
@@ -78,7 +100,7 @@ def main() -> None:
     for seed in args.seeds:
         path = models_dir / f"seed-{seed}"
         seconds = _model(path, dataclasses.replace(recipe, seed=seed))
-        metrics = evaluate_erasure(path, EvaluationConfig(forget=[demo], num_images=args.num_images), oracle="none")
+        metrics = _scores(path, demo, args.num_images)
         per_concept = {c: _percent(v["accuracy"]) for c, v in metrics["per_concept"].items()}
         rows.append(
             {
@@ -91,6 +113,8 @@ def main() -> None:
                 f"retain_without_{demo}": _percent(metrics["retain_accuracy"]),
             }
         )
+        if args.per_template:
+            rows[-1]["per_template"] = _per_template(path, demo, args.num_images)
         print(json.dumps(rows[-1]), flush=True)
     base = next((r for r in rows if r["seed"] == 0), rows[0])
     base_recipe = dataclasses.replace(recipe, seed=base["seed"])
@@ -99,7 +123,7 @@ def main() -> None:
         seconds = _model(path, base_recipe.without([concept]))
         # the oracle scored on its own: its unseen-word baseline is how often it draws the concept for words it never
         # saw, which "seven" now is for it
-        metrics = evaluate_erasure(path, EvaluationConfig(forget=[concept], num_images=args.num_images), oracle="none")
+        metrics = _scores(path, concept, args.num_images)
         kept = [v for c, v in base["per_concept"].items() if c != concept]
         entry = {
             "concept": concept,

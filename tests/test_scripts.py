@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from concept_erase.core.digits import CONCEPTS
+from concept_erase.diffusion.tiny_sd import EVAL_TEMPLATES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -335,11 +336,13 @@ def test_bench_tiny_sd_recipe_toy_run_trains_scores_and_checks_the_goals(tmp_pat
     output, models = tmp_path / "recipe.json", tmp_path / "models"
     toy = ("--set", "vae_steps=2", "unet_steps=2", "batch_size=32", "--num_images", "4")
     args = ("--models_dir", str(models), "--seeds", "0", "--oracles", "seven", *toy, "--output", str(output))
-    proc = run_script("bench_tiny_sd_recipe.py", *args)
+    proc = run_script("bench_tiny_sd_recipe.py", *args, "--per_template")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(output.read_text())
     (model,), (oracle,) = result["models"], result["oracles"]
     assert set(model["per_concept"]) == set(CONCEPTS) and model["training_seconds"] > 0
+    assert list(model["per_template"]) == ["training templates", *EVAL_TEMPLATES]  # each paraphrase alone
+    assert all(set(scores) == set(CONCEPTS) for scores in model["per_template"].values())
     assert oracle["concept"] == "seven" and (models / "seed-0-without-seven" / "model_index.json").is_file()
     assert 0 <= oracle["unseen_word_baseline"] <= 100 and isinstance(oracle["retain_met"], bool)
     # two untrained-looking toy models cannot meet the accuracy goals: the check can fail
