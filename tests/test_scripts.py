@@ -336,7 +336,7 @@ def test_bench_tiny_sd_recipe_toy_run_trains_scores_and_checks_the_goals(tmp_pat
     output, models = tmp_path / "recipe.json", tmp_path / "models"
     toy = ("--set", "vae_steps=2", "unet_steps=2", "batch_size=32", "--num_images", "4")
     args = ("--models_dir", str(models), "--seeds", "0", "--oracles", "seven", *toy, "--output", str(output))
-    proc = run_script("bench_tiny_sd_recipe.py", *args, "--per_template")
+    proc = run_script("bench_tiny_sd_recipe.py", *args, "--per_template", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(output.read_text())
     (model,), (oracle,) = result["models"], result["oracles"]
