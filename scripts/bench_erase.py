@@ -27,10 +27,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="bench_results/erase.json")
     parser.add_argument("--set", nargs="*", default=[], help="pipeline overrides, as for concept-erase run")
+    parser.add_argument("--keep", default=None, help="also keep the demo's output directory here (its report, grids)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["CONCEPT_ERASE_CACHE"] = str(Path(tmp) / "cache")  # cold: nothing generated yet
-        pipeline = load_pipeline(CONFIGS_DIR / "demo.yaml", args.set, output_dir=Path(tmp) / "demo")
+        out = Path(args.keep) if args.keep else Path(tmp) / "demo"
+        pipeline = load_pipeline(CONFIGS_DIR / "demo.yaml", args.set, output_dir=out)
         start = time.perf_counter()
         manifest = pipeline.run(log=print)
         seconds = time.perf_counter() - start

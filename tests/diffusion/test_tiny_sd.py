@@ -156,6 +156,23 @@ def test_shipped_oracle_matches_the_shipped_model_recipe_without_seven():
     assert 0 < shipped["seconds"] <= 60 * 60
 
 
+SHIPPED_ORACLES = ("seven", "two", "five")
+
+
+@pytest.mark.parametrize("concept", SHIPPED_ORACLES)
+def test_shipped_oracles_are_found_by_recipe_and_load_with_diffusers(concept):
+    path = ASSETS / f"tiny-sd-without-{concept}"
+    assert find_oracle(DEFAULT_MODEL, [concept]) == path  # scored without training anything
+    assert read_recipe(path) == TinySDConfig(exclude_concepts=[concept])
+    assert StableDiffusionPipeline.from_pretrained(path).unet is not None
+
+
+def test_shipped_assets_stay_within_the_package_budget():
+    oracles = {p.name for p in ASSETS.glob("tiny-sd-without-*")}
+    assert oracles == {f"tiny-sd-without-{c}" for c in SHIPPED_ORACLES}  # each one listed in the docs
+    assert sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file()) <= 60 * 2**20  # "at most about 60 MB"
+
+
 def test_oracle_needs_a_known_recipe(tmp_path):
     shutil.copytree(DEFAULT_MODEL, tmp_path / "model")
     (tmp_path / "model" / RECIPE_FILE).unlink()
