@@ -236,7 +236,7 @@ def test_v_prediction_trains_a_different_unet_from_the_same_seed():
 
 def test_ema_recipe_keeps_the_averaged_unet_and_records_its_decay(tmp_path):
     quick = {**QUICK, "unet_steps": 5}
-    plain = train_tiny_sd(TinySDConfig(**quick), show_progress=False)
+    plain = train_tiny_sd(TinySDConfig(**quick, ema_decay=0.0), show_progress=False)  # the default has EMA
     ema = train_tiny_sd(TinySDConfig(**quick, ema_decay=0.9), show_progress=False)
     plain_weights, ema_weights = dict(plain.unet.named_parameters()), dict(ema.unet.named_parameters())
     # same seed, same batches: only the averaging differs, and it moved the weights
