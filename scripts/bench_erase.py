@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="pipeline overrides, as for concept-erase run")
     parser.add_argument("--keep", default=None, help="also keep the demo's output directory here (its report, grids)")
     args = parser.parse_args()
+    if args.keep and Path(args.keep).exists() and any(Path(args.keep).iterdir()):
+        # a pipeline resumes what its output directory already holds: the demo would not run from scratch
+        parser.error(f"--keep: {args.keep} is not empty; the demo must run from scratch to be timed: pick a new dir")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["CONCEPT_ERASE_CACHE"] = str(Path(tmp) / "cache")  # cold: nothing generated yet
         out = Path(args.keep) if args.keep else Path(tmp) / "demo"

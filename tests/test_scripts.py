@@ -355,3 +355,11 @@ def test_bench_tiny_sd_recipe_refuses_repeated_seeds_and_unknown_concepts(tmp_pa
     assert not any(tmp_path.iterdir())
     proc = run_script("bench_tiny_sd_recipe.py", "--models_dir", str(tmp_path), "--oracles", "eleven")
     assert proc.returncode == 2 and "--oracles: unknown concept 'eleven'; accepted values: zero" in proc.stderr
+
+
+def test_bench_erase_refuses_a_kept_directory_that_already_holds_a_run(tmp_path):
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "manifest.json").write_text("{}")  # a pipeline would resume it instead of timing a fresh run
+    proc = run_script("bench_erase.py", "--keep", str(tmp_path / "demo"), "--output", str(tmp_path / "erase.json"))
+    assert proc.returncode == 2 and "--keep:" in proc.stderr and "is not empty" in proc.stderr
+    assert not (tmp_path / "erase.json").exists()
