@@ -46,7 +46,7 @@ from concept_erase.core.readers import read_json_object
 from concept_erase.core.registry import get_method
 from concept_erase.diffusion.attack import ATTACKS, AttackConfig, attack_erasure
 from concept_erase.diffusion.erasure import erase
-from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure
+from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure, model_fingerprint
 from concept_erase.diffusion.presets import resolve_settings
 from concept_erase.diffusion.tiny_sd import resolve_model
 
@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     args, parser = _parse(argv)
     try:
         model = resolve_model(args.model)
+        model_key = model_fingerprint(model)  # a retrained model under the same name is measured again
         entries = _entries(args.methods, model, args.toy)
         attack_configs = {
             a: AttackConfig(attack=a, seed=args.attack_seed, show_progress=False, **(TOY_ATTACK if args.toy else {}))
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
             for seed in args.seeds:
                 settings = entry.settings(model, seed)
                 method_config = config_to_dict(settings.config)
-                erasure_key = _key(args.model, args.concept, entry.method, method_config)
+                erasure_key = _key(model_key, args.concept, entry.method, method_config)
                 retain_key = _key(erasure_key, evaluation.generation_key()) if args.retain else None
                 keys = {a: _key(erasure_key, config_to_dict(c)) for a, c in attack_configs.items()}
                 todo = [a for a in args.attacks if rows.get((entry.label, seed, a), {}).get("settings_key") != keys[a]]

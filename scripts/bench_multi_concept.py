@@ -50,7 +50,7 @@ from concept_erase.core.io import atomic_file, package_versions, write_json
 from concept_erase.core.readers import read_json_object
 from concept_erase.core.registry import get_method, list_methods
 from concept_erase.diffusion.erasure import erase
-from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure
+from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure, model_fingerprint
 from concept_erase.diffusion.oracle import find_oracle
 from concept_erase.diffusion.presets import resolve_settings
 from concept_erase.diffusion.tiny_sd import resolve_model
@@ -380,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     args, parser = _parse(argv)
     try:
         model = resolve_model(args.model)
+        model_key = model_fingerprint(model)  # a retrained model under the same name is measured again
         sets = _sets(args.sets)
         entries = _entries(args.methods or _default_methods(), model, args.toy)
         evaluation = EvaluationConfig(**{"num_images": args.num_images, **(TOY_EVALUATION if args.toy else {})})
@@ -433,12 +434,12 @@ def main(argv: list[str] | None = None) -> None:
             for seed in args.seeds:
                 settings = entry.settings(model, seed)
                 key = _key(
-                    args.model,
+                    model_key,
                     concepts,
                     entry.method,
                     config_to_dict(settings.config),
                     evaluation.generation_key(),
-                    str(oracle) if oracle else None,
+                    model_fingerprint(oracle) if oracle else None,
                 )
                 if rows.get((name, entry.label, seed), {}).get("settings_key") == key:
                     continue

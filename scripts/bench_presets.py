@@ -29,7 +29,7 @@ from concept_erase.core.io import package_versions, write_json
 from concept_erase.core.readers import read_json_object
 from concept_erase.core.registry import get_method
 from concept_erase.diffusion.erasure import erase
-from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure
+from concept_erase.diffusion.evaluation import EvaluationConfig, evaluate_erasure, model_fingerprint
 from concept_erase.diffusion.presets import resolve_settings
 from concept_erase.diffusion.tiny_sd import resolve_model
 
@@ -60,9 +60,10 @@ def _user_keys(method: str, args: argparse.Namespace) -> dict:
     return {**toy, **parse_overrides(args.set), "show_progress": False}
 
 
-def _settings_key(config: dict, evaluation: EvaluationConfig) -> str:
-    """What a pair's result depends on: the resolved method config and the evaluation settings."""
-    blob = json.dumps([config, evaluation.generation_key()], sort_keys=True, default=str)
+def _settings_key(config: dict, evaluation: EvaluationConfig, model_key: str) -> str:
+    """What a pair's result depends on: the model's content, the resolved method config and the evaluation settings
+    (a retrained model under the same name is measured again, not resumed)."""
+    blob = json.dumps([model_key, config, evaluation.generation_key()], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -135,6 +136,7 @@ def main() -> None:
     done = read_json_object(output, "bench result")["rows"] if output.is_file() else []
     rows = {(r["digit"], r["method"]): r for r in done}
     model = resolve_model(args.model)
+    model_key = model_fingerprint(model)
     toy = TOY_EVALUATION if args.toy else {}
     with tempfile.TemporaryDirectory() as tmp:
         for digit in args.digits:
@@ -142,7 +144,7 @@ def main() -> None:
             for method in args.methods:
                 user = _user_keys(method, args)
                 config = resolve_settings(get_method(method, tag="diffusion"), model, user).config
-                key = _settings_key(config_to_dict(config), evaluation)
+                key = _settings_key(config_to_dict(config), evaluation, model_key)
                 if rows.get((digit, method), {}).get("settings_key") == key:
                     continue
                 row = {**_measure(model, digit, method, user, evaluation, Path(tmp)), "settings_key": key}

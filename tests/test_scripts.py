@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from concept_erase.core.digits import CONCEPTS
-from concept_erase.diffusion.tiny_sd import EVAL_TEMPLATES
+from concept_erase.diffusion.tiny_sd import DEFAULT_MODEL, EVAL_TEMPLATES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -208,8 +209,9 @@ def test_bench_memory_toy_run_gives_each_option_its_saving(tmp_path):
 
 @pytest.mark.slow  # two fresh interpreters (~8 s of imports each on a loaded 2-core CPU)
 def test_bench_presets_toy_run_writes_the_per_digit_table_and_resumes(tmp_path):
-    output = tmp_path / "presets.json"
-    args = ("--toy", "--digits", "one", "--methods", "esd", "fmn", "--output", str(output))
+    output, model = tmp_path / "presets.json", tmp_path / "tiny-sd"
+    shutil.copytree(DEFAULT_MODEL, model)
+    args = ("--toy", "--digits", "one", "--methods", "esd", "fmn", "--model", str(model), "--output", str(output))
     proc = run_script("bench_presets.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(output.read_text())["rows"]
@@ -223,6 +225,9 @@ def test_bench_presets_toy_run_writes_the_per_digit_table_and_resumes(tmp_path):
     again = run_script("bench_presets.py", *args)  # every pair is done with these settings: nothing reruns
     assert again.returncode == 0 and '"digit"' not in again.stdout
     assert json.loads(output.read_text())["rows"] == rows
+    (model / "retrained.txt").write_text("the same name, other content")  # a retrained model is measured again
+    retrained = run_script("bench_presets.py", *args)
+    assert retrained.returncode == 0 and retrained.stdout.count('"digit"') == 2, retrained.stderr[-3000:]
 
 
 @pytest.mark.slow  # three fresh interpreters (~8 s of imports each on a loaded 2-core CPU)
