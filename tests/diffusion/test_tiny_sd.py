@@ -141,8 +141,14 @@ def test_oracle_is_trained_once_then_served_from_the_cache(tmp_path, monkeypatch
     def fail(*args, **kwargs):
         raise AssertionError("the cached oracle must not be retrained")
 
-    monkeypatch.setattr("concept_erase.diffusion.tiny_sd.train_tiny_sd", fail)
-    assert get_oracle(model, ["seven"]) == path
+    with monkeypatch.context() as patched:
+        patched.setattr("concept_erase.diffusion.tiny_sd.train_tiny_sd", fail)
+        assert get_oracle(model, ["seven"]) == path
+    # the next oracle's estimate takes the fastest recorded run of the recipe: the cached oracle's seconds, not 1,131
+    seconds = json.loads((path / RECIPE_FILE).read_text())["seconds"]
+    get_oracle(model, ["two"])
+    out, _ = capsys.readouterr()
+    assert f"about 1 min: the oracle without seven took {seconds:,.0f} s where it was trained" in out
     assert StableDiffusionPipeline.from_pretrained(path).unet is not None
 
 
