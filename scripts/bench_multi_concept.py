@@ -430,6 +430,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def run_set(concepts: list[str], oracle: Path | None, tmp: str) -> None:
         name = ",".join(concepts)
+        oracle_key = model_fingerprint(oracle) if oracle else None  # hashed once per set, not per row
         for entry in entries:
             for seed in args.seeds:
                 settings = entry.settings(model, seed)
@@ -439,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
                     entry.method,
                     config_to_dict(settings.config),
                     evaluation.generation_key(),
-                    model_fingerprint(oracle) if oracle else None,
+                    oracle_key,
                 )
                 if rows.get((name, entry.label, seed), {}).get("settings_key") == key:
                     continue
