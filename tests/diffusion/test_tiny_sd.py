@@ -286,9 +286,8 @@ def test_recipe_rejects_unknown_prediction_type_and_family(key, value, accepted)
 )
 def test_shipped_variants_are_their_recipes_and_load_with_diffusers(name, variant, pipeline_class):
     path = ASSETS / name
-    # today's recipe (the one tiny-sd was trained with) with one option changed; tiny-sdxl: the first recipe still
-    before = RECIPE_VALUES_BEFORE_THE_KEY if name == "tiny-sdxl" else {}
-    assert read_recipe(path) == TinySDConfig(**variant, **before)
+    # today's recipe (the one tiny-sd was trained with) with one option changed
+    assert read_recipe(path) == TinySDConfig(**variant)
     assert sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) <= 6 * 2**20  # "a few MB"
     loaded = pipeline_class.from_pretrained(path)
     assert type(loaded) is pipeline_class
