@@ -322,7 +322,7 @@ def _table(summary: list[dict]) -> str:
 def _plot(summary: list[dict], path: Path) -> None:
     """Forget accuracy (with the oracle's and the original's) and retain accuracy (with the original's) against
     the number of concepts erased at once, one line per method."""
-    fig = Figure(figsize=(11, 4))
+    fig = Figure(figsize=(13, 4.5))
     left, right = fig.subplots(1, 2)
     sizes = sorted({s["size"] for s in summary})
     reference = {size: next(s for s in summary if s["size"] == size) for size in sizes}
@@ -349,7 +349,7 @@ def _plot(summary: list[dict], path: Path) -> None:
         "_:",
         color="red",
         markersize=14,
-        label="goal: original - 5 points",
+        label=f"retain goal: original - {100 * RETAIN_POINTS:g} points",
     )
     for ax, what in (
         (left, "forget accuracy (%), mean over the erased digits"),
@@ -361,11 +361,16 @@ def _plot(summary: list[dict], path: Path) -> None:
         ax.set_ylim(-3, 103)
     low = min(100 * s[k] for s in summary for k in ("retain_accuracy", "original_retain_accuracy"))
     right.set_ylim(max(low - 15, 0), 101)  # the retain differences are a few points
-    left.legend(fontsize=7)
-    right.legend(fontsize=7, loc="lower left")
+    # one legend beside the axes (the methods and the references of both panels), never over the curves
+    handles, labels = left.get_legend_handles_labels()
+    extra = [(h, lab) for h, lab in zip(*right.get_legend_handles_labels()) if lab not in labels]
+    handles += [h for h, _ in extra]
+    labels += [lab for _, lab in extra]
+    columns = 1 + (len(labels) - 1) // 16
+    fig.legend(handles, labels, fontsize=7, loc="center right", ncol=columns, frameon=False)
     sets = " | ".join(dict.fromkeys(s["set"] for s in sorted(summary, key=lambda s: s["size"])))
     fig.suptitle(f"several concepts erased in one request (sets: {sets}; seed mean)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1 - 0.11 * columns, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 
