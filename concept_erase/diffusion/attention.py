@@ -251,13 +251,16 @@ def concept_positions(
     concepts: Sequence[str] | str,
     include_end_of_text: bool = False,
     max_length: int | None = None,
+    include_following: bool = False,
 ) -> torch.Tensor:
     """A ``(len(prompts), max_length)`` bool mask of the key positions of each prompt's concept tokens.
 
     Prompts are tokenized as the pipeline encodes them (padded to ``max_length``, default the tokenizer's
     ``model_max_length``, and truncated). ``concepts`` is one concept for all prompts or one per prompt; every
     occurrence is marked. With ``include_end_of_text`` the prompt's own end-of-text token is marked too: only the last
-    non-padding token, never padding (SD 1.x pads with end-of-text itself, SD 2.x with ``"!"``).
+    non-padding token, never padding (SD 1.x pads with end-of-text itself, SD 2.x with ``"!"``). With
+    ``include_following`` every position from the concept's first occurrence to the end is marked: the words after
+    it, end-of-text and padding, to which a causal text encoder carries the concept.
     """
 
     prompts = list(prompts)
@@ -281,6 +284,8 @@ def concept_positions(
             )
         for start in starts:
             mask[row, start : start + len(pattern)] = True
+        if include_following:
+            mask[row, starts[0] :] = True
         if include_end_of_text:
             end = _end_of_text(ids, encoded.get("attention_mask"), row, tokenizer.eos_token_id)
             if end is not None:
@@ -289,12 +294,19 @@ def concept_positions(
 
 
 def pipeline_concept_positions(
-    pipe, prompts: Sequence[str], concepts: Sequence[str] | str, include_end_of_text: bool = False
+    pipe,
+    prompts: Sequence[str],
+    concepts: Sequence[str] | str,
+    include_end_of_text: bool = False,
+    include_following: bool = False,
 ) -> torch.Tensor:
     """:func:`concept_positions` in every tokenizer of ``pipe``, united: SDXL's UNet attends over both text
     encoders' states concatenated position by position, so a key position carries the concept when either
     tokenizer put it there (their padding differs: ``tokenizer_2`` pads with ``"!"``)."""
-    masks = {name: concept_positions(t, prompts, concepts, include_end_of_text) for name, t in tokenizers(pipe).items()}
+    masks = {
+        name: concept_positions(t, prompts, concepts, include_end_of_text, include_following=include_following)
+        for name, t in tokenizers(pipe).items()
+    }
     shapes = {name: tuple(mask.shape) for name, mask in masks.items()}
     if len(set(shapes.values())) != 1:
         raise ConfigError(f"the pipeline's tokenizers write prompts of different lengths: {shapes}")

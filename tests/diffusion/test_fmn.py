@@ -127,6 +127,26 @@ def test_concept_positions_sd1_tokenizer_pads_with_end_of_text(pipe):
     assert all(ids[row][col] == tokenizer.eos_token_id for row, col in [[0, 6], [1, 8]])
 
 
+def test_concept_positions_can_mark_everything_after_the_concept(pipe):
+    tokenizer = pipe.tokenizer
+    prompts = ["the number nine", "nine and nine"]
+    plain = concept_positions(tokenizer, prompts, "nine")
+    following = concept_positions(tokenizer, prompts, "nine", include_following=True)
+    assert following[0].nonzero().flatten().tolist() == list(range(3, 16))  # words after it, end-of-text, padding
+    assert following[1].nonzero().flatten().tolist() == list(range(1, 16))  # from the first occurrence
+    assert not (plain & ~following).any() and not following[:, 0].any()  # never the start token
+
+
+def test_fmn_steer_following_steers_the_positions_after_the_concept(pipe):
+    counts = {}
+    for follow in (False, True):
+        torch.manual_seed(0)
+        config = FMNConfig(train="cross_attention_keys", steer_following=follow, **{**FAST, "max_train_steps": 1})
+        counts[follow] = fmn.erase(_request(build_pipeline(), ["seven"]), config).details["steered_tokens_per_prompt"]
+    # "the number seven" -> 3 tokens of seven, then end-of-text and padding up to 16 positions
+    assert counts[True] > counts[False] + 5, counts
+
+
 def test_concept_positions_sd2_tokenizer_pads_with_exclamation_mark(tmp_path):
     from transformers import CLIPTokenizer
 

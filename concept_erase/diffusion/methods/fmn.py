@@ -81,7 +81,9 @@ class FMNConfig(ErasureConfig):
     about the learning rate every step, so training fewer weights damages other concepts less at the higher rates a
     small model needs) or ``lora`` (a rank-``lora_rank`` LoRA on the cross-attention projections, saved as a diffusers
     LoRA). ``steer_end_of_text`` also steers each prompt's own end-of-text token (the paper's
-    ``use_pooler``), never padding.
+    ``use_pooler``), never padding. ``steer_following`` (not in the paper) steers every position from the concept's
+    first token to the end of the context: the words after it, end-of-text and padding, which a causal text encoder
+    fills with what it read before them.
 
     ``textual_inversion`` (default False, unlike the paper's ``use_ti: true``): the paper first learns a token for
     the concept from reference images and steers attention away from that token, which helps for concepts that are
@@ -100,6 +102,7 @@ class FMNConfig(ErasureConfig):
     train: Literal["unet", "cross_attention", "cross_attention_keys", "lora"] = "unet"
     lora_rank: int = 4
     steer_end_of_text: bool = False
+    steer_following: bool = False
     textual_inversion: bool = False
     textual_inversion_steps: int = 500
     textual_inversion_learning_rate: float = 1e-3
@@ -150,7 +153,9 @@ def erase(request: ErasureRequest, config: FMNConfig) -> ErasureOutcome:
     else:
         concepts = [request.concepts[i] for i in data.concept_ids.tolist()]
         text = data.text
-        positions = pipeline_concept_positions(request.pipe, data.prompts, concepts, config.steer_end_of_text)
+        positions = pipeline_concept_positions(
+            request.pipe, data.prompts, concepts, config.steer_end_of_text, config.steer_following
+        )
     details["steered_tokens_per_prompt"] = round(positions.sum(1).float().mean().item(), 2)
     pipe, backend = request.pipe, config.attention_backend
     before = concept_attention(unet, pipe, data.latents, text, positions, config.seed, backend)
@@ -240,7 +245,9 @@ def _inverted_inputs(request: ErasureRequest, config: FMNConfig, data):
     with torch.no_grad():
         states = encoder(ids.to(encoder.device))[0].float().cpu()
     tokens = [placeholders[i] for i in data.concept_ids.tolist()]
-    positions = concept_positions(tokenizer, prompts, tokens, config.steer_end_of_text)
+    positions = concept_positions(
+        tokenizer, prompts, tokens, config.steer_end_of_text, include_following=config.steer_following
+    )
     summary = {"tokens": placeholders, "steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1]}
     return states, positions, summary
 
