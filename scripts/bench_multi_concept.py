@@ -362,12 +362,12 @@ def _plot(summary: list[dict], path: Path) -> None:
     low = min(100 * s[k] for s in summary for k in ("retain_accuracy", "original_retain_accuracy"))
     right.set_ylim(max(low - 15, 0), 101)  # the retain differences are a few points
     # one legend beside the axes (the methods and the references of both panels), never over the curves
-    handles, labels = left.get_legend_handles_labels()
-    extra = [(h, lab) for h, lab in zip(*right.get_legend_handles_labels()) if lab not in labels]
-    handles += [h for h, _ in extra]
-    labels += [lab for _, lab in extra]
-    columns = 1 + (len(labels) - 1) // 16
-    fig.legend(handles, labels, fontsize=7, loc="center right", ncol=columns, frameon=False)
+    legend: dict = {}
+    for ax in (left, right):
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    columns = 1 + (len(legend) - 1) // 16
+    fig.legend(list(legend.values()), list(legend), fontsize=7, loc="center right", ncol=columns, frameon=False)
     sets = " | ".join(dict.fromkeys(s["set"] for s in sorted(summary, key=lambda s: s["size"])))
     fig.suptitle(f"several concepts erased in one request (sets: {sets}; seed mean)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1 - 0.11 * columns, 1))

@@ -137,13 +137,13 @@ def test_concept_positions_can_mark_everything_after_the_concept(pipe):
     assert not (plain & ~following).any() and not following[:, 0].any()  # never the start token
 
 
-def test_fmn_steer_following_steers_the_positions_after_the_concept(pipe):
+def test_fmn_steer_following_steers_the_positions_after_the_concept():
     counts = {}
     for follow in (False, True):
         torch.manual_seed(0)
         config = FMNConfig(train="cross_attention_keys", steer_following=follow, **{**FAST, "max_train_steps": 1})
         counts[follow] = fmn.erase(_request(build_pipeline(), ["seven"]), config).details["steered_tokens_per_prompt"]
-    # "the number seven" -> 3 tokens of seven, then end-of-text and padding up to 16 positions
+    # each training prompt adds the positions after "seven": the words that follow, end-of-text, padding to 16
     assert counts[True] > counts[False] + 5, counts
 
 
